@@ -1,0 +1,83 @@
+"""Arrays and backends: the only module of lipref that imports numpy or cupy.
+
+The engine's math never names a library: it asks the arrays it is given for their
+namespace (`namespace(x, ...)`, array-api-compat's `array_namespace`) and uses only
+standard array-API functions, so the same code runs on NumPy, CuPy and array-api-strict.
+This module chooses a backend by name, moves arrays between host and backend, and
+gives a clear error when CuPy or a GPU is missing.
+"""
+import numpy as host  # host-side I/O (data files, model files) uses this, nothing else
+from array_api_compat import array_namespace
+
+BACKENDS = ("numpy", "cupy")
+
+
+class BackendError(RuntimeError):
+    """A requested backend cannot be used on this machine."""
+
+
+def namespace(*arrays):
+    """The array-API namespace shared by `arrays` (Python scalars and None are ignored)."""
+    return array_namespace(*[a for a in arrays if a is not None and not isinstance(a, (int, float, bool))])
+
+
+def cupy_unavailable_reason():
+    """None if CuPy imports and sees a working CUDA device, else a sentence saying why not."""
+    try:
+        import cupy
+    except Exception as exc:  # ImportError, or a broken CUDA install raising at import
+        return f"CuPy is not importable ({type(exc).__name__}: {exc})"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return "CuPy imports but finds no CUDA device"
+        cupy.zeros(1).sum().item()  # a device that is listed but cannot run kernels
+    except Exception as exc:
+        return f"CuPy imports but no working CUDA device ({type(exc).__name__}: {exc})"
+    return None
+
+
+def get_backend(name):
+    """The array namespace for backend `name` ('numpy' or 'cupy')."""
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+        return xp
+    if name == "cupy":
+        reason = cupy_unavailable_reason()
+        if reason is not None:
+            raise BackendError(f"backend 'cupy' cannot be used: {reason}; use --backend numpy")
+        import array_api_compat.cupy as xp
+        return xp
+    raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def float_dtype(xp, name):
+    """`xp`'s float dtype named 'float32' or 'float64'."""
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(xp, name)
+
+
+def to_backend(a, xp, dtype=None):
+    """Copy host array (or nested list) `a` to backend `xp`, optionally casting to `dtype`."""
+    arr = xp.asarray(a)
+    if dtype is not None and arr.dtype != dtype:
+        arr = xp.astype(arr, dtype)
+    return arr
+
+
+def to_host(a):
+    """A host NumPy copy of backend array `a` (NumPy, CuPy or array-api-strict)."""
+    if isinstance(a, host.ndarray):
+        return a
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    try:
+        return host.asarray(a)
+    except Exception:
+        return host.from_dlpack(a)
+
+
+def is_host_numpy(xp):
+    """True when `xp` is (a wrapper of) NumPy, the backend whose arrays live on the host."""
+    return "numpy" in xp.__name__ and "strict" not in xp.__name__
