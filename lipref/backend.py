@@ -18,7 +18,8 @@ class BackendError(RuntimeError):
 
 def namespace(*arrays):
     """The array-API namespace shared by `arrays` (Python scalars and None are ignored)."""
-    return array_namespace(*[a for a in arrays if a is not None and not isinstance(a, (int, float, bool))])
+    # exact Python scalars only: NumPy scalars (np.float64 subclasses float) are arrays here
+    return array_namespace(*[a for a in arrays if a is not None and type(a) not in (int, float, bool)])
 
 
 def cupy_unavailable_reason():

@@ -1,0 +1,509 @@
+"""Primitives: each is a forward function on arrays and, right beside it, the
+vector-Jacobian product (backward) for every differentiable argument.
+
+`primitive(forward, *vjps)` lifts `forward` to Vars: called on plain arrays it returns a
+plain array (no tape); called with any differentiable argument that is a Var, it returns a
+Var whose parents carry `vjps[i](g, ans, *args)`, the gradient sent to argument i given
+the upstream gradient g. A None in `vjps` marks an argument that is not differentiated
+(shapes, strides, masks, labels). Every primitive is registered in PRIMITIVES so that one
+checker (tests/test_primitives.py) tests them all against autograd and finite differences.
+
+Kinks are written policy, stated in each docstring: at a tie or a boundary the gradient
+goes to exactly one side, never split and never NaN.
+"""
+from .backend import namespace
+from .tape import Var
+
+PRIMITIVES = {}
+
+
+def primitive(forward, *vjps):
+    def apply(*args):
+        values = tuple(a.value if isinstance(a, Var) else a for a in args)
+        ans = forward(*values)
+        parents = []
+        for i, a in enumerate(args):
+            if isinstance(a, Var) and i < len(vjps) and vjps[i] is not None:
+                parents.append((a, _bind(vjps[i], ans, values)))
+        return Var(ans, tuple(parents)) if parents else ans
+
+    apply.__name__ = forward.__name__
+    apply.__doc__ = forward.__doc__
+    apply.forward = forward
+    apply.vjps = vjps
+    PRIMITIVES[forward.__name__] = apply
+    return apply
+
+
+def _bind(vjp, ans, values):
+    return lambda g: vjp(g, ans, *values)
+
+
+def unbroadcast(g, shape):
+    """Sum `g` over the axes that broadcasting added or stretched to reach g.shape from `shape`."""
+    xp = namespace(g)
+    while g.ndim > len(shape):
+        g = xp.sum(g, axis=0)
+    for axis, n in enumerate(shape):
+        if n == 1 and g.shape[axis] != 1:
+            g = xp.sum(g, axis=axis, keepdims=True)
+    return g
+
+
+def _shape(a):
+    return tuple(a.shape) if hasattr(a, "shape") else ()
+
+
+def _cast(mask, like):
+    return namespace(like).astype(mask, like.dtype)
+
+
+# ---------------------------------------------------------------- elementwise arithmetic
+
+def _add(a, b):
+    """a + b with broadcasting."""
+    return a + b
+
+
+add = primitive(_add,
+                lambda g, ans, a, b: unbroadcast(g, _shape(a)),
+                lambda g, ans, a, b: unbroadcast(g, _shape(b)))
+
+
+def _subtract(a, b):
+    """a - b with broadcasting."""
+    return a - b
+
+
+subtract = primitive(_subtract,
+                     lambda g, ans, a, b: unbroadcast(g, _shape(a)),
+                     lambda g, ans, a, b: unbroadcast(-g, _shape(b)))
+
+
+def _multiply(a, b):
+    """a * b with broadcasting."""
+    return a * b
+
+
+multiply = primitive(_multiply,
+                     lambda g, ans, a, b: unbroadcast(g * b, _shape(a)),
+                     lambda g, ans, a, b: unbroadcast(g * a, _shape(b)))
+
+
+def _divide(a, b):
+    """a / b with broadcasting."""
+    return a / b
+
+
+divide = primitive(_divide,
+                   lambda g, ans, a, b: unbroadcast(g / b, _shape(a)),
+                   lambda g, ans, a, b: unbroadcast(-g * ans / b, _shape(b)))
+
+
+def _negative(a):
+    """-a."""
+    return -a
+
+
+negative = primitive(_negative, lambda g, ans, a: -g)
+
+
+def _square(a):
+    """a * a."""
+    return a * a
+
+
+square = primitive(_square, lambda g, ans, a: 2 * g * a)
+
+
+def _sqrt(a):
+    """Square root; the gradient at 0 is taken as 0 (no infinities on the tape)."""
+    return namespace(a).sqrt(a)
+
+
+def _sqrt_vjp(g, ans, a):
+    xp = namespace(ans)
+    safe = xp.where(ans > 0, ans, xp.ones_like(ans))
+    return xp.where(ans > 0, g / (2 * safe), xp.zeros_like(ans))
+
+
+sqrt = primitive(_sqrt, _sqrt_vjp)
+
+
+def _exp(a):
+    """e ** a."""
+    return namespace(a).exp(a)
+
+
+exp = primitive(_exp, lambda g, ans, a: g * ans)
+
+
+def _log(a):
+    """Natural logarithm."""
+    return namespace(a).log(a)
+
+
+log = primitive(_log, lambda g, ans, a: g / a)
+
+
+def _abs(a):
+    """|a|; gradient sign(a), 0 at a == 0."""
+    return namespace(a).abs(a)
+
+
+abs = primitive(_abs, lambda g, ans, a: g * namespace(a).sign(a))
+
+
+def _maximum(a, b):
+    """Elementwise max; at a tie the gradient goes to `a`."""
+    return namespace(a, b).maximum(a, b)
+
+
+maximum = primitive(_maximum,
+                    lambda g, ans, a, b: unbroadcast(g * _cast(a >= b, g), _shape(a)),
+                    lambda g, ans, a, b: unbroadcast(g * _cast(a < b, g), _shape(b)))
+
+
+def _minimum(a, b):
+    """Elementwise min; at a tie the gradient goes to `a`."""
+    return namespace(a, b).minimum(a, b)
+
+
+minimum = primitive(_minimum,
+                    lambda g, ans, a, b: unbroadcast(g * _cast(a <= b, g), _shape(a)),
+                    lambda g, ans, a, b: unbroadcast(g * _cast(a > b, g), _shape(b)))
+
+
+def _where(cond, a, b):
+    """a where cond else b (cond is not differentiated)."""
+    return namespace(a, b).where(cond, a, b)
+
+
+def _where_vjp_a(g, ans, cond, a, b):
+    return unbroadcast(g * _cast(cond, g), _shape(a))
+
+
+def _where_vjp_b(g, ans, cond, a, b):
+    return unbroadcast(g * _cast(~cond, g), _shape(b))
+
+
+where = primitive(_where, None, _where_vjp_a, _where_vjp_b)
+
+
+# ---------------------------------------------------------------- activations
+
+def _relu(x):
+    """max(x, 0); gradient 1 where x > 0 and 0 at x == 0."""
+    xp = namespace(x)
+    return xp.where(x > 0, x, xp.zeros_like(x))
+
+
+relu = primitive(_relu, lambda g, ans, x: g * _cast(x > 0, g))
+
+
+def _clipped_relu(x, theta):
+    """min(max(x, 0), theta) with a per-neuron threshold theta (broadcast over the batch).
+
+    Gradient to x: 1 strictly inside (0, theta), 0 at both bounds and outside.
+    Gradient to theta: 1 where the output is the threshold, i.e. where max(x, 0) >= theta.
+    """
+    xp = namespace(x, theta)
+    return xp.minimum(xp.where(x > 0, x, xp.zeros_like(x)), theta)
+
+
+def _clipped_relu_vjp_x(g, ans, x, theta):
+    return g * _cast((x > 0) & (x < theta), g)
+
+
+def _clipped_relu_vjp_theta(g, ans, x, theta):
+    xp = namespace(x)
+    return unbroadcast(g * _cast(xp.where(x > 0, x, xp.zeros_like(x)) >= theta, g), _shape(theta))
+
+
+clipped_relu = primitive(_clipped_relu, _clipped_relu_vjp_x, _clipped_relu_vjp_theta)
+
+
+def _halves(x):
+    h = x.shape[1] // 2
+    return x[:, :h, ...], x[:, h:, ...]
+
+
+def _clamped_maxmin(x, hi, lo):
+    """Clamped MaxMin over channel pairs: x's axis 1 splits in halves a, b and the output is
+    [min(max(a, b), hi), max(min(a, b), lo)], with hi, lo of the half's feature shape.
+
+    Ties: where a == b, a is taken as the max and b as the min, so each input feeds exactly
+    one output. Clamps: the gradient passes strictly inside (max < hi, min > lo) and goes to
+    the threshold at the bound (max >= hi to hi, min <= lo to lo).
+    """
+    xp = namespace(x, hi, lo)
+    if x.shape[1] % 2:
+        raise ValueError(f"clamped MaxMin needs an even number of channels, got {x.shape[1]}")
+    a, b = _halves(x)
+    return xp.concat([xp.minimum(xp.maximum(a, b), hi), xp.maximum(xp.minimum(a, b), lo)], axis=1)
+
+
+def _clamped_maxmin_vjp_x(g, ans, x, hi, lo):
+    xp = namespace(g)
+    a, b = _halves(x)
+    g_top, g_bottom = _halves(g)
+    a_is_max = a >= b
+    g_max = g_top * _cast(xp.maximum(a, b) < hi, g)
+    g_min = g_bottom * _cast(xp.minimum(a, b) > lo, g)
+    zero = xp.zeros_like(g_max)
+    g_a = xp.where(a_is_max, g_max, zero) + xp.where(a_is_max, zero, g_min)
+    g_b = xp.where(a_is_max, zero, g_max) + xp.where(a_is_max, g_min, zero)
+    return xp.concat([g_a, g_b], axis=1)
+
+
+def _clamped_maxmin_vjp_hi(g, ans, x, hi, lo):
+    xp = namespace(g)
+    a, b = _halves(x)
+    return unbroadcast(_halves(g)[0] * _cast(xp.maximum(a, b) >= hi, g), _shape(hi))
+
+
+def _clamped_maxmin_vjp_lo(g, ans, x, hi, lo):
+    xp = namespace(g)
+    a, b = _halves(x)
+    return unbroadcast(_halves(g)[1] * _cast(xp.minimum(a, b) <= lo, g), _shape(lo))
+
+
+clamped_maxmin = primitive(_clamped_maxmin, _clamped_maxmin_vjp_x, _clamped_maxmin_vjp_hi,
+                           _clamped_maxmin_vjp_lo)
+
+
+# ---------------------------------------------------------------- shapes and reductions
+
+def _reshape(x, shape):
+    """x with a new shape (same elements, C order)."""
+    return namespace(x).reshape(x, shape)
+
+
+reshape = primitive(_reshape, lambda g, ans, x, shape: namespace(g).reshape(g, _shape(x)))
+
+
+def _expand_back(g, x, axis, keepdims):
+    """Broadcast a reduction's gradient g back to x's shape."""
+    xp = namespace(g)
+    if not keepdims and axis is not None:
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = sorted(ax % x.ndim for ax in axes)
+        shape = list(g.shape)
+        for ax in axes:
+            shape.insert(ax, 1)
+        g = xp.reshape(g, tuple(shape))
+    elif not keepdims:
+        g = xp.reshape(g, (1,) * x.ndim)
+    return xp.broadcast_to(g, _shape(x))
+
+
+def _sum(x, axis, keepdims):
+    """Sum over `axis` (None, int or tuple)."""
+    return namespace(x).sum(x, axis=axis, keepdims=keepdims)
+
+
+sum = primitive(_sum, lambda g, ans, x, axis, keepdims: _expand_back(g, x, axis, keepdims))
+
+
+def _l2_norm(x, axis, keepdims):
+    """Euclidean norm over `axis`; the gradient at a zero vector is taken as 0."""
+    xp = namespace(x)
+    return xp.sqrt(xp.sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def _l2_norm_vjp(g, ans, x, axis, keepdims):
+    xp = namespace(x)
+    norm = _expand_back(ans, x, axis, keepdims)
+    safe = xp.where(norm > 0, norm, xp.ones_like(norm))
+    return _expand_back(g, x, axis, keepdims) * xp.where(norm > 0, x / safe, xp.zeros_like(x))
+
+
+l2_norm = primitive(_l2_norm, _l2_norm_vjp)
+
+
+def _max(x, axis, keepdims):
+    """Maximum over one axis; at a tie the gradient goes to the first maximal entry."""
+    return namespace(x).max(x, axis=axis, keepdims=keepdims)
+
+
+def _max_vjp(g, ans, x, axis, keepdims):
+    xp = namespace(x)
+    is_max = x == _expand_back(ans, x, axis, keepdims)
+    # first maximal entry along the axis: is_max and no earlier maximal entry
+    earlier = xp.cumulative_sum(xp.astype(is_max, xp.int32), axis=axis) - xp.astype(is_max, xp.int32)
+    first = is_max & (earlier == 0)
+    return _expand_back(g, x, axis, keepdims) * _cast(first, x)
+
+
+max = primitive(_max, _max_vjp)
+
+
+def _logsumexp(x, axis):
+    """log(sum(exp(x))) over `axis`, kept in the output (keepdims), computed stably."""
+    xp = namespace(x)
+    m = xp.max(x, axis=axis, keepdims=True)
+    return m + xp.log(xp.sum(xp.exp(x - m), axis=axis, keepdims=True))
+
+
+logsumexp = primitive(_logsumexp, lambda g, ans, x, axis: g * namespace(x).exp(x - ans))
+
+
+def _softmax_cross_entropy(logits, onehot):
+    """Per-sample cross-entropy -log softmax(logits)[label], labels given one-hot (N, K)."""
+    xp = namespace(logits)
+    return xp.reshape(_logsumexp(logits, 1), (logits.shape[0],)) - xp.sum(logits * onehot, axis=1)
+
+
+def _softmax_cross_entropy_vjp(g, ans, logits, onehot):
+    xp = namespace(logits)
+    p = xp.exp(logits - _logsumexp(logits, 1))
+    return xp.reshape(g, (g.shape[0], 1)) * (p - onehot)
+
+
+softmax_cross_entropy = primitive(_softmax_cross_entropy, _softmax_cross_entropy_vjp)
+
+
+# ---------------------------------------------------------------- linear maps
+
+def _matmul(a, b):
+    """Matrix product of 2-D arrays."""
+    return namespace(a, b).matmul(a, b)
+
+
+matmul = primitive(_matmul,
+                   lambda g, ans, a, b: namespace(g).matmul(g, b.T),
+                   lambda g, ans, a, b: namespace(g).matmul(a.T, g))
+
+
+def _linear(x, weight, bias):
+    """x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
+    xp = namespace(x, weight)
+    out = xp.matmul(x, weight.T)
+    return out if bias is None else out + bias
+
+
+linear = primitive(_linear,
+                   lambda g, ans, x, w, b: namespace(g).matmul(g, w),
+                   lambda g, ans, x, w, b: namespace(g).matmul(g.T, x),
+                   lambda g, ans, x, w, b: namespace(g).sum(g, axis=0))
+
+
+def conv_output_hw(h, w, kh, kw, stride, padding):
+    """Output height and width of a convolution with zero padding."""
+    oh = (h + 2 * padding - kh) // stride + 1
+    ow = (w + 2 * padding - kw) // stride + 1
+    if oh < 1 or ow < 1:
+        raise ValueError(f"conv2d: kernel {kh}x{kw} with stride {stride}, padding {padding} "
+                         f"does not fit an input of {h}x{w}")
+    return oh, ow
+
+
+def _im2col(x, kh, kw, stride, padding):
+    """Columns of x's receptive fields: (C*kh*kw, N*OH*OW), rows ordered (c, i, j) as in a
+    weight reshaped to (O, C*kh*kw). Built from kh*kw strided slices, no loop over pixels."""
+    xp = namespace(x)
+    n, c, h, w = x.shape
+    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    xt = xp.permute_dims(x, (1, 0, 2, 3))  # channel-major, so stacking needs no later transpose
+    if padding:
+        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+        padded[:, :, padding:padding + h, padding:padding + w] = xt
+        xt = padded
+    span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    patches = [xt[:, :, i:i + span_h:stride, j:j + span_w:stride] for i in range(kh) for j in range(kw)]
+    cols = xp.stack(patches, axis=1)  # (C, kh*kw, N, OH, OW)
+    return xp.reshape(cols, (c * kh * kw, n * oh * ow)), (oh, ow)
+
+
+def _col2im(cols, x_shape, kh, kw, stride, padding):
+    """Adjoint of _im2col: scatter-add columns back onto an (N, C, H, W) array."""
+    xp = namespace(cols)
+    n, c, h, w = x_shape
+    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    cols = xp.reshape(cols, (c, kh * kw, n, oh, ow))
+    out = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    for i in range(kh):
+        for j in range(kw):
+            sl = (slice(None), slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride))
+            out[sl] = out[sl] + cols[:, i * kw + j, ...]
+    out = out[:, :, padding:padding + h, padding:padding + w]
+    return xp.permute_dims(out, (1, 0, 2, 3))
+
+
+def _to_nchw(y2d, n, oh, ow):
+    """(O, N*OH*OW) matmul output to (N, O, OH, OW)."""
+    xp = namespace(y2d)
+    return xp.permute_dims(xp.reshape(y2d, (y2d.shape[0], n, oh, ow)), (1, 0, 2, 3))
+
+
+def _from_nchw(y):
+    """(N, O, OH, OW) to (O, N*OH*OW), the inverse of _to_nchw."""
+    xp = namespace(y)
+    n, o, oh, ow = y.shape
+    return xp.reshape(xp.permute_dims(y, (1, 0, 2, 3)), (o, n * oh * ow))
+
+
+def _conv2d(x, weight, bias, stride, padding):
+    """2-D cross-correlation (NCHW, weight (O, C, kh, kw)), zero padding, plus bias (O,) or None.
+
+    im2col by strided slices, then one matrix product over the whole batch (BLAS speed)."""
+    xp = namespace(x, weight)
+    o, c, kh, kw = weight.shape
+    if x.ndim != 4 or x.shape[1] != c:
+        raise ValueError(f"conv2d: input shape {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
+    cols, (oh, ow) = _im2col(x, kh, kw, stride, padding)
+    y2d = xp.matmul(xp.reshape(weight, (o, c * kh * kw)), cols)
+    if bias is not None:
+        y2d = y2d + xp.reshape(bias, (o, 1))
+    return _to_nchw(y2d, x.shape[0], oh, ow)
+
+
+def _conv2d_vjp_x(g, ans, x, weight, bias, stride, padding):
+    xp = namespace(g)
+    o, c, kh, kw = weight.shape
+    gcols = xp.matmul(xp.reshape(weight, (o, c * kh * kw)).T, _from_nchw(g))
+    return _col2im(gcols, _shape(x), kh, kw, stride, padding)
+
+
+def _conv2d_vjp_w(g, ans, x, weight, bias, stride, padding):
+    xp = namespace(g)
+    o, c, kh, kw = weight.shape
+    cols, _ = _im2col(x, kh, kw, stride, padding)
+    return xp.reshape(xp.matmul(_from_nchw(g), cols.T), _shape(weight))
+
+
+def _conv2d_vjp_b(g, ans, x, weight, bias, stride, padding):
+    return namespace(g).sum(g, axis=(0, 2, 3))
+
+
+conv2d = primitive(_conv2d, _conv2d_vjp_x, _conv2d_vjp_w, _conv2d_vjp_b)
+
+
+def _conv2d_transpose(y, weight, stride, padding, in_hw):
+    """The exact adjoint of conv2d(., weight, None, stride, padding) on inputs of spatial size
+    in_hw: <conv2d(x), y> == <x, conv2d_transpose(y)>. Giving in_hw removes any guess about
+    output padding for strided layers."""
+    o, c, kh, kw = weight.shape
+    h, w = in_hw
+    return _conv2d_vjp_x(y, None, _Shape((y.shape[0], c, h, w)), weight, None, stride, padding)
+
+
+class _Shape:
+    """Stands in for an array whose shape alone is needed."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def _conv2d_transpose_vjp_y(g, ans, y, weight, stride, padding, in_hw):
+    return _conv2d(g, weight, None, stride, padding)
+
+
+def _conv2d_transpose_vjp_w(g, ans, y, weight, stride, padding, in_hw):
+    # <conv2d_transpose(y, W), g> = <y, conv2d(g, W)>, so the weight gradient is conv2d's
+    # weight gradient with input g and upstream gradient y.
+    return _conv2d_vjp_w(y, None, g, weight, None, stride, padding)
+
+
+conv2d_transpose = primitive(_conv2d_transpose, _conv2d_transpose_vjp_y, _conv2d_transpose_vjp_w)
