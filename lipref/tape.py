@@ -12,6 +12,9 @@ class Var:
     """A value on the tape. `parents` is a tuple of (parent Var, vjp) pairs."""
 
     __slots__ = ("value", "parents", "name")
+    # Make `array op Var` defer to Var's reflected operators instead of NumPy building an
+    # object array (NumPy honours __array_ufunc__ = None; other libraries return NotImplemented).
+    __array_ufunc__ = None
 
     def __init__(self, value, parents=(), name=None):
         self.value = value

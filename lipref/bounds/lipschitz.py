@@ -1,0 +1,287 @@
+"""Global and local Lipschitz bounds of the map x -> penultimate activations.
+
+Global: the product over affine layers (all but the last) of each layer's spectral norm,
+the norm of the exact operator (conv2d and its adjoint on the layer's input shape).
+
+Local (Huang et al. 2021): walk the network once per batch, keeping for every sample the
+interval [lower, upper] of the current activations over the eps-ball and a radius r with
+||h(x') - h(x)|| <= r for every x' in the ball. At each affine layer the pre-activation
+bounds are the interval bounds intersected with the ball bounds; the next activation's
+masks say which neurons are constant on the ball; the layer's local norm is the spectral
+norm of W with constant rows (outputs) and constant columns (inputs) removed; r grows by
+that norm. The product of the local norms is the local Lipschitz bound, never above the
+global one (each masked operator is a restriction of the full one, and we take the minimum).
+
+Modes (see docs/soundness.md): "fast" estimates norms by power iteration (under-estimates,
+what the paper's code does); "sound" uses upper bounds everywhere a certificate depends
+on them, including the radii that decide the masks, and needs float64.
+"""
+from dataclasses import dataclass, field
+
+from .. import primitives as P
+from ..backend import namespace
+from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
+from ..tape import Var, value_of
+from . import spectral
+from .interval import activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect, row_norms
+from .masks import activation_masks, constant_fraction
+
+MODES = ("fast", "sound")
+BOUNDS = ("global", "local")
+
+
+@dataclass
+class ActivationBounds:
+    """What the walk learnt at one activation layer (per sample)."""
+    layer_index: int
+    layer: object
+    params: dict
+    lower: object  # pre-activation bounds over the ball (Var when recording)
+    upper: object
+    row_mask: object  # arrays, 1 = can change
+    output_mask: object
+    constant_fraction: object  # (N,)
+
+
+@dataclass
+class NetworkBounds:
+    logits: object  # (N, K) at x
+    penultimate: object  # (N, D) activations entering the last layer
+    lower: object  # (N, D) box of the penultimate activations over the ball
+    upper: object
+    lipschitz: object  # (N,) the bound used (local or global) for x -> penultimate
+    radius: object  # (N,) eps * lipschitz
+    global_lipschitz: object  # scalar
+    local_norms: list = field(default_factory=list)  # per affine layer (N,) arrays
+    global_norms: list = field(default_factory=list)  # per affine layer, scalars
+    activations: list = field(default_factory=list)
+    local_vectors: dict = field(default_factory=dict)
+    global_vectors: dict = field(default_factory=dict)
+
+
+def _params(layer, record):
+    return layer.params if record else {k: v.value for k, v in layer.params.items()}
+
+
+def _check_model(model):
+    for layer in model.layers:
+        if not isinstance(layer, (Linear, Conv2d, ReLU, ClippedReLU, ClampedMaxMin, Flatten)):
+            raise TypeError(f"no Lipschitz bound for layer type {type(layer).__name__}; "
+                            "unknown layers are an error, never 'norm 1'")
+
+
+def _random_start(rng, shape, xp, dtype):
+    if rng is None:
+        raise ValueError("power iteration needs start vectors: pass rng (a numpy Generator) or stored vectors")
+    return xp.asarray(rng.standard_normal(shape), dtype=dtype)
+
+
+def _start(vectors, key, shape, rng, xp, dtype):
+    v = vectors.get(key)
+    if v is not None and tuple(v.shape) == tuple(shape):
+        return v
+    return _random_start(rng, shape, xp, dtype)
+
+
+def _operator(layer, weight, row_mask, col_mask):
+    """apply / apply_adjoint of rows(row_mask) * W * cols(col_mask), batched over samples."""
+    def apply(v):
+        v = v if col_mask is None else v * col_mask
+        out = value_of(affine(layer, v, weight, None))
+        return out if row_mask is None else out * row_mask
+
+    def apply_adjoint(u):
+        u = u if row_mask is None else u * row_mask
+        out = value_of(affine_adjoint(layer, u, weight))
+        return out if col_mask is None else out * col_mask
+    return apply, apply_adjoint
+
+
+def _norm_on_tape(layer, weight, v, row_mask, col_mask):
+    """||rows * W(cols * v)|| per sample, differentiable in W (v fixed, as in spectral norm
+    training: at convergence its gradient is u v^T)."""
+    vin = v if col_mask is None else v * col_mask
+    out = affine(layer, vin, weight, None)
+    if row_mask is not None:
+        out = out * row_mask
+    flat = P.reshape(out, (v.shape[0], -1))
+    return P.l2_norm(flat, 1, False)
+
+
+def _dense_masked_matrices(weight, row_mask, col_mask):
+    return weight[None, :, :] * row_mask[:, :, None] * col_mask[:, None, :]
+
+
+def global_norms(model, mode, n_iters, rng, vectors, record, failure_prob=1e-9):
+    """Per affine layer except the last: the spectral norm of the full operator (scalar)."""
+    norms, new_vectors = [], dict(vectors)
+    for i, layer in enumerate(model.layers[:-1]):
+        if not layer.is_affine:
+            continue
+        w = layer.params["weight"]
+        wv = w.value
+        xp = namespace(wv)
+        if mode == "sound":
+            if isinstance(layer, Linear):
+                sigma = spectral.dense_spectral_norm_upper(wv[None, :, :])[0]
+            else:
+                sigma = xp.asarray(spectral.conv_spectral_norm_upper(wv, layer.in_shape[1:], layer.stride,
+                                                                     layer.padding), dtype=wv.dtype)
+            norms.append(sigma)
+            continue
+        apply, apply_adjoint = _operator(layer, wv, None, None)
+        v0 = _start(vectors, i, (1,) + layer.in_shape, rng, xp, wv.dtype)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters)
+        new_vectors[i] = v
+        norms.append(P.reshape(_norm_on_tape(layer, w, v, None, None), ()) if record else sigma[0])
+    return norms, new_vectors
+
+
+def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, rng, vectors, key, record, global_norm,
+                failure_prob):
+    wv = value_of(w)
+    xp = namespace(wv)
+    n = row_mask.shape[0]
+    if mode == "sound":
+        if isinstance(layer, Linear):
+            upper = _chunked_dense_upper(wv, row_mask, col_mask)
+        else:
+            apply, apply_adjoint = _operator(layer, wv, row_mask, col_mask)
+            v0 = _random_start(rng, (n,) + layer.in_shape, xp, wv.dtype)  # fresh: KW needs a random start
+            upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob)
+            vectors[key] = v
+        return xp.minimum(upper, global_norm), vectors
+    apply, apply_adjoint = _operator(layer, wv, row_mask, col_mask)
+    v0 = _start(vectors, key, (n,) + layer.in_shape, rng, xp, wv.dtype)
+    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters)
+    vectors[key] = v
+    if record:
+        sigma = _norm_on_tape(layer, w, v, row_mask, col_mask)
+    return P.minimum(sigma, global_norm), vectors
+
+
+def _chunked_dense_upper(weight, row_mask, col_mask, chunk=32):
+    xp = namespace(weight)
+    parts = []
+    for s in range(0, row_mask.shape[0], chunk):
+        m = _dense_masked_matrices(weight, row_mask[s:s + chunk, ...], col_mask[s:s + chunk, ...])
+        parts.append(spectral.dense_spectral_norm_upper(m))
+    return xp.concat(parts, axis=0)
+
+
+def _rounding_slack(layer, params, lower, upper, xp):
+    """A bound on the floating-point error of the affine layer's interval computation
+    (sound mode): gamma_n * (|W| (|mid| + rad) + |b|), n the fan-in, gamma_n = (n+2) u / (1-(n+2) u)."""
+    wv = value_of(params["weight"])
+    fan_in = 1
+    for d in wv.shape[1:]:
+        fan_in *= d
+    unit = 2.0 ** -53 if wv.dtype == xp.float64 else 2.0 ** -24
+    gamma = (fan_in + 4) * unit / (1 - (fan_in + 4) * unit)
+    lo, up = value_of(lower), value_of(upper)
+    mag = xp.maximum(xp.abs(lo), xp.abs(up))
+    absw = xp.abs(wv)
+    total = value_of(affine(layer, mag, absw, xp.abs(value_of(params["bias"]))))
+    return 2 * gamma * total
+
+
+def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
+                   global_vectors=None, record=False, failure_prob=1e-9):
+    """Logits at x and Lipschitz bounds of x -> penultimate over the l2 ball of radius eps.
+
+    bound: "local" (masks and masked norms) or "global" (product of full norms; the box
+    bounds still use the global radius). mode: "fast" or "sound" (see module docstring).
+    n_iters: power-iteration steps per call (fast; warm-started from local_vectors /
+    global_vectors when their shapes fit) or Lanczos steps (sound, conv layers).
+    failure_prob: sound mode's probability that one masked conv norm bound fails.
+    record: build the tape so that every output is differentiable in the parameters.
+    """
+    if bound not in BOUNDS:
+        raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (eps >= 0):
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    _check_model(model)
+    xv = value_of(x)
+    xp = namespace(xv)
+    if mode == "sound" and xv.dtype != xp.float64:
+        raise ValueError("sound mode needs float64 inputs and parameters")
+    if tuple(xv.shape[1:]) != model.input_shape:
+        raise ValueError(f"input shape {tuple(xv.shape[1:])} does not fit the model's {model.input_shape}")
+    n = xv.shape[0]
+    gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, failure_prob)
+    vectors = dict(local_vectors or {})
+
+    h = x
+    lower, upper = P.subtract(x, float(eps)), P.add(x, float(eps))
+    lipschitz = xp.ones((n,), dtype=xv.dtype)
+    radius = xp.full((n,), float(eps), dtype=xv.dtype)
+    in_mask = xp.ones_like(xv)
+    result = NetworkBounds(None, None, None, None, None, None, None)
+    pending = None  # (index, layer, params, input mask) of an affine layer awaiting its row mask
+    affine_count = 0
+
+    def flush(row_mask):
+        nonlocal lipschitz, radius, affine_count
+        idx, layer, params, col_mask = pending
+        gnorm = gnorms[affine_count]
+        affine_count += 1
+        if bound == "local":
+            rows = row_mask if row_mask is not None else xp.ones((n,) + layer.out_shape, dtype=xv.dtype)
+            sigma, _ = _local_norm(layer, params["weight"], rows, col_mask, mode, n_iters, rng, vectors, idx,
+                                   record, gnorm, failure_prob)
+        else:
+            sigma = P.multiply(gnorm, xp.ones((n,), dtype=xv.dtype))
+        result.local_norms.append(value_of(sigma))
+        lipschitz = P.multiply(lipschitz, sigma)
+        radius = P.multiply(lipschitz, float(eps))
+
+    for i, layer in enumerate(model.layers[:-1]):
+        params = _params(layer, record)
+        if layer.is_affine:
+            if pending is not None:
+                flush(None)
+            z = affine(layer, h, params["weight"], params["bias"])
+            lo_i, up_i = affine_interval(layer, params, lower, upper)
+            lo_b, up_b = ball_interval(z, radius, row_norms(layer, params, in_mask))
+            lower, upper = intersect(lo_i, up_i, lo_b, up_b)
+            if mode == "sound":
+                slack = _rounding_slack(layer, params, lower, upper, xp)
+                lower, upper = P.subtract(lower, slack), P.add(upper, slack)
+            h = z
+            pending = (i, layer, params, in_mask)
+        elif layer.is_activation:
+            row_mask, out_mask = activation_masks(layer, {k: value_of(v) for k, v in params.items()},
+                                                  value_of(lower), value_of(upper))
+            if pending is not None:
+                flush(row_mask)
+                pending = None
+            result.activations.append(ActivationBounds(i, layer, params, lower, upper, row_mask, out_mask,
+                                                       constant_fraction(out_mask)))
+            lower, upper = activation_interval(layer, params, lower, upper)
+            h = layer(h, params)
+            r = P.reshape(radius, (n,) + (1,) * (len(layer.out_shape)))
+            lower, upper = intersect(lower, upper, P.subtract(h, r), P.add(h, r))
+            in_mask = out_mask
+        elif isinstance(layer, Flatten):
+            if pending is not None:
+                flush(None)
+                pending = None
+            shape = (n,) + layer.out_shape
+            h, lower, upper = P.reshape(h, shape), P.reshape(lower, shape), P.reshape(upper, shape)
+            in_mask = xp.reshape(in_mask, shape)
+    if pending is not None:
+        flush(None)
+    last = model.layers[-1]
+    params = _params(last, record)
+    result.logits = P.linear(h, params["weight"], params["bias"])
+    result.penultimate, result.lower, result.upper = h, lower, upper
+    result.lipschitz, result.radius = lipschitz, radius
+    glob = xp.ones((), dtype=xv.dtype)
+    for g in gnorms:
+        glob = P.multiply(glob, g)
+    result.global_lipschitz = glob
+    result.global_norms = [value_of(g) for g in gnorms]
+    result.local_vectors, result.global_vectors = vectors, gvectors
+    return result
