@@ -45,9 +45,10 @@ def backend_namespace(name):
     raise ValueError(name)
 
 
-@pytest.fixture(params=_selected())
+@pytest.fixture(params=_selected(), scope="session")
 def xp(request):
-    """The array namespace of the backend under test."""
+    """The array namespace of the backend under test (stateless, so one per session;
+    hypothesis then draws many examples through it without a health-check complaint)."""
     return backend_namespace(request.param)
 
 

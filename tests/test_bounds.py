@@ -1,0 +1,237 @@
+"""Every bound checked against what it bounds, on small drawn networks in float64.
+
+- local <= global, per sample;
+- local >= the largest Jacobian spectral norm of x -> penultimate found by sampling points
+  in the ball, and >= the largest secant ratio ||h(a) - h(b)|| / ||a - b|| found by
+  gradient ascent over pairs of points in the ball (what a Lipschitz bound on the ball
+  promises; for piecewise-linear nets the Jacobian itself has zero gradient);
+- a neuron marked constant has the same activation value at every sampled point;
+- pre-activation bounds contain every sampled pre-activation;
+- sound mode >= converged fast mode >= sampled Jacobians; local sound <= global sound.
+"""
+import numpy
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lipref import primitives as P
+from lipref.backend import to_host
+from lipref.bounds.lipschitz import network_bounds
+from lipref.layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from lipref.tape import Var, grad
+from support import assert_backend_close
+
+ACTS = ("relu", "clipped_relu", "maxmin")
+
+
+def _act(kind, shape, theta):
+    return {"relu": lambda: ReLU(shape), "clipped_relu": lambda: ClippedReLU(shape, theta),
+            "maxmin": lambda: ClampedMaxMin(shape, theta)}[kind]()
+
+
+def small_model(kind, conv, xp, seed, theta=0.6):
+    """A small net (dense or conv) with random weights and random per-neuron thresholds."""
+    rng = numpy.random.default_rng(seed)
+    if conv:
+        c1 = Conv2d((1, 6, 6), 4, 3, 2, 1)
+        c2 = Conv2d(c1.out_shape, 4, 3, 1, 1)
+        layers = [c1, _act(kind, c1.out_shape, theta), c2, _act(kind, c2.out_shape, theta),
+                  Flatten(c2.out_shape), Linear(36, 6), _act(kind, (6,), theta), Linear(6, 3)]
+    else:
+        layers = [Linear(5, 8), _act(kind, (8,), theta), Linear(8, 6), _act(kind, (6,), theta), Linear(6, 3)]
+    model = Sequential(layers).init_params(xp, xp.float64, rng)
+    for layer in model.layers:  # random thresholds and biases so that every case occurs
+        for name, var in layer.params.items():
+            if name in ("threshold", "max"):
+                var.value = xp.asarray(rng.uniform(0.05, 1.0, tuple(var.value.shape)), dtype=xp.float64)
+            elif name == "min":
+                var.value = xp.asarray(rng.uniform(-1.0, -0.05, tuple(var.value.shape)), dtype=xp.float64)
+            elif name == "bias":
+                var.value = xp.asarray(rng.normal(0, 0.3, tuple(var.value.shape)), dtype=xp.float64)
+    return model, rng
+
+
+def penultimate(model, x):
+    h = x
+    for layer in model.layers[:-1]:
+        h = layer(h, {k: v.value for k, v in layer.params.items()})
+    return h
+
+
+def pre_activations(model, x):
+    """Inputs of each activation layer at x (arrays)."""
+    out, h = [], x
+    for layer in model.layers[:-1]:
+        if layer.is_activation:
+            out.append(h)
+        h = layer(h, {k: v.value for k, v in layer.params.items()})
+    return out
+
+
+def jacobian_norm(model, x_point, xp):
+    """Spectral norm of d penultimate / d x at one point (reverse mode, one row at a time)."""
+    X = Var(x_point)
+    h = penultimate(model, X)
+    d = h.value.shape[1]
+    rows = []
+    for k in range(d):
+        seed = numpy.zeros((1, d))
+        seed[0, k] = 1.0
+        (g,) = grad(h, [X], seed=xp.asarray(seed))
+        rows.append(to_host(g).reshape(-1))
+    return numpy.linalg.norm(numpy.array(rows), 2)
+
+
+def ball_points(rng, x_host, eps, n):
+    """n points uniformly spread in the l2 ball of radius eps around x (one sample)."""
+    d = rng.standard_normal((n,) + x_host.shape[1:])
+    d /= numpy.linalg.norm(d.reshape(n, -1), axis=1).reshape((n,) + (1,) * (d.ndim - 1))
+    radii = eps * rng.uniform(0, 1, n) ** (1.0 / d[0].size)
+    return x_host + d * radii.reshape((n,) + (1,) * (d.ndim - 1))
+
+
+def project_ball(p, center, eps):
+    diff = p - center
+    norm = numpy.linalg.norm(diff.reshape(diff.shape[0], -1), axis=1)
+    scale = numpy.minimum(1.0, eps / numpy.maximum(norm, 1e-300))
+    return center + diff * scale.reshape((-1,) + (1,) * (diff.ndim - 1))
+
+
+def secant_ascent(model, x_host, eps, xp, rng, steps=40):
+    """Gradient ascent over pairs (a, b) in the ball on ||h(a) - h(b)|| / ||a - b||."""
+    a = ball_points(rng, x_host, eps, 8)
+    b = project_ball(a + 1e-3 * eps * rng.standard_normal(a.shape), x_host, eps)
+    best = 0.0
+    for _ in range(steps):
+        A, B = Var(xp.asarray(a)), Var(xp.asarray(b))
+        diff_h = P.reshape(P.subtract(penultimate(model, A), penultimate(model, B)), (a.shape[0], -1))
+        num = P.l2_norm(diff_h, 1, False)
+        den = numpy.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1)
+        ratio = P.divide(num, xp.asarray(den))
+        best = max(best, float(numpy.max(to_host(ratio.value))))
+        ga, gb = grad(P.sum(ratio, None, False), [A, B])
+        step = 0.05 * eps
+        ga, gb = to_host(ga), to_host(gb)
+        na = numpy.linalg.norm(ga.reshape(a.shape[0], -1), axis=1).reshape((-1,) + (1,) * (a.ndim - 1)) + 1e-300
+        nb = numpy.linalg.norm(gb.reshape(b.shape[0], -1), axis=1).reshape((-1,) + (1,) * (b.ndim - 1)) + 1e-300
+        a = project_ball(a + step * ga / na, x_host, eps)
+        b = project_ball(b + step * gb / nb, x_host, eps)
+        too_close = numpy.linalg.norm((a - b).reshape(a.shape[0], -1), axis=1) < 1e-9
+        if numpy.any(too_close):
+            b[too_close] = project_ball(a[too_close] + 1e-4 * eps, x_host, eps)
+    return best
+
+
+def _inputs(model, rng, n):
+    return rng.uniform(-1, 1, (n,) + model.input_shape)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+       eps=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
+def test_local_bound_between_jacobians_and_global(xp, seed, kind, conv, eps):
+    model, rng = small_model(kind, conv, xp, seed)
+    x_host = _inputs(model, rng, 3)
+    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 300, rng)
+    local, glob = to_host(res.lipschitz), float(to_host(res.global_lipschitz))
+    assert numpy.all(local <= glob * (1 + 1e-9)), (local, glob)
+    for s in range(x_host.shape[0]):
+        pts = ball_points(rng, x_host[s:s + 1], eps, 6)
+        sampled = max(jacobian_norm(model, xp.asarray(pts[j:j + 1]), xp) for j in range(pts.shape[0]))
+        ascent = secant_ascent(model, x_host[s:s + 1], eps, xp, rng, steps=15)
+        assert sampled <= local[s] * (1 + 1e-6) + 1e-12, (s, sampled, local[s])
+        assert ascent <= local[s] * (1 + 1e-6) + 1e-12, (s, ascent, local[s])
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+       eps=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
+def test_constant_neurons_never_change_and_bounds_contain_samples(xp, seed, kind, conv, eps):
+    model, rng = small_model(kind, conv, xp, seed)
+    x_host = _inputs(model, rng, 2)
+    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 50, rng)
+    for s in range(x_host.shape[0]):
+        pts = numpy.concatenate([x_host[s:s + 1], ball_points(rng, x_host[s:s + 1], eps, 64)])
+        # points on the sphere too: the extreme case of the ball
+        sphere = x_host[s:s + 1] + eps * (lambda d: d / numpy.linalg.norm(d.reshape(16, -1), axis=1).reshape(
+            (16,) + (1,) * (d.ndim - 1)))(rng.standard_normal((16,) + x_host.shape[1:]))
+        pts = numpy.concatenate([pts, sphere])
+        pres = pre_activations(model, xp.asarray(pts))
+        for act_bounds, pre in zip(res.activations, pres):
+            lo = to_host(act_bounds.lower)[s]
+            up = to_host(act_bounds.upper)[s]
+            pre_h = to_host(pre)
+            assert numpy.all(pre_h >= lo - 1e-9) and numpy.all(pre_h <= up + 1e-9)
+            layer = act_bounds.layer
+            out = to_host(layer(pre, {k: v.value for k, v in layer.params.items()}))
+            constant = to_host(act_bounds.output_mask)[s] == 0
+            spread = out.max(axis=0) - out.min(axis=0)
+            assert numpy.all(spread[constant] == 0), "a neuron marked constant changed inside the ball"
+
+
+def test_masks_find_constant_neurons(xp):
+    """The masks are not vacuous: at small eps most ReLUs that are off stay off."""
+    model, rng = small_model("relu", False, xp, 3)
+    res = network_bounds(model, xp.asarray(_inputs(model, rng, 8)), 1e-3, "local", "fast", 20, rng)
+    assert float(numpy.mean(to_host(res.activations[0].constant_fraction))) > 0.2
+
+
+def test_global_bound_is_product_of_exact_norms(xp):
+    model, rng = small_model("relu", False, xp, 7)
+    res = network_bounds(model, xp.asarray(_inputs(model, rng, 2)), 0.1, "global", "fast", 500, rng)
+    exact = 1.0
+    for layer in model.layers[:-1]:
+        if layer.is_affine:
+            exact *= numpy.linalg.norm(to_host(layer.params["weight"].value), 2)
+    assert_backend_close(res.global_lipschitz, numpy.asarray(exact), xp, rtol=1e-8, what="global bound")
+
+
+def test_local_norm_of_dense_layer_matches_masked_svd(xp):
+    model, rng = small_model("relu", False, xp, 11)
+    x_host = _inputs(model, rng, 4)
+    res = network_bounds(model, xp.asarray(x_host), 0.3, "local", "fast", 1000, rng)
+    w = to_host(model.layers[2].params["weight"].value)  # second affine layer
+    rows = to_host(res.activations[1].row_mask)
+    cols = to_host(res.activations[0].output_mask)
+    for s in range(4):
+        masked = w * rows[s][:, None] * cols[s][None, :]
+        exact = numpy.linalg.norm(masked, 2)
+        glob = numpy.linalg.norm(w, 2)
+        assert abs(float(to_host(res.local_norms[1])[s]) - min(exact, glob)) <= 1e-8 * max(glob, 1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+       eps=st.sampled_from([0.05, 0.5]))
+def test_sound_mode_bounds_converged_fast_mode(xp, seed, kind, conv, eps):
+    model, rng = small_model(kind, conv, xp, seed)
+    x = xp.asarray(_inputs(model, rng, 3))
+    fast = network_bounds(model, x, eps, "local", "fast", 400, numpy.random.default_rng(seed))
+    sound = network_bounds(model, x, eps, "local", "sound", 40, numpy.random.default_rng(seed))
+    sound_global = float(to_host(sound.global_lipschitz))
+    assert float(to_host(fast.global_lipschitz)) <= sound_global * (1 + 1e-12)
+    assert numpy.all(to_host(sound.lipschitz) <= sound_global * (1 + 1e-12))
+    # sound norms use sound radii, so masks can only be fewer; the bound can only be larger
+    assert numpy.all(to_host(fast.lipschitz) <= to_host(sound.lipschitz) * (1 + 1e-9))
+
+
+def test_unknown_layer_is_an_error(xp):
+    model, rng = small_model("relu", False, xp, 1)
+
+    class Strange(ReLU):
+        pass
+    model.layers[1] = type("Weird", (), {"is_affine": False, "is_activation": False, "in_shape": (8,),
+                                         "out_shape": (8,), "params": {}})()
+    with pytest.raises(TypeError, match="unknown layers are an error"):
+        network_bounds(model, xp.asarray(_inputs(model, rng, 1)), 0.1, "local", "fast", 5, rng)
+
+
+def test_bad_arguments(xp):
+    model, rng = small_model("relu", False, xp, 1)
+    x = xp.asarray(_inputs(model, rng, 1))
+    with pytest.raises(ValueError, match="eps"):
+        network_bounds(model, x, -0.1, "local", "fast", 5, rng)
+    with pytest.raises(ValueError, match="input shape"):
+        network_bounds(model, xp.asarray(numpy.zeros((1, 4))), 0.1, "local", "fast", 5, rng)
+    with pytest.raises(ValueError, match="float64"):
+        network_bounds(model, xp.astype(x, xp.float32), 0.1, "local", "sound", 5, rng)

@@ -1,0 +1,145 @@
+"""Margins and certificates: the ball-and-box support is an upper bound of the true maximum
+and tight; a certified sample is never broken by sampled points or by PGD in the ball."""
+import numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lipref import primitives as P
+from lipref.backend import to_host
+from lipref.bounds import margins as M
+from lipref.bounds.lipschitz import network_bounds
+from lipref.tape import Var, grad
+from test_bounds import ACTS, ball_points, penultimate, project_ball, small_model
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 100_000), dim=st.integers(1, 12), scale=st.floats(0.01, 3.0))
+def test_ball_box_support_is_tight_upper_bound(xp, seed, dim, scale):
+    rng = numpy.random.default_rng(seed)
+    m = 4
+    c = rng.normal(size=(m, dim))
+    lo = -rng.uniform(0, 1, (m, dim))
+    hi = rng.uniform(0, 1, (m, dim))
+    radius = scale * rng.uniform(0.1, 1.0, m)
+    value, lam, inside = M.ball_box_support(xp.asarray(c), xp.asarray(lo), xp.asarray(hi), xp.asarray(radius), 60)
+    value = to_host(value)
+    # feasible points never exceed the bound
+    for _ in range(200):
+        d = numpy.clip(rng.normal(size=(m, dim)) * rng.uniform(0, 2), lo, hi)
+        norms = numpy.linalg.norm(d, axis=1)
+        d = d * numpy.minimum(1, radius / numpy.maximum(norms, 1e-300))[:, None]
+        assert numpy.all(numpy.sum(c * d, axis=1) <= value + 1e-12)
+    # tightness: a feasible point (clip at a slightly smaller multiplier) comes within 1e-6
+    lam_h = to_host(lam)
+    for i in range(m):
+        if to_host(inside)[i]:
+            d = numpy.where(c[i] > 0, hi[i], lo[i])
+        else:
+            lo_l, hi_l = 0.0, lam_h[i]
+            for _ in range(80):
+                mid = 0.5 * (lo_l + hi_l)
+                if numpy.linalg.norm(numpy.clip(mid * c[i], lo[i], hi[i])) <= radius[i]:
+                    lo_l = mid
+                else:
+                    hi_l = mid
+            d = numpy.clip(lo_l * c[i], lo[i], hi[i])
+        assert numpy.linalg.norm(d) <= radius[i] * (1 + 1e-12)
+        assert value[i] - numpy.dot(c[i], d) <= 1e-6 * (1 + abs(value[i]))
+        assert value[i] <= radius[i] * numpy.linalg.norm(c[i]) + 1e-9 or to_host(inside)[i]
+
+
+def _certify(model, x_host, eps, xp, rng, margin):
+    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 300, rng)
+    logits = res.logits
+    pred = M.predictions(logits)
+    onehot = M.one_hot(pred, logits.shape[1], logits.dtype)
+    w = model.layers[-1].params["weight"].value
+    if margin == "gloro":
+        worst = M.gloro_worst_logits(logits, w, onehot, res.radius)
+    else:
+        worst = M.bcp_worst_logits(logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
+    return to_host(M.certified(worst, logits, onehot)), to_host(pred)
+
+
+def pgd_on_margin(model, x_host, label, eps, xp, rng, steps=30):
+    """Projected gradient ascent on max_j (z_j - z_label) inside the ball; returns the best
+    margin found (> 0 means the prediction changed)."""
+    p = ball_points(rng, x_host, eps, 4)
+    best = -numpy.inf
+    onehot = numpy.zeros((1, 0))
+    for _ in range(steps):
+        X = Var(xp.asarray(p))
+        z = model(X)
+        zv = to_host(z.value)
+        k = zv.shape[1]
+        onehot = numpy.eye(k)[[label] * p.shape[0]]
+        others = numpy.where(onehot > 0, -numpy.inf, zv)
+        target = numpy.argmax(others, axis=1)
+        best = max(best, float(numpy.max(numpy.max(others, axis=1) - zv[:, label])))
+        sel = numpy.eye(k)[target] - onehot
+        obj = P.sum(P.multiply(z, xp.asarray(sel)), None, False)
+        (g,) = grad(obj, [X])
+        g = to_host(g)
+        n = numpy.linalg.norm(g.reshape(p.shape[0], -1), axis=1).reshape((-1,) + (1,) * (p.ndim - 1)) + 1e-300
+        p = project_ball(p + 0.25 * eps * g / n, x_host, eps)
+    return best
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+       margin=st.sampled_from(["gloro", "bcp"]), scale=st.sampled_from([0.3, 3.0, 30.0, 100.0]))
+def test_certified_points_are_never_broken(xp, seed, kind, conv, margin, scale):
+    model, rng = small_model(kind, conv, xp, seed)
+    x_host = rng.uniform(-1, 1, (6,) + model.input_shape)
+    # the smallest radius that separates the two top logits, so that some points certify
+    logits = to_host(model(xp.asarray(x_host), record=False))
+    top2 = numpy.sort(logits, axis=1)[:, -2:]
+    eps = float(numpy.median(top2[:, 1] - top2[:, 0])) * scale + 1e-3
+    cert, pred = _certify(model, x_host, eps, xp, rng, margin)
+    for s in numpy.nonzero(cert)[0]:
+        pts = ball_points(rng, x_host[s:s + 1], eps, 64)
+        z = to_host(model(xp.asarray(pts), record=False))
+        assert numpy.all(numpy.argmax(z, axis=1) == pred[s]), "a sampled point changed a certified prediction"
+        assert pgd_on_margin(model, x_host[s:s + 1], int(pred[s]), eps, xp, rng) < 0
+
+
+def test_ties_are_never_certified(xp):
+    logits = xp.asarray(numpy.array([[1.0, 1.0, 0.0]]))
+    onehot = M.one_hot(M.predictions(logits), 3, logits.dtype)
+    assert int(to_host(M.predictions(logits))[0]) == 0
+    worst = M.gloro_worst_logits(logits, xp.asarray(numpy.eye(3)), onehot, xp.asarray(numpy.zeros(1)))
+    assert not bool(to_host(M.certified(worst, logits, onehot))[0])
+
+
+def test_bcp_never_looser_than_gloro(xp):
+    model, rng = small_model("relu", True, xp, 5)
+    x = xp.asarray(rng.uniform(-1, 1, (5,) + model.input_shape))
+    res = network_bounds(model, x, 0.3, "local", "fast", 100, rng)
+    onehot = M.one_hot(M.predictions(res.logits), 3, res.logits.dtype)
+    w = model.layers[-1].params["weight"].value
+    g = to_host(M.gloro_worst_logits(res.logits, w, onehot, res.radius))
+    b = to_host(M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper))
+    assert numpy.all(b <= g + 1e-12)
+
+
+def test_bcp_gradient_matches_finite_differences():
+    """The envelope-theorem gradient of the BCP worst logits equals the derivative of the
+    maximum (checked by central differences on the last layer's weights)."""
+    import array_api_compat.numpy as xp
+    model, rng = small_model("relu", False, xp, 21)
+    x = xp.asarray(rng.uniform(-1, 1, (3,) + model.input_shape))
+    res = network_bounds(model, x, 0.4, "local", "fast", 200, numpy.random.default_rng(0))
+    onehot = M.one_hot(M.predictions(res.logits), 3, res.logits.dtype)
+    W = Var(model.layers[-1].params["weight"].value.copy())
+    cot = rng.normal(size=(3, 3))
+
+    def value(wv, record):
+        w = W if record else wv
+        worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper, 80)
+        return P.sum(P.multiply(worst, cot), None, False)
+
+    (g,) = grad(value(None, True), [W])
+    d = rng.normal(size=W.value.shape)
+    h = 1e-6
+    fd = (float(value(W.value + h * d, False)) - float(value(W.value - h * d, False))) / (2 * h)
+    assert abs(float(numpy.sum(g * d)) - fd) <= 1e-5 * (1 + abs(fd))
