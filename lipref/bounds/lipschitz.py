@@ -163,8 +163,10 @@ def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, rng, vectors, key, 
 def _chunked_dense_upper(weight, row_mask, col_mask, chunk=32):
     xp = namespace(weight)
     parts = []
-    for s in range(0, row_mask.shape[0], chunk):
-        m = _dense_masked_matrices(weight, row_mask[s:s + chunk, ...], col_mask[s:s + chunk, ...])
+    n = row_mask.shape[0]
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
+        m = _dense_masked_matrices(weight, row_mask[s:e, ...], col_mask[s:e, ...])
         parts.append(spectral.dense_spectral_norm_upper(m))
     return xp.concat(parts, axis=0)
 
@@ -243,11 +245,11 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
             if pending is not None:
                 flush(None)
             z = affine(layer, h, params["weight"], params["bias"])
+            slack = _rounding_slack(layer, params, lower, upper, xp) if mode == "sound" else None
             lo_i, up_i = affine_interval(layer, params, lower, upper)
             lo_b, up_b = ball_interval(z, radius, row_norms(layer, params, in_mask))
             lower, upper = intersect(lo_i, up_i, lo_b, up_b)
-            if mode == "sound":
-                slack = _rounding_slack(layer, params, lower, upper, xp)
+            if slack is not None:  # computed from this layer's input box, before the update
                 lower, upper = P.subtract(lower, slack), P.add(upper, slack)
             h = z
             pending = (i, layer, params, in_mask)
