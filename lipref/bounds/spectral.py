@@ -1,0 +1,423 @@
+"""Spectral norms of linear operators: estimates (power iteration) and upper bounds.
+
+An operator A is given by two functions acting on batches, `apply(v)` and
+`apply_adjoint(u)`: the leading axis indexes samples and every sample has its own
+operator (e.g. a masked layer m_out * W(m_in * v)). All math takes its array namespace
+from its inputs, so it runs on NumPy, CuPy and array-api-strict.
+
+What each function guarantees (the arguments are in docs/soundness.md, "Spectral norms"):
+
+- `power_iteration`: sigma = ||A v|| for a unit v, a LOWER estimate of ||A||_2. Fast, no
+  guarantee of being close; the returned v warm-starts the next call.
+- `lanczos_upper_bound`: a PROBABILISTIC upper bound. For a start vector drawn from a
+  rotation-invariant distribution (Gaussian) independently of A, each sample's bound holds
+  with probability >= 1 - failure_prob (Kuczynski & Wozniakowski 1992), up to the
+  floating-point allowance described in the docs.
+- `dense_spectral_norm_upper`, `gram_iteration_upper`, `conv_spectral_norm_upper`:
+  DETERMINISTIC upper bounds, with rounding margins derived from the standard model of
+  IEEE floating-point arithmetic (no overflow, no reduced-precision matmul modes).
+
+No host NumPy here: small dense eigenproblems go to xp.linalg; only a namespace without a
+linalg extension falls back to the host (see `_eigh`).
+"""
+import math
+
+from ..backend import namespace
+
+# Kuczynski & Wozniakowski (1992), Lanczos with a random start on an n x n symmetric
+# positive (semi)definite matrix, k steps: P[(lambda_1 - theta_k) / lambda_1 >= eps]
+# <= KW_CONSTANT * sqrt(n) * exp(-sqrt(eps) * (2k - 1)).
+KW_CONSTANT = 1.648
+
+
+# ---------------------------------------------------------------- small helpers
+
+def _unit_roundoff(xp, dtype):
+    """u = eps / 2: |fl(x op y) - (x op y)| <= u |x op y| in round-to-nearest."""
+    return float(xp.finfo(dtype).eps) / 2
+
+
+def _gamma(k, u):
+    """Higham's gamma_k = k u / (1 - k u): the relative error bound of k roundings."""
+    ku = k * u
+    if ku >= 0.5:
+        raise ValueError(f"problem too large for a rounding bound ({k} operations at unit roundoff {u})")
+    return ku / (1 - ku)
+
+
+def _flat(x):
+    """(B, ...) -> (B, n)."""
+    xp = namespace(x)
+    return xp.reshape(x, (x.shape[0], -1))
+
+
+def _sample_dim(x):
+    n = 1
+    for d in x.shape[1:]:
+        n *= d
+    return n
+
+
+def _norms(x):
+    """Per-sample Euclidean norm, (B,), scaled by the largest entry first so that tiny
+    vectors (entries near 1e-160 and below, whose squares underflow) keep an accurate norm."""
+    xp = namespace(x)
+    axes = tuple(range(1, x.ndim))
+    scale = xp.max(xp.abs(x), axis=axes)
+    scaled = x / _per_sample(_safe(scale), x)
+    return scale * xp.sqrt(xp.sum(scaled * scaled, axis=axes))
+
+
+def _per_sample(s, like):
+    """(B,) -> (B, 1, ..., 1) broadcastable against `like`."""
+    return namespace(s).reshape(s, (s.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _safe(s):
+    """s where s > 0, else 1 (a denominator that never divides by zero)."""
+    xp = namespace(s)
+    return xp.where(s > 0, s, xp.ones_like(s))
+
+
+def _normalise(x):
+    """x / ||x|| per sample and the norms; samples with ||x|| == 0 stay zero (no NaN)."""
+    norms = _norms(x)
+    return x / _per_sample(_safe(norms), x), norms
+
+
+def _transpose(a):
+    """Swap the last two axes."""
+    xp = namespace(a)
+    axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
+    return xp.permute_dims(a, axes)
+
+
+def _eigh(a, values_only):
+    """Eigen-decomposition of a batch of small symmetric matrices (..., k, k), ascending.
+
+    Uses the backend's linalg extension. A namespace without one falls back to host
+    LAPACK: these matrices are small (Lanczos tridiagonals, Gram matrices), so the copy
+    costs little, and there is no array-API way to diagonalise without linalg."""
+    xp = namespace(a)
+    if hasattr(xp, "linalg"):
+        if values_only:
+            return xp.linalg.eigvalsh(a)
+        res = xp.linalg.eigh(a)
+        return res.eigenvalues, res.eigenvectors
+    from ..backend import host, to_host  # host fallback, see docstring
+    a_host = to_host(a)
+    if values_only:
+        return xp.asarray(host.linalg.eigvalsh(a_host))
+    w, v = host.linalg.eigh(a_host)
+    return xp.asarray(w), xp.asarray(v)
+
+
+# ---------------------------------------------------------------- power iteration
+
+def power_iteration(apply, apply_adjoint, v0, n_iters):
+    """Batched power iteration on A^T A, one operator per sample.
+
+    v0: (B, ...) start vectors in A's input shape; callers draw them at random (Gaussian)
+    or pass the v of a previous call to warm-start. A sample whose v0 is exactly zero is
+    started from the constant unit vector instead (deterministic, never NaN).
+    n_iters: number of A^T A products (0 allowed: then v = v0 / ||v0||).
+
+    Returns (sigma, u, v): v (B, ...) unit per sample, sigma (B,) = ||A v|| (a lower
+    estimate of ||A||_2, exact only in the limit), u = A v / sigma (0 where sigma == 0, so
+    a zero operator gives sigma 0 and u 0, not NaN).
+    """
+    if n_iters < 0:
+        raise ValueError(f"n_iters must be >= 0, got {n_iters}")
+    xp = namespace(v0)
+    v, norms = _normalise(v0)
+    fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
+    v = xp.where(_per_sample(norms, v) > 0, v, fallback)
+    for _ in range(n_iters):
+        w = apply_adjoint(apply(v))
+        w_unit, w_norms = _normalise(w)
+        # w == 0: v lies in A's null space (or A == 0); keep v rather than divide by zero
+        v = xp.where(_per_sample(w_norms, v) > 0, w_unit, v)
+    u, sigma = _normalise(apply(v))
+    return sigma, u, v
+
+
+def global_norm_power_iteration(apply, apply_adjoint, v0, n_iters):
+    """Power iteration for one operator (not per sample): v0 has a leading axis of 1.
+
+    Returns (sigma, u, v) with sigma a 0-d array."""
+    if v0.shape[0] != 1:
+        raise ValueError(f"global_norm_power_iteration takes one start vector (leading axis 1), "
+                         f"got shape {tuple(v0.shape)}")
+    sigma, u, v = power_iteration(apply, apply_adjoint, v0, n_iters)
+    return sigma[0], u, v
+
+
+# ---------------------------------------------------------------- Lanczos upper bound
+
+def _orthonormalise(w, basis):
+    """Orthogonalise w (B, n) against the orthonormal rows of basis (B, j, n) by two passes
+    of classical Gram-Schmidt, then normalise. Returns (unit, norm, ok): ok is False where
+    the second pass still lost more than a factor sqrt(2) of the norm -- w lay numerically
+    in span(basis) and the result would not be orthogonal (Kahan-Parlett "twice is
+    enough", as in Daniel-Gragg-Kaufman-Stewart 1976) -- or where nothing is left."""
+    xp = namespace(w)
+    before = None
+    for _ in range(2):
+        before = _norms(w)
+        coeffs = xp.matmul(basis, w[:, :, None])  # (B, j, 1)
+        w = w - xp.matmul(_transpose(basis), coeffs)[:, :, 0]
+    unit, norm = _normalise(w)
+    ok = (norm > 0) & (norm * math.sqrt(2) >= before)
+    return unit, norm, ok
+
+
+def kw_relative_error(n, n_steps, failure_prob):
+    """The eps of Kuczynski & Wozniakowski (1992) for the Lanczos algorithm: with
+    probability >= 1 - failure_prob over a uniformly random start, the largest Ritz value
+    theta after `n_steps` steps on an n x n PSD matrix satisfies theta >= (1 - eps) lambda_1.
+
+    Solves KW_CONSTANT sqrt(n) exp(-sqrt(eps)(2k - 1)) = failure_prob. When n_steps >= n,
+    the Krylov space is invariant and contains the start vector, so theta = lambda_1 with
+    probability 1 and eps = 0. A value >= 1 means the bound is vacuous."""
+    if not (0.0 < failure_prob < 1.0):
+        raise ValueError(f"failure_prob must be in (0, 1), got {failure_prob}")
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if n_steps >= n:
+        return 0.0
+    root = math.log(KW_CONSTANT * math.sqrt(n) / failure_prob) / (2 * n_steps - 1)
+    return root * root
+
+
+def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
+    """Probabilistic upper bound on ||A||_2 per sample by Lanczos on A^T A.
+
+    v0: (B, ...) start vectors, drawn by the caller from a Gaussian (any rotation-invariant
+    law) independently of A -- a fresh draw, never a warm start, or the guarantee is void.
+    n_iters: Lanczos steps k (each one product with A^T A); full reorthogonalisation.
+    failure_prob: the probability, per sample, that the bound fails.
+
+    Returns (upper, estimate, v):
+      upper (B,): sqrt(max(theta, estimate^2) (1 + rho) / (1 - eps)), theta the largest
+        Ritz value, eps from `kw_relative_error`, rho = sqrt(machine epsilon) a floating-point
+        allowance; +inf where the bound is vacuous (eps >= 1), where v0 is zero, or where the
+        computation is not finite -- the caller then falls back to another bound.
+      estimate (B,): ||A v||, a lower estimate of ||A||_2 (like power iteration's sigma).
+      v (B, ...): the unit Ritz vector of theta (a good warm start for power iteration).
+    """
+    if n_iters < 1:
+        raise ValueError(f"n_iters must be >= 1, got {n_iters}")
+    xp = namespace(v0)
+    dtype = v0.dtype
+    shape = tuple(v0.shape)
+    b, n = shape[0], _sample_dim(v0)
+    k = min(n_iters, n)  # more than n orthonormal directions do not exist
+    eps = kw_relative_error(n, k, failure_prob)
+
+    start = _flat(v0)
+    q, start_norms = _normalise(start)
+    basis = xp.zeros((b, k, n), dtype=dtype)
+    alphas, betas = [], []
+    q_prev = xp.zeros_like(q)
+    beta_prev = xp.zeros((b,), dtype=dtype)
+    for j in range(k):
+        basis[:, j, :] = q
+        w = _flat(apply_adjoint(apply(xp.reshape(q, shape))))
+        alpha = xp.sum(q * w, axis=1)
+        alphas.append(alpha)
+        if j == k - 1:
+            break
+        w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
+        w_unit, beta, ok = _orthonormalise(w, basis[:, :j + 1, :])
+        # Breakdown (w numerically inside span(Q)): the Krylov space is (numerically)
+        # invariant. Continue in its orthogonal complement from a restart vector -- the
+        # random start rolled, a fixed function of it -- with coupling beta = 0. The span
+        # only grows, so the largest Ritz value can only grow (docs/soundness.md).
+        if not bool(xp.all(ok)):
+            restart = xp.roll(start, 7 * j + 1, axis=1)
+            r_unit, _, r_ok = _orthonormalise(restart, basis[:, :j + 1, :])
+            r_unit = xp.where(r_ok[:, None], r_unit, xp.zeros_like(r_unit))  # nothing left: q = 0
+            w_unit = xp.where(ok[:, None], w_unit, r_unit)
+            beta = xp.where(ok, beta, xp.zeros_like(beta))
+        betas.append(beta)
+        q_prev, q, beta_prev = q, w_unit, beta
+    betas.append(xp.zeros((b,), dtype=dtype))
+
+    alpha = xp.stack(alphas, axis=1)  # (B, k)
+    off = xp.stack(betas, axis=1)  # beta_j couples steps j and j + 1; the last is unused
+    upper_diag = off[:, :, None] * xp.eye(k, k=1, dtype=dtype)  # (i, i + 1) = beta_i
+    tri = alpha[:, :, None] * xp.eye(k, dtype=dtype) + upper_diag + _transpose(upper_diag)
+    ritz_values, ritz_vectors = _eigh(tri, values_only=False)
+    theta = ritz_values[:, -1]
+    y = ritz_vectors[:, :, -1]  # (B, k)
+    x = xp.matmul(y[:, None, :], basis)[:, 0, :]
+    v, _ = _normalise(x)
+    v = xp.reshape(v, shape)
+    estimate = _norms(apply(v))
+
+    lam = xp.maximum(xp.maximum(theta, estimate * estimate), xp.zeros_like(theta))
+    inf = xp.full_like(theta, math.inf)
+    if eps >= 1.0:
+        return inf, estimate, v
+    rho = math.sqrt(_unit_roundoff(xp, dtype) * 2)  # sqrt(machine epsilon), see docs
+    upper = xp.sqrt(lam * ((1 + rho) / (1 - eps)))
+    good = (start_norms > 0) & xp.isfinite(upper)
+    return xp.where(good, upper, inf), estimate, v
+
+
+# ---------------------------------------------------------------- dense matrices
+
+def dense_spectral_norm_upper(matrices):
+    """Deterministic upper bound on ||M_b||_2 for a batch of dense matrices (B, m, n).
+
+    Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
+    accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
+    smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
+    q = max(m, n)) by xp.linalg.eigvalsh, and
+        ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
+    F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
+    Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
+    the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
+    ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
+    rounding of M / s. Returns (B,), 0 for zero matrices. See docs/soundness.md.
+    """
+    xp = namespace(matrices)
+    if matrices.ndim != 3:
+        raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
+    _, m, n = matrices.shape
+    u = _unit_roundoff(xp, matrices.dtype)
+    scale = xp.max(xp.abs(matrices), axis=(1, 2))
+    scaled = matrices / _safe(scale)[:, None, None]
+    if m <= n:
+        gram = xp.matmul(scaled, _transpose(scaled))
+    else:
+        gram = xp.matmul(_transpose(scaled), scaled)
+    p, q = min(m, n), max(m, n)
+    lam = _eigh(gram, values_only=True)[:, -1]
+    frob_sq = xp.sum(scaled * scaled, axis=(1, 2)) * (1 + _gamma(m * n + 1, u))
+    g_q = _gamma(q, u)
+    margin = (2 * g_q + _gamma(8 * p * p, u) * (1 + g_q)) * frob_sq
+    bound_sq = xp.maximum(lam, xp.zeros_like(lam)) + margin
+    bound = xp.sqrt(bound_sq) * (1 + 8 * u) + 2 * u * xp.sqrt(frob_sq)
+    return scale * bound * (1 + 2 * u)
+
+
+def gram_iteration_upper(matrix, n_iters):
+    """Deterministic upper bound on ||W||_2 by Gram iteration (Delattre et al., ICML 2023).
+
+    matrix: (m, n) or a batch (B, m, n). In exact arithmetic ||W||_2 <= ||G_t||_F^(1/2^t)
+    with G_0 = W, G_{t+1} = G_t^T G_t; the bound decreases with t and tends to ||W||_2 as
+    fast as (sigma_2 / sigma_1)^(2^t). Each G_t is rescaled to unit Frobenius norm (no
+    overflow) and the bound is assembled backwards with rounding margins (docs/soundness.md).
+    Returns a 0-d array for one matrix, (B,) for a batch.
+    """
+    if n_iters < 0:
+        raise ValueError(f"n_iters must be >= 0, got {n_iters}")
+    xp = namespace(matrix)
+    single = matrix.ndim == 2
+    w = matrix[None, ...] if single else matrix
+    if w.ndim != 3:
+        raise ValueError(f"expected (m, n) or (B, m, n), got shape {tuple(matrix.shape)}")
+    _, m, n = w.shape
+    u = _unit_roundoff(xp, w.dtype)
+    p = min(m, n)
+
+    frob = _norms  # scaled by the largest entry: no overflow or underflow in the squares
+
+    # step t: X_t (computed), r_t = fl(||X_t||_F), H_t = fl(X_t / r_t)
+    # kappa_t: ||X_t||_F <= r_t kappa_t;  H_t = X_t / r_t + D_t with ||D_t||_F <= u kappa_t
+    def kappa(size):
+        return 1 / (1 - _gamma(size + 4, u))
+
+    r0 = frob(w)
+    h = w / _safe(r0)[:, None, None]
+    radii, kappas, inner = [r0], [kappa(m * n)], []
+    for t in range(n_iters):
+        if t == 0 and m <= n:
+            x = xp.matmul(h, _transpose(h))
+            inner.append(n)
+        elif t == 0:
+            x = xp.matmul(_transpose(h), h)
+            inner.append(m)
+        else:
+            x = xp.matmul(_transpose(h), h)
+            inner.append(p)
+        r = frob(x)
+        h = x / _safe(r)[:, None, None]
+        radii.append(r)
+        kappas.append(kappa(p * p))
+
+    # backwards: b_T >= ||H_T||_2, then ||H_{t-1}||_2^2 <= r_t (b_t + u kappa_t) + 2 gamma_q h_{t-1}^2
+    b = xp.full_like(r0, kappas[-1] * (1 + u))
+    for t in range(n_iters, 0, -1):
+        h_prev = kappas[t - 1] * (1 + u)
+        b = xp.sqrt(radii[t] * (b + u * kappas[t]) + 2 * _gamma(inner[t - 1], u) * h_prev * h_prev)
+    bound = r0 * (b + u * kappas[0]) * (1 + 4 * (n_iters + 2) * u)
+    bound = xp.where(r0 > 0, bound, xp.zeros_like(bound))
+    return bound[0] if single else bound
+
+
+# ---------------------------------------------------------------- convolutions
+
+def conv_spectral_norm_upper(weight, in_hw, stride, padding):
+    """Deterministic upper bound on the operator norm of conv2d(., weight, None, stride,
+    padding) on inputs of spatial size in_hw = (H, W); weight (O, C, kh, kw).
+
+    The zero-padded input is embedded in a circular grid of Nh x Nw = (H + 2p) x (W + 2p):
+    no valid output reads across the wrap, so conv2d = P o Circ o E with E the (isometric)
+    zero embedding and P a coordinate selection (stride and valid-output restriction,
+    ||P|| <= 1). ||Circ|| = max over the grid frequencies f of ||K(f)||_2, K(f) the O x C
+    matrix of the kernel's 2-D DFT (Sedghi et al. 2019). K(f) is computed as an explicit
+    small DFT (a matmul with cos/sin tables, all on the backend), with a margin for its
+    rounding; each ||K(f)||_2 is bounded by `dense_spectral_norm_upper` on the real 2O x 2C
+    form [[Re, -Im], [Im, Re]], whose singular values are K(f)'s, each twice. Only half of
+    the frequencies are needed: K(-f) = conj(K(f)) for a real kernel.
+
+    Returns a 0-d array of weight's dtype.
+    """
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    h, w_in = in_hw
+    if stride < 1 or padding < 0:
+        raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride}, {padding}")
+    nh, nw = h + 2 * padding, w_in + 2 * padding
+    if kh > nh or kw > nw:
+        raise ValueError(f"kernel {kh}x{kw} does not fit input {h}x{w_in} with padding {padding}")
+    dtype = weight.dtype
+    u = _unit_roundoff(xp, dtype)
+
+    def tables(n_freq_used, n_grid, taps):
+        """cos/sin of 2 pi (f a mod N) / N, (n_freq_used, taps); the index product is exact."""
+        f = xp.arange(n_freq_used)[:, None]
+        a = xp.arange(taps)[None, :]
+        angle = xp.astype((f * a) % n_grid, dtype) * (2 * math.pi / n_grid)
+        return xp.cos(angle), xp.sin(angle)
+
+    c1, s1 = tables(nh // 2 + 1, nh, kh)  # (F1, kh): half the rows, see docstring
+    c2, s2 = tables(nw, nw, kw)  # (F2, kw)
+    # separable DFT: Re = sum_ab w (c1 c2 - s1 s2), Im = sum_ab w (s1 c2 + c1 s2)
+    t_c = xp.tensordot(weight, c1, axes=((2,), (1,)))  # (O, C, kw, F1)
+    t_s = xp.tensordot(weight, s1, axes=((2,), (1,)))
+    re = xp.tensordot(t_c, c2, axes=((2,), (1,))) - xp.tensordot(t_s, s2, axes=((2,), (1,)))  # (O, C, F1, F2)
+    im = xp.tensordot(t_s, c2, axes=((2,), (1,))) + xp.tensordot(t_c, s2, axes=((2,), (1,)))
+    n_freq = re.shape[2] * re.shape[3]
+    re = xp.permute_dims(xp.reshape(re, (o, c, n_freq)), (2, 0, 1))  # (F, O, C)
+    im = xp.permute_dims(xp.reshape(im, (o, c, n_freq)), (2, 0, 1))
+    real_form = xp.concat([xp.concat([re, -im], axis=2), xp.concat([im, re], axis=2)], axis=1)
+
+    chunk = max(1, (1 << 22) // (4 * o * c))
+    best = None
+    for s in range(0, n_freq, chunk):
+        part = xp.max(dense_spectral_norm_upper(real_form[s:min(s + chunk, n_freq), ...]))
+        best = part if best is None else xp.maximum(best, part)
+
+    # DFT rounding: each table entry is off by at most tau = 32u (angle 2 pi m / N with
+    # relative error gamma_3, plus the cos/sin library error); each entry of Re and Im is
+    # then off by at most eps_dft * S[o, c], S = sum_ab |w_ocab|, so
+    # ||K(f) - fl(K(f))||_2 <= sqrt(2) eps_dft ||S||_F.
+    tau = 32 * u
+    eps_dft = 2 * _gamma(kh + kw + 1, u) + 3 * tau
+    s_abs = xp.sum(xp.abs(weight), axis=(2, 3))
+    s_frob = xp.sqrt(xp.sum(s_abs * s_abs)) * (1 + _gamma(o * c * (kh * kw + 1) + 2, u))
+    bound = (best + math.sqrt(2) * eps_dft * s_frob) * (1 + 4 * u)
+    return xp.astype(bound, dtype)
