@@ -634,6 +634,49 @@ def load_dataset(spec, data_dir=None, limit=None):
                    n_classes=info.n_classes, class_names=tuple(class_names), source=source)
 
 
+def load_array_file(path, limit=None):
+    """A `Dataset` from a user's .npz holding `images` (N, C, H, W) float and `labels` (N,) int,
+    with every value checked: finite, images in any range, labels non-negative integers."""
+    path = Path(path)
+    _check_limit(limit)
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    try:
+        with host.load(path, allow_pickle=False) as npz:
+            if "images" not in npz.files or "labels" not in npz.files:
+                raise DataError(f"{path}: a data .npz needs arrays 'images' and 'labels', found {sorted(npz.files)}")
+            images, labels = npz["images"], npz["labels"]
+    except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if images.ndim != 4:
+        raise DataError(f"{path}: images must have shape (N, C, H, W), got {images.shape}")
+    if labels.shape != (images.shape[0],):
+        raise DataError(f"{path}: labels must have shape ({images.shape[0]},), got {labels.shape}")
+    if images.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: images must be numbers and labels integers, got {images.dtype}, {labels.dtype}")
+    bad = ~host.isfinite(images.astype(host.float64))
+    if bad.any():
+        where = tuple(int(i) for i in host.argwhere(bad)[0])
+        raise DataError(f"{path}: images contain NaN or inf (first at index {where}: {images[where]})")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: labels must be >= 0, found {int(labels.min())}")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    n_classes = int(labels.max()) + 1 if labels.size else 0
+    return Dataset(name=path.name, split="file", images=images.astype(host.float32), labels=labels.astype(host.int64),
+                   input_shape=tuple(int(d) for d in images.shape[1:]), n_classes=n_classes,
+                   class_names=tuple(str(i) for i in range(n_classes)), source=str(path))
+
+
+def load_data(spec, data_dir=None, limit=None):
+    """`load_dataset` for a dataset name, `load_array_file` for a path ending in .npz."""
+    if isinstance(spec, str) and spec.endswith(".npz"):
+        return load_array_file(spec, limit)
+    return load_dataset(spec, data_dir, limit)
+
+
 # ---------------------------------------------------------------------------------------------
 # Verify and download
 # ---------------------------------------------------------------------------------------------

@@ -274,6 +274,22 @@ clamped_maxmin = primitive(_clamped_maxmin, _clamped_maxmin_vjp_x, _clamped_maxm
 
 # ---------------------------------------------------------------- shapes and reductions
 
+def _channel_slice(x, start, stop):
+    """x[:, start:stop, ...] (a block of channels or features along axis 1)."""
+    return x[:, start:stop, ...]
+
+
+def _channel_slice_vjp(g, ans, x, start, stop):
+    # the slice's adjoint: g placed back at its channels, zeros elsewhere
+    xp = namespace(g)
+    before = xp.zeros((g.shape[0], start) + tuple(g.shape[2:]), dtype=g.dtype)
+    after = xp.zeros((g.shape[0], x.shape[1] - stop) + tuple(g.shape[2:]), dtype=g.dtype)
+    return xp.concat([before, g, after], axis=1)
+
+
+channel_slice = primitive(_channel_slice, _channel_slice_vjp)
+
+
 def _reshape(x, shape):
     """x with a new shape (same elements, C order)."""
     return namespace(x).reshape(x, shape)

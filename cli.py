@@ -1,0 +1,487 @@
+"""The `lipref` command line: train, certify, bound, attack, data, info.
+
+No math lives here: each command parses its options, calls the library, and prints a
+table (or JSON with --json). Errors a user can fix (missing or corrupt files, shapes that do
+not fit, bad values) print one line and exit with code 2; a soundness violation (a
+certified sample broken by PGD) prints a loud error and exits with code 3.
+"""
+import functools
+import json
+import sys
+
+import click
+
+from lipref import data as D
+from lipref.backend import BackendError, float_dtype, get_backend, host, to_backend, to_host
+
+EXIT_USAGE = 2
+EXIT_UNSOUND = 3
+USER_ERRORS = (D.DataError, BackendError, ValueError, FileExistsError, FileNotFoundError, FloatingPointError,
+               TypeError, KeyError)
+
+
+def user_errors(fn):
+    """Turn errors a user can fix into one line on stderr and exit code 2 (no traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = str(exc).strip("'\"") or type(exc).__name__
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(EXIT_USAGE)
+    return wrapper
+
+
+def _positive_eps(ctx, param, value):
+    if value is not None and not value >= 0:  # also rejects NaN
+        raise click.BadParameter(f"must be >= 0, got {value}")
+    return value
+
+
+def _table(rows, columns):
+    """A plain-text table: columns is [(key, header, format)]."""
+    cells = [[header for _, header, _ in columns]]
+    for row in rows:
+        cells.append([("-" if row.get(key) is None else fmt.format(row[key])) for key, _, fmt in columns])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _emit_json(obj):
+    click.echo(json.dumps(obj, indent=2, allow_nan=True))
+
+
+def _progress(total, label, enabled):
+    """A click progress bar on stderr (a no-op context when disabled)."""
+    return click.progressbar(length=total, label=label, file=sys.stderr if enabled else _Null(), show_pos=True)
+
+
+class _Null:
+    def write(self, s):
+        pass
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def _load_model(path, backend, dtype):
+    from lipref.models import load_model
+    xp = get_backend(backend)
+    return load_model(path, xp, float_dtype(xp, dtype))
+
+
+def _load_for_model(model, spec, data_dir, limit):
+    dataset = D.load_data(spec, data_dir, limit)
+    if tuple(dataset.input_shape) != tuple(model.input_shape):
+        raise D.DataError(f"data {spec} has images of shape {tuple(dataset.input_shape)}, "
+                          f"the model needs {tuple(model.input_shape)}")
+    if dataset.labels.size and int(dataset.labels.max()) >= model.n_classes:
+        raise D.DataError(f"data {spec} has label {int(dataset.labels.max())}, the model has "
+                          f"{model.n_classes} classes")
+    return dataset
+
+
+data_options = [
+    click.option("--data", "data_spec", default="embedded:test", show_default=True,
+                 help="Dataset: mnist, fashion-mnist, cifar10, tinyimagenet or embedded, with an optional "
+                      ":train or :test split; or a .npz file with arrays 'images' (N,C,H,W) and 'labels'."),
+    click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                 help="Folder holding the dataset's files (default: the embedded slice, OS package folders, "
+                      "~/.cache/lipref/<name>)."),
+    click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."),
+]
+
+engine_options = [
+    click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
+                 help="Array backend (cupy needs a CUDA GPU)."),
+    click.option("--seed", type=int, default=0, show_default=True,
+                 help="Seed of every random draw (power-iteration starts, PGD starts, shuffling)."),
+]
+
+
+def apply_options(options):
+    def decorator(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return decorator
+
+
+@click.group()
+@click.version_option(package_name="lipref")
+def main():
+    """lipref: certified robustness through local Lipschitz bounds (Huang et al., NeurIPS 2021).
+
+    Train a classifier whose predictions provably cannot change within an l2 ball, and
+    certify it: `lipref train`, then `lipref certify`."""
+
+
+# ------------------------------------------------------------------------------------- train
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: checkpoint.npz, best.npz, model.npz, history.json.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same options).")
+@click.option("--data", "data_spec", default="embedded:train", show_default=True,
+              help="Training data (dataset[:split] or .npz), as for certify.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data files.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on the first N examples only.")
+@click.option("--eval-data", default=None,
+              help="Data for the per-epoch certified accuracy (default: the training set's test split).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Examples used for the per-epoch evaluation.")
+@click.option("--arch", default="2c2f", show_default=True,
+              help="Architecture: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W[-W...].")
+@click.option("--activation", type=click.Choice(["relu", "clipped_relu", "maxmin"]), default="relu",
+              show_default=True, help="Activation after every hidden layer.")
+@click.option("--threshold-init", type=float, default=1.0, show_default=True,
+              help="Initial threshold of clipped ReLU / clamp of MaxMin.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
+@click.option("--eps", "eps_train", type=float, default=0.5, show_default=True, callback=_positive_eps,
+              help="Training radius (l2), reached at the end of the ramp.")
+@click.option("--eps-eval", type=float, default=None, callback=_positive_eps,
+              help="Radius of the per-epoch evaluation (default: --eps).")
+@click.option("--warmup", type=float, default=1.0, show_default=True, help="Epochs of clean training first.")
+@click.option("--ramp", type=float, default=4.0, show_default=True,
+              help="Epochs over which eps grows 0 -> --eps and kappa falls 1 -> --kappa-end.")
+@click.option("--kappa-end", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Final weight of the clean loss in kappa*CE + (1-kappa)*robust.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr-end", type=float, default=1e-4, show_default=True,
+              help="Learning rate reached at the last epoch (exponential decay after the ramp).")
+@click.option("--decay-start", type=float, default=None, help="Epoch where the decay starts (default: end of ramp).")
+@click.option("--loss", type=click.Choice(["gloro", "bcp"]), default="gloro", show_default=True,
+              help="Robust loss: GloRo's bottom logit or the ball-and-box worst-case logits.")
+@click.option("--bound", type=click.Choice(["local", "global"]), default="local", show_default=True,
+              help="Lipschitz bound inside the loss.")
+@click.option("--sparsity", type=float, default=0.0, show_default=True,
+              help="Weight of the sparsity loss that pushes neurons to be constant on the ball (paper: 0.01-0.1).")
+@click.option("--saturation-weight", type=float, default=0.1, show_default=True,
+              help="c in the clipped-ReLU sparsity term mean(relu(ub)) + c*mean(relu(theta - lb)).")
+@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Power-iteration steps per training step (warm-started per sample).")
+@click.option("--eval-iters", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Power-iteration steps in the per-epoch evaluation.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Floating-point type of the training.")
+@apply_options(engine_options)
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@user_errors
+def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, as_json, quiet, **options):
+    """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
+    from lipref.train import TrainConfig, train as run_training
+    config = TrainConfig(eval_limit=eval_limit, **options)
+    train_set = D.load_data(data_spec, data_dir, limit)
+    eval_spec = eval_data or (f"{train_set.name}:test" if train_set.split != "file" else data_spec)
+    eval_set = D.load_data(eval_spec, data_dir, eval_limit)
+    reporter = _TrainProgress(not quiet, config.epochs)
+    try:
+        history = run_training(config, train_set, eval_set, out_dir, resume, reporter)
+    finally:
+        reporter.close()
+    if as_json:
+        _emit_json({"out": out_dir, "history": history})
+        return
+    click.echo(_table(history, [("epoch", "epoch", "{}"), ("clean_accuracy", "clean", "{:.3f}"),
+                                ("certified_accuracy_global", "cert(global)", "{:.3f}"),
+                                ("certified_accuracy_local", "cert(local)", "{:.3f}"),
+                                ("median_local_over_global", "local/global", "{:.3f}")]))
+    click.echo(f"eps {history[-1]['eps']:g} on {history[-1]['n']} evaluation examples; "
+               f"models in {out_dir}/ (best.npz = best certified accuracy, model.npz = last epoch)")
+
+
+class _TrainProgress:
+    """Progress of a training run: a bar per epoch on a terminal, a line per epoch otherwise."""
+
+    def __init__(self, enabled, epochs):
+        self.enabled, self.epochs = enabled, epochs
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event):
+        if not self.enabled:
+            return
+        if event["event"] == "step":
+            if self.tty:
+                if self.bar is None:
+                    self.bar = click.progressbar(length=event["steps"], file=sys.stderr,
+                                                 label=f"epoch {event['epoch'] + 1}/{self.epochs}")
+                    self.bar.__enter__()
+                self.bar.update(1)
+            else:
+                click.echo(f"epoch {event['epoch'] + 1}/{self.epochs} step {event['step']}/{event['steps']} "
+                           f"loss {event['loss']:.4f} eps {event['eps']:.3f} kappa {event['kappa']:.2f}",
+                           err=True)
+        elif event["event"] == "epoch_end":
+            self.close()
+            click.echo(f"epoch {event['epoch']}: clean {event['clean_accuracy']:.3f}, certified "
+                       f"{event['certified_accuracy_local']:.3f} (local) {event['certified_accuracy_global']:.3f} "
+                       f"(global) at eps {event['eps']:g}", err=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+# ----------------------------------------------------------------------------------- certify
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
+@click.option("--mode", type=click.Choice(["fast", "sound"]), default="fast", show_default=True,
+              help="fast: power iteration (the paper's evaluation; estimates). sound: upper bounds everywhere, "
+                   "float64 (see docs/soundness.md).")
+@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Power-iteration steps (fast) or Lanczos steps (sound) per layer.")
+@click.option("--pgd-steps", type=click.IntRange(min=0), default=100, show_default=True,
+              help="l2 PGD steps (step eps/4, random start); 0 skips the attack.")
+@click.option("--pgd-restarts", type=click.IntRange(min=1), default=1, show_default=True, help="PGD restarts.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(engine_options)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
+                   "...} as JSON.")
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw certified accuracy against radius into this PNG file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
+            backend, seed, as_json, samples_path, plot_path, quiet):
+    """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy."""
+    from lipref.certify import certify as run_certify
+    from lipref.models import atomic_write_bytes
+    model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
+    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    n = int(dataset.labels.shape[0])
+    with _progress(n, "certifying", not quiet) as bar:
+        result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters,
+                             host.random.default_rng(seed), batch_size, pgd_steps, pgd_restarts,
+                             progress=bar.update)
+    summary = result.summary()
+    summary.update({"model": model_path, "data": data_spec})
+    if samples_path:
+        atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
+    if plot_path:
+        from lipref.plots import plot_certified_accuracy
+        plot_certified_accuracy(result, plot_path, title=f"{model_path} on {data_spec}")
+    if as_json:
+        _emit_json(summary)
+    else:
+        rows = [{"bound": "global", "acc": summary["certified_accuracy_global"]},
+                {"bound": "local", "acc": summary["certified_accuracy_local"]}]
+        click.echo(f"{model_path} on {data_spec} ({n} examples), eps = {eps:g}, mode = {mode}")
+        click.echo(_table([{"what": "clean accuracy", "value": summary["clean_accuracy"]},
+                           {"what": f"PGD accuracy ({pgd_steps} steps)", "value": summary["pgd_accuracy"]},
+                           {"what": "certified accuracy, global bound", "value": rows[0]["acc"]},
+                           {"what": "certified accuracy, local bound", "value": rows[1]["acc"]},
+                           {"what": "median local/global bound", "value": summary["median_local_over_global"]}],
+                          [("what", "quantity", "{}"), ("value", "value", "{:.4f}")]))
+        click.echo(f"{summary['seconds']:.1f} s")
+    if summary["soundness_violations"]:
+        click.secho(f"SOUNDNESS ERROR: PGD changed the prediction of certified samples "
+                    f"{summary['soundness_violations']} inside the eps-ball. The certificate is wrong; "
+                    "please report this with the model and data.", err=True, fg="red", bold=True)
+        sys.exit(EXIT_UNSOUND)
+
+
+# ------------------------------------------------------------------------------------- bound
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
+@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Power-iteration (fast) or Lanczos (sound) steps per layer.")
+@click.option("--mode", type=click.Choice(["fast", "sound"]), default="fast", show_default=True,
+              help="fast: power-iteration estimates; sound: upper bounds (float64).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(engine_options)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {samples: [{index, label, prediction, global, local, constant_fraction}]}.")
+@user_errors
+def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, backend, seed, as_json):
+    """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
+    from lipref.bounds.lipschitz import network_bounds
+    from lipref.bounds.margins import predictions
+    model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
+    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    xp = get_backend(backend)
+    dtype = model.layers[0].params["weight"].value.dtype
+    rng = host.random.default_rng(seed)
+    samples = []
+    n = int(dataset.labels.shape[0])
+    global_vectors = None
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        x = to_backend(dataset.images[s:e], xp, dtype)
+        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
+        global_vectors = b.global_vectors
+        preds = to_host(predictions(b.logits))
+        local = to_host(b.lipschitz)
+        glob = float(to_host(b.global_lipschitz))
+        fractions = [to_host(a.constant_fraction) for a in b.activations]
+        for i in range(e - s):
+            samples.append({"index": s + i, "label": int(dataset.labels[s + i]), "prediction": int(preds[i]),
+                            "global": glob, "local": float(local[i]),
+                            "constant_fraction": [float(f[i]) for f in fractions]})
+    if as_json:
+        _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
+                    "samples": samples})
+        return
+    rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
+            for r in samples]
+    click.echo(_table(rows, [("index", "index", "{}"), ("label", "label", "{}"), ("prediction", "pred", "{}"),
+                             ("global", "global", "{:.4g}"), ("local", "local", "{:.4g}"),
+                             ("ratio", "local/global", "{:.3f}"), ("const", "constant fraction per layer", "{}")]))
+
+
+# ------------------------------------------------------------------------------------ attack
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
+@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="PGD steps.")
+@click.option("--step-size", type=float, default=None, help="Step length (default eps/4).")
+@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random restarts.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(engine_options)
+@click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
+@user_errors
+def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, backend, seed,
+           as_json):
+    """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
+    from lipref.attack import pgd_l2
+    from lipref.bounds.margins import predictions
+    model = _load_model(model_path, backend, "float32")
+    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    xp = get_backend(backend)
+    rng = host.random.default_rng(seed)
+    n = int(dataset.labels.shape[0])
+    correct = broken = 0
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        x = to_backend(dataset.images[s:e], xp, xp.float32)
+        y = to_backend(dataset.labels[s:e], xp)
+        ok = to_host(predictions(model(x, record=False)) == y)
+        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts)
+        correct += int(ok.sum())
+        broken += int((to_host(result.success) & ok).sum())
+    out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,
+           "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}
+    if as_json:
+        _emit_json(out)
+    else:
+        click.echo(_table([out], [("n", "n", "{}"), ("eps", "eps", "{:g}"), ("clean_accuracy", "clean", "{:.4f}"),
+                                  ("pgd_accuracy", "PGD", "{:.4f}")]))
+
+
+# -------------------------------------------------------------------------------------- data
+
+@main.group()
+def data():
+    """List, verify and download datasets."""
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_list(as_json):
+    """Known datasets, where they are looked for, and whether their files verify."""
+    rows = []
+    for name, info in D.DATASETS.items():
+        report = D.verify(name)
+        status = "ok" if all(s == D.OK for _, s in report) else ", ".join(sorted({s for _, s in report if s != D.OK}))
+        rows.append({"name": name, "shape": "x".join(map(str, info.input_shape)), "classes": info.n_classes,
+                     "status": status, "where": " | ".join(str(d) for d in D.search_dirs(name))})
+    if as_json:
+        _emit_json(rows)
+    else:
+        click.echo(_table(rows, [("name", "dataset", "{}"), ("shape", "shape", "{}"), ("classes", "classes", "{}"),
+                                 ("status", "files", "{}"), ("where", "searched in", "{}")]))
+
+
+@data.command("verify")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder to check.")
+@user_errors
+def data_verify(name, data_dir):
+    """Check NAME's files against their checksums (exit 2 if any is missing or wrong)."""
+    report = D.verify(name, data_dir)
+    for file_name, status in report:
+        click.echo(f"{status:>12}  {file_name}")
+    if any(s != D.OK for _, s in report):
+        raise D.DataError(f"{name}: {sum(s != D.OK for _, s in report)} file(s) missing or with a bad checksum")
+
+
+@data.command("download")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Destination folder (default ~/.cache/lipref/<name>).")
+@click.option("--base-url", default=None, help="Download from this address instead of the canonical one.")
+@user_errors
+def data_download(name, data_dir, base_url):
+    """Download NAME from its canonical address, verifying every file's checksum."""
+    def progress(file_name, done, total):
+        if total:
+            click.echo(f"\r{file_name}: {100 * done // total:3d}%", nl=False, err=True)
+    paths = D.download(name, data_dir, base_url, progress)
+    click.echo("", err=True)
+    for p in paths:
+        click.echo(str(p))
+
+
+# -------------------------------------------------------------------------------------- info
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def info(model_path, as_json):
+    """Describe MODEL (layers, parameters, training metadata), or the installation when no MODEL."""
+    from lipref.backend import cupy_unavailable_reason
+    if model_path is None:
+        import platform
+        reason = cupy_unavailable_reason()
+        out = {"python": platform.python_version(), "numpy": host.__version__,
+               "cupy": "available" if reason is None else reason}
+        if as_json:
+            _emit_json(out)
+        else:
+            for k, v in out.items():
+                click.echo(f"{k:>8}: {v}")
+        return
+    model = _load_model(model_path, "numpy", "float32")
+    layers = []
+    for i, layer in enumerate(model.layers):
+        n_params = sum(int(v.value.size) for v in layer.params.values())
+        layers.append({"index": i, "layer": layer.kind, "in": "x".join(map(str, layer.in_shape)),
+                       "out": "x".join(map(str, layer.out_shape)), "params": n_params})
+    out = {"model": model_path, "layers": layers, "parameters": sum(r["params"] for r in layers),
+           "metadata": model.metadata}
+    if as_json:
+        _emit_json(out)
+        return
+    click.echo(_table(layers, [("index", "#", "{}"), ("layer", "layer", "{}"), ("in", "input", "{}"),
+                               ("out", "output", "{}"), ("params", "parameters", "{}")]))
+    click.echo(f"{out['parameters']} parameters")
+    meta = model.metadata
+    if "best" in meta:
+        b = meta["best"]
+        click.echo(f"best epoch {b['epoch']}: clean {b['clean_accuracy']:.3f}, certified "
+                   f"{b['certified_accuracy_local']:.3f} at eps {b['eps']:g}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Certification and evaluation of a model on a dataset.
+
+Per sample: the prediction; the global and local Lipschitz bounds of x -> penultimate; the
+certificate at eps from each (worst-case logits of the ball-and-box last layer, which is
+never looser than GloRo's); a certified radius from each; the fraction of constant neurons
+per activation layer; and, optionally, an l2 PGD attack. A sample that is certified and
+that PGD breaks inside the ball is a soundness violation: reported, never hidden.
+
+Certified radius: the bound L(eps) is valid on the ball of radius eps, hence on every
+smaller ball, so the prediction cannot change within
+min(eps, min_j (z_y - z_j) / (L(eps) ||w_y - w_j||)) (GloRo's margin form). A sample
+certified at eps by the tighter last layer gets radius eps. With the global bound the
+margin form holds for every radius, so its radius is not capped at eps.
+"""
+import time
+from dataclasses import dataclass, field
+
+from .attack import pgd_l2
+from .backend import host, namespace, to_backend, to_host
+from .bounds import margins as M
+from .bounds.lipschitz import network_bounds
+
+
+@dataclass
+class Certification:
+    eps: float
+    mode: str
+    n_iters: int
+    labels: object  # host arrays, (N,)
+    predictions: object
+    correct: object
+    global_bound: object
+    local_bound: object
+    certified_global: object
+    certified_local: object
+    radius_global: object
+    radius_local: object
+    constant_fraction: object  # (N, n_activation_layers)
+    pgd_steps: int = 0
+    pgd_broken: object = None  # (N,) bool or None when no attack ran
+    seconds: float = 0.0
+    violations: list = field(default_factory=list)
+
+    def summary(self):
+        """The numbers `lipref certify --json` prints (see the CLI's contract)."""
+        n = int(self.labels.shape[0])
+        out = {
+            "n": n, "eps": self.eps, "mode": self.mode, "n_iters": self.n_iters,
+            "clean_accuracy": float(self.correct.mean()),
+            "certified_accuracy_global": float(self.certified_global.mean()),
+            "certified_accuracy_local": float(self.certified_local.mean()),
+            "pgd_accuracy": None, "pgd_steps": self.pgd_steps,
+            "median_local_over_global": float(_median(self.local_bound / self.global_bound)),
+            "mean_constant_fraction": [float(c) for c in self.constant_fraction.mean(axis=0)],
+            "soundness_violations": list(self.violations),
+            "seconds": self.seconds,
+        }
+        if self.pgd_broken is not None:
+            out["pgd_accuracy"] = float((self.correct & ~self.pgd_broken).mean())
+        return out
+
+    def samples(self, offset=0):
+        rows = []
+        for i in range(int(self.labels.shape[0])):
+            rows.append({
+                "index": offset + i, "label": int(self.labels[i]), "prediction": int(self.predictions[i]),
+                "global": float(self.global_bound[i]), "local": float(self.local_bound[i]),
+                "certified_global": bool(self.certified_global[i]),
+                "certified_local": bool(self.certified_local[i]),
+                "radius_global": float(self.radius_global[i]), "radius_local": float(self.radius_local[i]),
+                "constant_fraction": [float(c) for c in self.constant_fraction[i]],
+                "pgd_broken": None if self.pgd_broken is None else bool(self.pgd_broken[i]),
+            })
+        return rows
+
+
+def _median(a):
+    s = sorted(float(v) for v in a)
+    if not s:
+        return float("nan")
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def margin_slack(bounds, last_weight, last_bias):
+    """Sound mode: a bound on the rounding error of the last layer and the margin arithmetic
+    (float64), per sample: 4 gamma (max_j (|W||h| + |b|)_j + max_j ||w_j - w_y|| (R + ||u - l||)),
+    gamma = (D + 10) u / (1 - (D + 10) u). See docs/soundness.md for what it covers."""
+    xp = namespace(last_weight)
+    d = last_weight.shape[1]
+    unit = 2.0 ** -53
+    gamma = (d + 10) * unit / (1 - (d + 10) * unit)
+    h = bounds.penultimate
+    logit_mag = xp.max(xp.abs(h) @ xp.matrix_transpose(xp.abs(last_weight)) + xp.abs(last_bias)[None, :], axis=1)
+    row_norms = xp.sqrt(xp.sum(last_weight * last_weight, axis=1))
+    widest = 2 * xp.max(row_norms)
+    box = xp.sqrt(xp.sum((bounds.upper - bounds.lower) ** 2, axis=1))
+    return 4 * gamma * (logit_mag + widest * (bounds.radius + box))
+
+
+def gloro_radius(logits, last_weight, onehot, lipschitz):
+    """min_j (z_y - z_j) / (L ||w_y - w_j||) per sample (0 where the prediction is wrong)."""
+    xp = namespace(logits)
+    diff = M.class_differences(last_weight, onehot)  # (N, K, D) w_j - w_y
+    norms = xp.sqrt(xp.sum(diff * diff, axis=2))
+    z_y = xp.sum(logits * onehot, axis=1)
+    gap = z_y[:, None] - logits
+    denom = norms * lipschitz[:, None]
+    ratio = xp.where((onehot > 0) | (denom <= 0), xp.full_like(gap, xp.inf), gap / xp.where(denom > 0, denom, xp.ones_like(denom)))
+    ratio = xp.where((onehot == 0) & (denom <= 0) & (gap <= 0), xp.zeros_like(gap), ratio)
+    return xp.maximum(xp.min(ratio, axis=1), xp.zeros_like(z_y))
+
+
+def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors):
+    xp = namespace(x)
+    weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
+    onehot = M.one_hot(labels, model.n_classes, x.dtype)
+    local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
+    glob = network_bounds(model, x, eps, "global", mode, n_iters, rng, None, local.global_vectors)
+    out = {}
+    for name, b in (("local", local), ("global", glob)):
+        worst = M.bcp_worst_logits(b.logits, weight, onehot, b.radius, b.penultimate, b.lower, b.upper)
+        slack = margin_slack(b, weight, bias) if mode == "sound" else 0.0
+        cert = M.certified(worst, b.logits, onehot, slack)
+        radius = gloro_radius(b.logits, weight, onehot, b.lipschitz)
+        if name == "local":
+            radius = xp.minimum(radius, xp.full_like(radius, float(eps)))
+        if eps > 0:
+            radius = xp.where(cert, xp.maximum(radius, xp.full_like(radius, float(eps))), radius)
+        out[name] = (to_host(b.lipschitz), to_host(cert), to_host(radius))
+    preds = to_host(M.predictions(local.logits))
+    fractions = [to_host(a.constant_fraction) for a in local.activations]
+    return out, preds, fractions, local.global_vectors
+
+
+def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
+            pgd_restarts=1, clip=(0.0, 1.0), progress=None):
+    """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
+
+    mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
+    bounds; the model must be float64). pgd_steps > 0 also runs l2 PGD (step eps/4, random
+    start, pgd_restarts restarts). progress(n_done) is called after each batch."""
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if rng is None:
+        raise ValueError("certify needs rng (a numpy Generator) for power-iteration starts and PGD")
+    params = model.layers[0].params["weight"].value
+    xp = namespace(params)
+    start = time.perf_counter()
+    parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
+    global_vectors = None
+    n = int(labels.shape[0])
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        x = to_backend(images[s:e], xp, params.dtype)
+        y = to_backend(labels[s:e], xp)
+        out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
+                                                              global_vectors)
+        for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
+            parts["l" + key].append(lip)
+            parts["c" + key].append(cert)
+            parts["r" + key].append(rad)
+        parts["pred"].append(preds)
+        parts["frac"].append(fractions)
+        if pgd_steps > 0:
+            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, clip)
+            parts["broken"].append(to_host(attack.success))
+        if progress is not None:
+            progress(e - s)
+    return _assemble(parts, labels, eps, mode, n_iters, pgd_steps, time.perf_counter() - start)
+
+
+def _assemble(parts, labels, eps, mode, n_iters, pgd_steps, seconds):
+    cat = host.concatenate
+    preds = cat(parts["pred"])
+    n_layers = len(parts["frac"][0])
+    fractions = host.stack([cat([f[i] for f in parts["frac"]]) for i in range(n_layers)], axis=1) \
+        if n_layers else host.zeros((preds.shape[0], 0))
+    result = Certification(
+        eps=float(eps), mode=mode, n_iters=n_iters, labels=labels, predictions=preds, correct=preds == labels,
+        global_bound=cat(parts["lg"]), local_bound=cat(parts["ll"]),
+        certified_global=cat(parts["cg"]), certified_local=cat(parts["cl"]),
+        radius_global=cat(parts["rg"]), radius_local=cat(parts["rl"]),
+        constant_fraction=fractions, pgd_steps=pgd_steps, seconds=seconds)
+    if pgd_steps > 0:
+        result.pgd_broken = cat(parts["broken"]) & result.correct
+        certified_any = result.certified_local | result.certified_global
+        result.violations = [int(i) for i in host.nonzero(certified_any & result.pgd_broken)[0]]
+    return result
+
+
+def certified_accuracy_curve(result, radii):
+    """Certified accuracy at each radius from the per-sample certified radii (global and local;
+    the local curve stops at eps, beyond which the local bound says nothing)."""
+    rows = []
+    for r in radii:
+        row = {"radius": float(r), "global": float((result.radius_global >= r).mean() if r > 0 else
+                                                    result.correct.mean())}
+        if r <= result.eps:
+            row["local"] = float((result.radius_local >= r).mean() if r > 0 else result.correct.mean())
+        rows.append(row)
+    return rows

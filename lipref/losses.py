@@ -1,0 +1,114 @@
+"""Training losses, written with the primitives so that the tape differentiates them.
+
+- `clean_loss`: mean softmax cross-entropy of the logits.
+- `gloro_loss`: GloRo's loss, the cross-entropy over the logits plus one extra "bottom"
+  logit max_{j != y} z_j + R ||w_j - w_y|| (the worst-case logit of the other classes), with
+  the label y. Small when z_y beats every class even after the worst move within the ball.
+- `bcp_loss`: the cross-entropy over the worst-case logits of the ball-and-box last layer.
+- `mixed_loss`: kappa * clean + (1 - kappa) * robust, the paper's schedule mixes the two.
+- `sparsity_loss`: pushes clipped neurons to be constant on the ball (off or saturated).
+
+All take a `NetworkBounds` built with record=True and one-hot labels; all return scalars.
+"""
+from . import primitives as P
+from .backend import namespace
+from .bounds import margins as M
+from .layers import ClampedMaxMin, ClippedReLU, ReLU
+from .tape import value_of
+
+ROBUST_LOSSES = ("gloro", "bcp")
+
+
+def _mean(values):
+    """Mean of all entries (a Var or array)."""
+    n = 1
+    for d in value_of(values).shape:
+        n *= d
+    return P.multiply(P.sum(values, None, False), 1.0 / n)
+
+
+def clean_loss(logits, onehot):
+    """Mean cross-entropy of the logits."""
+    return _mean(P.softmax_cross_entropy(logits, onehot))
+
+
+def gloro_loss(bounds, last_weight, onehot):
+    """Cross-entropy over [z, bottom logit] with the true class y (GloRo, Leino et al. 2021)."""
+    xp = namespace(value_of(onehot))
+    logits = bounds.logits
+    bottom = M.gloro_bottom_logit(logits, last_weight, onehot, bounds.radius)
+    n = value_of(onehot).shape[0]
+    augmented = _concat_column(logits, bottom)
+    target = xp.concat([onehot, xp.zeros((n, 1), dtype=onehot.dtype)], axis=1)
+    return _mean(P.softmax_cross_entropy(augmented, target))
+
+
+def _concat_column(matrix, column):
+    """[matrix, column] along axis 1, differentiable (a primitive-free composition: two
+    matmuls with fixed 0/1 matrices place each block)."""
+    xp = namespace(value_of(matrix))
+    dtype = value_of(matrix).dtype
+    k = value_of(matrix).shape[1]
+    eye = xp.eye(k, k + 1, dtype=dtype)  # (K, K+1): copies the K columns
+    last = xp.reshape(xp.astype(xp.arange(k + 1) == k, dtype), (1, k + 1))  # (1, K+1)
+    return P.add(P.matmul(matrix, eye), P.matmul(column, last))
+
+
+def bcp_loss(bounds, last_weight, onehot):
+    """Cross-entropy over the ball-and-box worst-case logits (the paper's tighter last layer)."""
+    worst = M.bcp_worst_logits(bounds.logits, last_weight, onehot, bounds.radius, bounds.penultimate,
+                               bounds.lower, bounds.upper)
+    return _mean(P.softmax_cross_entropy(worst, onehot))
+
+
+def robust_loss(kind, bounds, last_weight, onehot):
+    if kind == "gloro":
+        return gloro_loss(bounds, last_weight, onehot)
+    if kind == "bcp":
+        return bcp_loss(bounds, last_weight, onehot)
+    raise ValueError(f"unknown robust loss {kind!r}; choose one of {', '.join(ROBUST_LOSSES)}")
+
+
+def mixed_loss(kind, bounds, last_weight, onehot, kappa):
+    """kappa * clean cross-entropy + (1 - kappa) * robust loss (kappa in [0, 1])."""
+    if not 0.0 <= kappa <= 1.0:
+        raise ValueError(f"kappa must be in [0, 1], got {kappa}")
+    clean = clean_loss(bounds.logits, onehot)
+    if kappa == 1.0:
+        return clean
+    robust = robust_loss(kind, bounds, last_weight, onehot)
+    if kappa == 0.0:
+        return robust
+    return P.add(P.multiply(clean, kappa), P.multiply(robust, 1.0 - kappa))
+
+
+def sparsity_loss(activations, saturation_weight=0.1):
+    """Sum over activation layers of a penalty that is zero once a neuron is constant on the ball.
+
+    ReLU: mean(relu(ub)) (push the upper bound below 0: off).
+    Clipped ReLU: mean(relu(ub)) + c * mean(relu(theta - lb)) (off, or saturated at theta),
+    with c = saturation_weight (the paper's code uses 0.1).
+    Clamped MaxMin: mean(relu(hi - max(lb_a, lb_b))) + mean(relu(min(ub_a, ub_b) - lo))
+    (the max half clamped at hi, the min half clamped at lo).
+    `activations`: NetworkBounds.activations from a walk with record=True."""
+    total = None
+    for act in activations:
+        layer, p, lb, ub = act.layer, act.params, act.lower, act.upper
+        if isinstance(layer, ReLU):
+            term = _mean(P.relu(ub))
+        elif isinstance(layer, ClippedReLU):
+            term = P.add(_mean(P.relu(ub)),
+                         P.multiply(_mean(P.relu(P.subtract(p["threshold"], lb))), saturation_weight))
+        elif isinstance(layer, ClampedMaxMin):
+            h = value_of(lb).shape[1] // 2
+            c = value_of(lb).shape[1]
+            lb_max = P.maximum(P.channel_slice(lb, 0, h), P.channel_slice(lb, h, c))
+            ub_min = P.minimum(P.channel_slice(ub, 0, h), P.channel_slice(ub, h, c))
+            term = P.add(_mean(P.relu(P.subtract(p["max"], lb_max))),
+                         _mean(P.relu(P.subtract(ub_min, p["min"]))))
+        else:
+            raise TypeError(f"no sparsity loss for activation {type(layer).__name__}")
+        total = term if total is None else P.add(total, term)
+    if total is None:
+        raise ValueError("the model has no activation layers, so there is nothing to sparsify")
+    return total

@@ -1,0 +1,283 @@
+"""Certified training (Huang et al. 2021): the local (or global) bound inside the loss.
+
+One step: walk the network over the eps-ball of each sample of the batch (interval and ball
+bounds, masks, masked power iteration warm-started from the sample's stored vectors),
+build the loss kappa * CE + (1 - kappa) * robust + sparsity_weight * sparsity on the tape,
+take its gradient with respect to every parameter and apply Adam (thresholds projected to
+>= 0). eps, kappa and the learning rate follow `schedules.py`.
+
+A run folder holds: checkpoint.npz (model, optimiser state, schedule position, history;
+written atomically after every epoch), best.npz (the model with the best certified accuracy
+on the evaluation set), model.npz (the final model), history.json, and vectors/ (the
+per-sample power-iteration vectors, memory-mapped). Everything random is drawn from
+generators seeded by (seed, epoch), so a resumed run replays its interrupted epoch exactly.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from . import losses
+from .backend import float_dtype, get_backend, host, to_backend, to_host
+from .bounds import margins as M
+from .bounds.lipschitz import BOUNDS, network_bounds
+from .certify import certify
+from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
+from .optim import Adam
+from .schedules import Schedule, eps_at, kappa_at, lr_at
+from .tape import grad
+from .vectors import VectorStore, epoch_folder, remove_other_epochs
+
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored in its checkpoint; --resume reuses it)."""
+    arch: str = "2c2f"
+    activation: str = "relu"
+    threshold_init: float = 1.0
+    epochs: int = 10
+    batch_size: int = 64
+    eps_train: float = 0.5
+    eps_eval: float = None  # None: eps_train
+    warmup: float = 1.0
+    ramp: float = 4.0
+    kappa_end: float = 0.0
+    lr: float = 1e-3
+    lr_end: float = 1e-4
+    decay_start: float = None
+    loss: str = "gloro"
+    bound: str = "local"
+    sparsity: float = 0.0
+    saturation_weight: float = 0.1
+    n_iters: int = 2
+    eval_iters: int = 20
+    eval_limit: int = 200
+    seed: int = 0
+    dtype: str = "float32"
+    backend: str = "numpy"
+
+    def __post_init__(self):
+        if self.loss not in losses.ROBUST_LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(losses.ROBUST_LOSSES)}, got {self.loss!r}")
+        if self.bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
+        if self.batch_size < 1 or self.n_iters < 1 or self.eval_iters < 1:
+            raise ValueError("batch_size, n_iters and eval_iters must be >= 1")
+        if self.sparsity < 0:
+            raise ValueError(f"sparsity weight must be >= 0, got {self.sparsity}")
+        if self.eps_eval is not None and self.eps_eval < 0:
+            raise ValueError(f"eps_eval must be >= 0, got {self.eps_eval}")
+        self.schedule()  # validates epochs, eps, warmup, ramp, kappa, lr
+
+    def schedule(self):
+        return Schedule(self.epochs, self.eps_train, self.warmup, self.ramp, self.kappa_end, self.lr, self.lr_end,
+                        self.decay_start)
+
+    @property
+    def eval_eps(self):
+        return self.eps_train if self.eps_eval is None else self.eps_eval
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _rng(seed, *keys):
+    return host.random.default_rng([seed, *keys])
+
+
+def _affine_input_shapes(model):
+    """{layer index: input shape} of the affine layers whose masked norms are estimated."""
+    return {i: layer.in_shape for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}
+
+
+class Trainer:
+    def __init__(self, config, train_set, eval_set, run_dir, resume=False, progress=None):
+        self.config = config
+        self.train_set, self.eval_set = train_set, eval_set
+        self.run_dir = Path(run_dir)
+        self.progress = progress or (lambda event: None)
+        self.xp = get_backend(config.backend)
+        self.dtype = float_dtype(self.xp, config.dtype)
+        checkpoint = self.run_dir / CHECKPOINT
+        if checkpoint.exists() and not resume:
+            raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
+        if resume and checkpoint.exists():
+            self._load_checkpoint(checkpoint)
+        else:
+            self._fresh()
+        if tuple(train_set.input_shape) != tuple(self.model.input_shape):
+            raise ValueError(f"data {train_set.name} has input shape {train_set.input_shape}, "
+                             f"the model needs {self.model.input_shape}")
+        if train_set.n_classes != self.model.n_classes:
+            raise ValueError(f"data {train_set.name} has {train_set.n_classes} classes, "
+                             f"the model {self.model.n_classes}")
+
+    # ----------------------------------------------------------- state
+    def _fresh(self):
+        c = self.config
+        self.model = build_model(c.arch, self.train_set.input_shape, self.train_set.n_classes, self.xp, self.dtype,
+                                 _rng(c.seed, 0xA11), c.activation, c.threshold_init)
+        self.optimizer = self._make_optimizer()
+        self.epoch = 0
+        self.history = []
+        self.best = None
+        self.global_vectors = {}
+
+    def _make_optimizer(self):
+        params = self.model.parameters()
+        thresholds = [k for k in params if k.endswith(".threshold")]
+        return Adam(params, lr=self.config.lr, project=thresholds)
+
+    def _load_checkpoint(self, path):
+        model = load_model(path, self.xp, self.dtype)
+        state = model.metadata.get("checkpoint")
+        if state is None:
+            raise ValueError(f"{path}: a model file without training state; not a checkpoint")
+        saved = TrainConfig.from_dict(state["config"])
+        if asdict(saved) != asdict(self.config):
+            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
+            raise ValueError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
+                             "resume with the same options")
+        self.model = model
+        self.optimizer = self._make_optimizer()
+        extra = {k: to_backend(v, self.xp, self.dtype) for k, v in model.extra_arrays.items()}
+        self.optimizer.load_state({k: v for k, v in extra.items() if k.startswith("adam.")}, state["step_count"])
+        self.global_vectors = {int(k.split(".")[1]): v for k, v in extra.items() if k.startswith("global_vector.")}
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best = state.get("best")
+        self.model.metadata = {k: v for k, v in model.metadata.items() if k != "checkpoint"}
+
+    def _write_checkpoint(self):
+        extra = {k: to_host(v) for k, v in self.optimizer.state().items()}
+        extra.update({f"global_vector.{k}": to_host(v) for k, v in self.global_vectors.items()})
+        meta = dict(self.model.metadata)
+        self.model.metadata = dict(meta, checkpoint={
+            "epoch": self.epoch, "step_count": self.optimizer.step_count, "config": asdict(self.config),
+            "history": self.history, "best": self.best})
+        try:
+            atomic_write_bytes(self.run_dir / CHECKPOINT, model_to_bytes(self.model, extra))
+        finally:
+            self.model.metadata = meta
+
+    # ----------------------------------------------------------- loop
+    def run(self):
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.model.metadata.update({"training": asdict(c), "data": self.train_set.name})
+        while self.epoch < c.epochs:
+            self._train_epoch(self.epoch)
+            self.epoch += 1
+            record = self._evaluate()
+            self.history.append(record)
+            if self.best is None or record["certified_accuracy_local"] > self.best["certified_accuracy_local"]:
+                self.best = record
+                self.model.metadata["best"] = record
+                save_model(self.run_dir / "best.npz", self.model)
+            self._write_checkpoint()
+            if c.bound == "local":
+                remove_other_epochs(self.run_dir, self.epoch)
+            self.progress({"event": "epoch_end", **record})
+        self.model.metadata["history"] = self.history
+        save_model(self.run_dir / "model.npz", self.model)
+        atomic_write_bytes(self.run_dir / "history.json",
+                           json.dumps({"config": asdict(c), "history": self.history, "best": self.best},
+                                      indent=2).encode("utf-8"))
+        return self.history
+
+    def _vector_stores(self, epoch):
+        if self.config.bound != "local":
+            return None, None
+        shapes = _affine_input_shapes(self.model)
+        n = int(self.train_set.labels.shape[0])
+        previous = None
+        if epoch > 0:
+            previous = VectorStore(epoch_folder(self.run_dir, epoch), shapes, n, host.float32, create=False)
+        current = VectorStore(epoch_folder(self.run_dir, epoch + 1), shapes, n, host.float32, create=True)
+        return previous, current
+
+    def _train_epoch(self, epoch):
+        c = self.config
+        schedule = c.schedule()
+        rng = _rng(c.seed, epoch)
+        n = int(self.train_set.labels.shape[0])
+        order = rng.permutation(n)
+        steps = (n + c.batch_size - 1) // c.batch_size
+        previous, current = self._vector_stores(epoch)
+        for step in range(steps):
+            index = host.sort(order[step * c.batch_size:(step + 1) * c.batch_size])
+            t = epoch + step / steps
+            stats = self._step(index, eps_at(schedule, t), kappa_at(schedule, t), lr_at(schedule, t), rng,
+                               previous, current)
+            self.progress({"event": "step", "epoch": epoch, "step": step + 1, "steps": steps, **stats})
+        if current is not None:
+            current.flush()
+
+    def _step(self, index, eps, kappa, lr, rng, previous, current):
+        c = self.config
+        xp = self.xp
+        x = to_backend(self.train_set.images[index], xp, self.dtype)
+        y = to_backend(self.train_set.labels[index], xp)
+        onehot = M.one_hot(y, self.model.n_classes, self.dtype)
+        params = self.model.parameters()
+        stored = None
+        if previous is not None:
+            stored = {k: to_backend(v, xp, self.dtype) for k, v in previous.read(index).items()}
+        clean_only = kappa == 1.0 and c.sparsity == 0
+        if clean_only:
+            # warm-up: clean training; the stored vectors are carried over unchanged
+            loss = losses.clean_loss(self.model(x), onehot)
+            new_vectors = stored
+            lipschitz = None
+        else:
+            b = network_bounds(self.model, x, eps, c.bound, "fast", c.n_iters, rng, stored, self.global_vectors,
+                               record=True)
+            last = self.model.layers[-1].params["weight"]
+            loss = losses.mixed_loss(c.loss, b, last, onehot, kappa)
+            if c.sparsity > 0:
+                loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
+            self.global_vectors = b.global_vectors
+            new_vectors = b.local_vectors
+            lipschitz = float(to_host(xp.mean(b.lipschitz.value if hasattr(b.lipschitz, "value") else b.lipschitz)))
+        if current is not None:
+            if new_vectors is None or any(k not in new_vectors for k in current.shapes):
+                new_vectors = self._fresh_vectors(len(index), rng, new_vectors or {})
+            current.write(index, {k: to_host(xp.astype(new_vectors[k], xp.float32)) for k in current.shapes})
+        names = list(params)
+        grads = grad(loss, [params[k] for k in names])
+        self.optimizer.lr = lr
+        self.optimizer.step(dict(zip(names, grads)))
+        value = float(to_host(loss.value))
+        if value != value:
+            raise FloatingPointError(f"training diverged: the loss is NaN at epoch {self.epoch}; lower --lr")
+        return {"loss": value, "eps": eps, "kappa": kappa, "lr": lr, "lipschitz": lipschitz}
+
+    def _fresh_vectors(self, n, rng, have):
+        out = dict(have)
+        for key, shape in _affine_input_shapes(self.model).items():
+            if key not in out:
+                out[key] = self.xp.asarray(rng.standard_normal((n,) + tuple(shape)), dtype=self.dtype)
+        return out
+
+    def _evaluate(self):
+        c = self.config
+        ev = self.eval_set
+        n = min(int(ev.labels.shape[0]), c.eval_limit)
+        result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps, "fast", c.eval_iters,
+                         _rng(c.seed, 0xE7A1, self.epoch), batch_size=100)
+        s = result.summary()
+        return {"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
+                "certified_accuracy_global": s["certified_accuracy_global"],
+                "certified_accuracy_local": s["certified_accuracy_local"],
+                "median_local_over_global": s["median_local_over_global"],
+                "mean_constant_fraction": s["mean_constant_fraction"]}
+
+
+def train(config, train_set, eval_set, run_dir, resume=False, progress=None):
+    """Train (or resume) a run in `run_dir`; returns the per-epoch history."""
+    os.makedirs(run_dir, exist_ok=True)
+    return Trainer(config, train_set, eval_set, run_dir, resume, progress).run()
