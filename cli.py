@@ -16,8 +16,9 @@ from lipref.backend import BackendError, float_dtype, get_backend, host, to_back
 
 EXIT_USAGE = 2
 EXIT_UNSOUND = 3
+# errors a user can act on; anything else is a bug in lipref and keeps its traceback
 USER_ERRORS = (D.DataError, BackendError, ValueError, FileExistsError, FileNotFoundError, FloatingPointError,
-               TypeError, KeyError)
+               ImportError)
 
 
 def user_errors(fn):
@@ -34,8 +35,10 @@ def user_errors(fn):
 
 
 def _positive_eps(ctx, param, value):
+    # checked here rather than by click so that the error is our one line, exit code 2
     if value is not None and not value >= 0:  # also rejects NaN
-        raise click.BadParameter(f"must be >= 0, got {value}")
+        click.echo(f"Error: {param.opts[0]} must be >= 0, got {value}", err=True)
+        sys.exit(EXIT_USAGE)
     return value
 
 
@@ -318,7 +321,7 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
     dataset = _load_for_model(model, data_spec, data_dir, limit)
     xp = get_backend(backend)
-    dtype = model.layers[0].params["weight"].value.dtype
+    dtype = next(iter(model.parameters().values())).value.dtype
     rng = host.random.default_rng(seed)
     samples = []
     n = int(dataset.labels.shape[0])

@@ -144,7 +144,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
         raise ValueError(f"eps must be >= 0, got {eps}")
     if rng is None:
         raise ValueError("certify needs rng (a numpy Generator) for power-iteration starts and PGD")
-    params = model.layers[0].params["weight"].value
+    params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     start = time.perf_counter()
     parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}

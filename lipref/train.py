@@ -13,7 +13,6 @@ per-sample power-iteration vectors, memory-mapped). Everything random is drawn f
 generators seeded by (seed, epoch), so a resumed run replays its interrupted epoch exactly.
 """
 import json
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -278,6 +277,6 @@ class Trainer:
 
 
 def train(config, train_set, eval_set, run_dir, resume=False, progress=None):
-    """Train (or resume) a run in `run_dir`; returns the per-epoch history."""
-    os.makedirs(run_dir, exist_ok=True)
+    """Train (or resume) a run in `run_dir`; returns the per-epoch history. Nothing is written
+    before the data, model and options have been checked."""
     return Trainer(config, train_set, eval_set, run_dir, resume, progress).run()

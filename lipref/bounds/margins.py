@@ -55,8 +55,10 @@ def ball_box_support(c, lo, hi, radius, n_iters):
     xp = namespace(c)
     corner = xp.where(c > 0, hi, lo)
     corner_norm = xp.sqrt(xp.sum(corner * corner, axis=1))
-    inside = corner_norm <= radius
     abs_c = xp.abs(c)
+    # c = 0 (the label's own row): the maximum is 0 wherever d is, so treat it like a box
+    # inside the ball; bisecting would drive lam to ~0 and the gradient R/lam to infinity
+    inside = (corner_norm <= radius) | (xp.max(abs_c, axis=1) == 0)
     safe_c = xp.where(abs_c > 0, abs_c, xp.ones_like(abs_c))
     reach = xp.where(abs_c > 0, xp.maximum(xp.abs(lo), xp.abs(hi)) / safe_c, xp.zeros_like(abs_c))
     lam_hi = xp.max(reach, axis=1) * 2 + 1e-30  # every coordinate clipped: ||d|| = corner_norm > R

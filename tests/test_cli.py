@@ -1,0 +1,188 @@
+"""The CLI's contracts (JSON keys other tools rely on) and its handling of bad input: one
+line on stderr naming the file or value, exit code 2, no traceback, no partial output."""
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy
+import pytest
+from click.testing import CliRunner
+
+import array_api_compat.numpy as xp
+from cli import main
+from lipref.models import build_model, save_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "m.npz"
+    save_model(path, build_model("2c2f", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(0)))
+    return str(path)
+
+
+def run(args):
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    return result
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# ------------------------------------------------------------------------------- contracts
+
+def test_bound_json_contract(model_file):
+    result = run(["bound", model_file, "--data", "embedded", "--eps", "0.3", "--limit", "5", "--iters", "10",
+                  "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert len(doc["samples"]) == 5
+    for i, s in enumerate(doc["samples"]):
+        assert set(s) == {"index", "label", "prediction", "global", "local", "constant_fraction"}
+        assert s["index"] == i and 0 <= s["prediction"] < 10
+        assert 0 < s["local"] <= s["global"] * (1 + 1e-6)
+        assert len(s["constant_fraction"]) == 3 and all(0 <= c <= 1 for c in s["constant_fraction"])
+
+
+def test_certify_json_contract_samples_and_plot(model_file, tmp_path):
+    samples, plot = tmp_path / "samples.json", tmp_path / "curve.png"
+    result = run(["certify", model_file, "--data", "embedded:test", "--eps", "0.1", "--limit", "8",
+                  "--iters", "10", "--pgd-steps", "5", "--json", "--quiet", "--samples", str(samples),
+                  "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    for key in ("clean_accuracy", "certified_accuracy_global", "certified_accuracy_local", "pgd_accuracy", "n"):
+        assert key in doc
+    assert doc["n"] == 8 and doc["soundness_violations"] == []
+    assert doc["certified_accuracy_local"] <= doc["clean_accuracy"]
+    assert doc["pgd_accuracy"] <= doc["clean_accuracy"]
+    rows = json.loads(samples.read_text())
+    assert len(rows) == 8 and all(r["radius_local"] <= 0.1 for r in rows)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_certify_table_attack_and_info(model_file):
+    table = run(["certify", model_file, "--eps", "0.1", "--limit", "4", "--iters", "5", "--pgd-steps", "2",
+                 "--quiet"])
+    assert table.exit_code == 0 and "certified accuracy, local bound" in table.stdout
+    attack = run(["attack", model_file, "--eps", "0.5", "--limit", "4", "--steps", "3", "--json"])
+    assert attack.exit_code == 0
+    assert set(json.loads(attack.stdout)) >= {"clean_accuracy", "pgd_accuracy", "n"}
+    info = run(["info", model_file, "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["layers"][0]["layer"] == "conv2d"
+    listing = run(["data", "list", "--json"])
+    assert listing.exit_code == 0
+    assert {r["name"]: r["status"] for r in json.loads(listing.stdout)}["embedded"] == "ok"
+
+
+def test_every_command_has_help():
+    for command in (["train"], ["certify"], ["bound"], ["attack"], ["data", "list"], ["data", "verify"],
+                    ["data", "download"], ["info"]):
+        result = run(command + ["--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output
+
+
+# ------------------------------------------------------------------------------- bad input
+
+def _idx_bytes(array, magic):
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes()
+
+
+def _write_fashion(folder, images_raw):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(images_raw))
+    labels = numpy.zeros(3, dtype=numpy.uint8)
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(labels, 0x801)))
+
+
+def test_missing_data_files(model_file, tmp_path):
+    result = run(["certify", model_file, "--data", "mnist", "--data-dir", str(tmp_path), "--eps", "0.1"])
+    assert_one_line_error(result, str(tmp_path))
+
+
+def test_bad_magic_and_truncated_idx(model_file, tmp_path):
+    images = numpy.zeros((3, 28, 28), dtype=numpy.uint8)
+    _write_fashion(tmp_path / "magic", _idx_bytes(images, 0x1234))
+    result = run(["certify", model_file, "--data", "fashion-mnist", "--data-dir", str(tmp_path / "magic"),
+                  "--eps", "0.1"])
+    assert_one_line_error(result, "t10k-images-idx3-ubyte.gz", "magic")
+    _write_fashion(tmp_path / "short", _idx_bytes(images, 0x803)[:-100])
+    result = run(["certify", model_file, "--data", "fashion-mnist", "--data-dir", str(tmp_path / "short"),
+                  "--eps", "0.1"])
+    assert_one_line_error(result, "t10k-images-idx3-ubyte.gz")
+
+
+def test_wrong_checksum(tmp_path):
+    _write_fashion(tmp_path, _idx_bytes(numpy.zeros((3, 28, 28), dtype=numpy.uint8), 0x803))
+    result = run(["data", "verify", "fashion-mnist", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "bad checksum" in result.stdout
+    assert result.stderr.strip().startswith("Error: fashion-mnist")
+
+
+def test_not_a_lipref_model(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"this is not a zip file")
+    assert_one_line_error(run(["certify", str(junk), "--eps", "0.1"]), str(junk))
+    plain = tmp_path / "plain.npz"
+    numpy.savez(plain, w=numpy.ones(3))
+    assert_one_line_error(run(["bound", str(plain), "--eps", "0.1"]), str(plain), "not a lipref model")
+    assert_one_line_error(run(["certify", str(tmp_path / "absent.npz"), "--eps", "0.1"]), "absent.npz")
+
+
+def test_data_shape_does_not_fit_model(tmp_path, model_file):
+    other = tmp_path / "rgb.npz"
+    save_model(other, build_model("mlp-8", (3, 8, 8), 10, xp, xp.float32, numpy.random.default_rng(0)))
+    assert_one_line_error(run(["certify", str(other), "--data", "embedded", "--eps", "0.1"]), "(3, 8, 8)",
+                          "(1, 28, 28)")
+    labels_file = tmp_path / "labels.npz"
+    numpy.savez(labels_file, images=numpy.zeros((2, 1, 28, 28)), labels=numpy.array([3, 12]))
+    assert_one_line_error(run(["certify", model_file, "--data", str(labels_file), "--eps", "0.1"]), "12")
+
+
+@pytest.mark.parametrize("eps", ["-0.5", "nan"])
+def test_bad_eps(model_file, eps):
+    assert_one_line_error(run(["certify", model_file, "--eps", eps]), "--eps", eps)
+
+
+def test_nan_in_weights(tmp_path):
+    model = build_model("mlp-8", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(0))
+    w = numpy.array(model.parameters()["1.weight"].value)
+    w[2, 3] = numpy.inf
+    model.parameters()["1.weight"].value = xp.asarray(w)
+    path = tmp_path / "inf.npz"
+    save_model(path, model)
+    assert_one_line_error(run(["certify", str(path), "--eps", "0.1"]), str(path), "1.weight", "NaN or inf")
+
+
+def test_nan_in_inputs_leaves_no_output(model_file, tmp_path):
+    images = numpy.zeros((2, 1, 28, 28), dtype=numpy.float32)
+    images[1, 0, 5, 6] = numpy.nan
+    data = tmp_path / "nan.npz"
+    numpy.savez(data, images=images, labels=numpy.array([1, 2]))
+    out, plot = tmp_path / "s.json", tmp_path / "p.png"
+    result = run(["certify", model_file, "--data", str(data), "--eps", "0.1", "--samples", str(out),
+                  "--plot", str(plot)])
+    assert_one_line_error(result, str(data), "NaN", "(1, 0, 5, 6)")
+    assert not out.exists() and not plot.exists()
+    run_dir = tmp_path / "run"
+    assert_one_line_error(run(["train", "--data", str(data), "--out", str(run_dir)]), str(data))
+    assert not run_dir.exists()
+
+
+def test_errors_in_a_real_process_have_no_traceback(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"\x00" * 10)
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), "certify", str(junk), "--eps", "0.1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and str(junk) in proc.stderr
