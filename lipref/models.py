@@ -10,6 +10,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 
 from .backend import host, to_host
 from .layers import (ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential,
@@ -125,7 +126,10 @@ def read_model_file(path):
     try:
         with host.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError,
+            zlib.error) as exc:
+        # zipfile raises NotImplementedError / RuntimeError for damaged header fields
+        # (version, compression method, encryption flag)
         raise ModelFileError(f"{path}: not a lipref model file (unreadable .npz: {exc})") from None
     if "__lipref__" not in arrays:
         raise ModelFileError(f"{path}: not a lipref model file (no '__lipref__' entry)")

@@ -442,7 +442,7 @@ def _col2im(cols, x_shape, kh, kw, stride, padding):
     for i in range(kh):
         for j in range(kw):
             sl = (slice(None), slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride))
-            out[sl] = out[sl] + cols[:, i * kw + j, ...]
+            out[sl] += cols[:, i * kw + j, ...]  # in place: no temporary per kernel offset
     out = out[:, :, padding:padding + h, padding:padding + w]
     return xp.permute_dims(out, (1, 0, 2, 3))
 

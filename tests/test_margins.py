@@ -9,7 +9,7 @@ from lipref.backend import to_host
 from lipref.bounds import margins as M
 from lipref.bounds.lipschitz import network_bounds
 from lipref.tape import Var, grad
-from test_bounds import ACTS, ball_points, penultimate, project_ball, small_model
+from test_bounds import ACTS, ball_points, project_ball, small_model
 
 
 @settings(max_examples=30, deadline=None)

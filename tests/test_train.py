@@ -1,7 +1,6 @@
 """Training: a run killed mid-epoch and resumed ends with the same weights as an
 uninterrupted run; checkpoints are never overwritten by accident; the loss goes down."""
 import json
-import os
 import signal
 import subprocess
 import sys

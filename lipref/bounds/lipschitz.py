@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .. import primitives as P
 from ..backend import namespace
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
-from ..tape import Var, value_of
+from ..tape import value_of
 from . import spectral
 from .interval import activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect, row_norms
 from .masks import activation_masks, constant_fraction

@@ -1,0 +1,264 @@
+"""conv2d forward + backward: lipref (NumPy backend) against torch on the CPU.
+
+For every conv layer of the 4c3f architecture on MNIST (1x28x28) and CIFAR-10 (3x32x32)
+inputs, batch 128, float32, on identical weights, inputs and upstream gradients:
+  lipref: primitives.conv2d forward, then its vjps with respect to x and W;
+  torch:  torch.nn.functional.conv2d forward, then autograd backward (grads of x and W).
+Both run with the same number of threads (torch.set_num_threads and the OpenBLAS thread
+count that NumPy uses); times are medians over --repeats after --warmup runs. The machine's
+float32 matmul rate (NumPy 2048x2048 @ 2048x2048) is measured in the same run, and each
+lipref layer is reported as a fraction of it.
+
+FLOPs: forward 2*N*Cout*OH*OW*Cin*k*k, backward (dx and dW) twice that.
+
+  python bench/bench_conv.py [--threads 2] [--repeats 7] [--json bench/results/conv.json]
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _parse():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="threads for both libraries (default: the CPUs this process may use)")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--json", help="write the results here (atomically)")
+    ap.add_argument("--check", action="store_true", help="also check lipref's results against torch's")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the pieces of lipref's conv (im2col, the three matmuls, col2im)")
+    return ap.parse_args()
+
+
+ARGS = _parse() if __name__ == "__main__" else None
+if ARGS is not None:  # thread counts must be fixed before NumPy / torch load their thread pools
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(ARGS.threads)
+
+import ctypes  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import numpy  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from lipref import primitives as P  # noqa: E402
+from lipref.models import ARCHITECTURES  # noqa: E402
+
+DATASETS = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
+
+
+def _openblas():
+    """NumPy's OpenBLAS as a ctypes library plus its get/set thread functions, or None."""
+    with open("/proc/self/maps") as f:
+        paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line})
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    get.restype = ctypes.c_int
+                    put.argtypes = [ctypes.c_int]
+                    return path, get, put
+    return None
+
+
+def blas_threads(set_to=None):
+    """(library path, thread count) of NumPy's OpenBLAS, optionally setting the count first."""
+    found = _openblas()
+    if found is None:
+        return None, None
+    path, get, put = found
+    if set_to is not None:
+        put(int(set_to))
+    return path, int(get())
+
+
+def median_time(fn, repeats, warmup):
+    return interleaved_medians({"f": fn}, repeats, warmup)["f"]
+
+
+def interleaved_medians(fns, repeats, warmup):
+    """{name: median seconds}; the functions run in turn within each repeat, so that a
+    change in machine load during the run hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_rate(repeats, warmup, n=2048):
+    rng = numpy.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=numpy.float32)
+    b = rng.standard_normal((n, n), dtype=numpy.float32)
+    t = median_time(lambda: a @ b, repeats, warmup)
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def conv_layers(arch="4c3f"):
+    """(dataset, index, in_shape, out_channels, k, stride, padding) of every conv layer."""
+    convs, _ = ARCHITECTURES[arch]
+    for name, shape in DATASETS.items():
+        c, h, w = shape
+        for i, (o, k, s, p) in enumerate(convs):
+            yield name, i, (c, h, w), o, k, s, p
+            h, w = P.conv_output_hw(h, w, k, k, s, p)
+            c = o
+
+
+def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
+    c, h, w = in_shape
+    oh, ow = P.conv_output_hw(h, w, k, k, s, p)
+    rng = numpy.random.default_rng([n, c, h, o, k, s, p])
+    x = rng.standard_normal((n, c, h, w), dtype=numpy.float32)
+    wt = (rng.standard_normal((o, c, k, k), dtype=numpy.float32) * numpy.float32((2.0 / (k * k * o)) ** 0.5))
+    b = rng.standard_normal((o,), dtype=numpy.float32) * numpy.float32(0.1)
+    g = rng.standard_normal((n, o, oh, ow), dtype=numpy.float32)
+    vjp_x, vjp_w = P.conv2d.vjps[0], P.conv2d.vjps[1]
+
+    def lipref_fwd():
+        return P.conv2d.forward(x, wt, b, s, p)
+
+    def lipref_step():
+        y = P.conv2d.forward(x, wt, b, s, p)
+        return y, vjp_x(g, y, x, wt, b, s, p), vjp_w(g, y, x, wt, b, s, p)
+
+    tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, wt, b, g))
+
+    def torch_fwd():
+        with torch.no_grad():
+            return torch.nn.functional.conv2d(tx, tw, tb, stride=s, padding=p)
+
+    def torch_step():
+        xx = tx.detach().requires_grad_(True)
+        ww = tw.detach().requires_grad_(True)
+        y = torch.nn.functional.conv2d(xx, ww, tb, stride=s, padding=p)
+        y.backward(tg)
+        return y, xx.grad, ww.grad
+
+    if check:
+        ly, lgx, lgw = lipref_step()
+        ty, tgx, tgw = torch_step()
+        for name, a, ref in (("y", ly, ty), ("dx", lgx, tgx), ("dW", lgw, tgw)):
+            ref = ref.detach().numpy()
+            err = float(numpy.max(numpy.abs(a - ref)) / (numpy.max(numpy.abs(ref)) + 1e-30))
+            if a.dtype != numpy.float32 or a.shape != ref.shape or err > 1e-4:
+                raise AssertionError(f"lipref {name} {a.dtype} {a.shape} differs from torch {ref.shape}: rel {err:.2e}")
+
+    flops_fwd = 2.0 * n * o * oh * ow * c * k * k
+    res = {"in_shape": [n, c, h, w], "weight_shape": [o, c, k, k], "stride": s, "padding": p,
+           "out_shape": [n, o, oh, ow], "flops_forward": flops_fwd, "flops_total": 3.0 * flops_fwd}
+    t = interleaved_medians({"lipref_forward_s": lipref_fwd, "torch_forward_s": torch_fwd,
+                             "lipref_s": lipref_step, "torch_s": torch_step}, repeats, warmup)
+    res.update(t)
+    res["ratio"] = res["lipref_s"] / res["torch_s"]
+    res["lipref_gflops"] = res["flops_total"] / res["lipref_s"] / 1e9
+    res["torch_gflops"] = res["flops_total"] / res["torch_s"] / 1e9
+    return res
+
+
+def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
+    """Milliseconds of each piece of lipref's forward + backward (private helpers of
+    lipref.primitives, called exactly as conv2d and its vjps call them)."""
+    c, h, w = in_shape
+    oh, ow = P.conv_output_hw(h, w, k, k, s, p)
+    rng = numpy.random.default_rng(1)
+    x = rng.standard_normal((n, c, h, w), dtype=numpy.float32)
+    w2 = rng.standard_normal((o, c * k * k), dtype=numpy.float32)
+    g = rng.standard_normal((n, o, oh, ow), dtype=numpy.float32)
+    cols, _ = P._im2col(x, k, k, s, p)
+    g2 = P._from_nchw(g)
+    gcols = w2.T @ g2
+    pieces = {
+        "im2col (x2: forward and dW)": lambda: P._im2col(x, k, k, s, p),
+        "W @ cols": lambda: w2 @ cols,
+        "W.T @ g": lambda: w2.T @ g2,
+        "col2im": lambda: P._col2im(gcols, x.shape, k, k, s, p),
+        "g @ cols.T": lambda: g2 @ cols.T,
+        "layout (to/from NCHW)": lambda: (P._from_nchw(g), numpy.ascontiguousarray(P._to_nchw(g2, n, oh, ow))),
+    }
+    return {name: 1e3 * t for name, t in interleaved_medians(pieces, repeats, warmup).items()}
+
+
+def atomic_write_text(path, text):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(args):
+    import torch
+    torch.set_num_threads(args.threads)
+    blas_path, blas_n = blas_threads(set_to=args.threads)
+    rate = matmul_rate(args.repeats, args.warmup)
+    env = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
+           "cpu": platform.processor() or platform.machine(), "cpus_available": len(os.sched_getaffinity(0)),
+           "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+           "blas_library": blas_path, "blas_threads": blas_n, "batch": args.batch, "dtype": "float32",
+           "repeats": args.repeats, "warmup": args.warmup, "matmul_gflops": rate}
+    load = os.getloadavg()[0]
+    env["load_average_1min"] = load
+    print(f"numpy {numpy.__version__} (OpenBLAS threads: {blas_n}), torch {torch.__version__} "
+          f"(threads: {torch.get_num_threads()}), {env['cpus_available']} CPUs available, load average {load:.2f}")
+    print(f"float32 matmul 2048x2048 (numpy): {rate:.1f} GFLOP/s")
+    print(f"4c3f conv layers, batch {args.batch}, float32, forward + backward (dx, dW); medians of "
+          f"{args.repeats} after {args.warmup} warm-up runs")
+    header = (f"{'layer':<9} {'input -> weight (stride, pad)':<36} {'lipref ms':>10} {'torch ms':>9} "
+              f"{'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9} {'fwd l/t ms':>14}")
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name, i, in_shape, o, k, s, p in conv_layers():
+        r = bench_layer(torch, args.batch, in_shape, o, k, s, p, args.repeats, args.warmup, args.check)
+        r.update(dataset=name, layer=f"{name}.conv{i}", matmul_fraction=r["lipref_gflops"] / rate)
+        if args.breakdown:
+            r["lipref_pieces_ms"] = breakdown(args.batch, in_shape, o, k, s, p, args.repeats, args.warmup)
+        rows.append(r)
+        shape = f"{'x'.join(map(str, r['in_shape']))} -> {'x'.join(map(str, r['weight_shape']))} ({s}, {p})"
+        print(f"{r['layer']:<9} {shape:<36} {1e3 * r['lipref_s']:>10.2f} {1e3 * r['torch_s']:>9.2f} "
+              f"{r['ratio']:>6.2f} {r['lipref_gflops']:>8.1f} {r['matmul_fraction']:>9.2f} "
+              f"{1e3 * r['lipref_forward_s']:>6.2f}/{1e3 * r['torch_forward_s']:<7.2f}", flush=True)
+    total_l = sum(r["lipref_s"] for r in rows)
+    total_t = sum(r["torch_s"] for r in rows)
+    print(f"{'total':<9} {'':<36} {1e3 * total_l:>10.2f} {1e3 * total_t:>9.2f} {total_l / total_t:>6.2f}")
+    if args.breakdown:
+        names = list(rows[0]["lipref_pieces_ms"])
+        print("\nlipref pieces (ms): " + " | ".join(names))
+        for r in rows:
+            print(f"{r['layer']:<12} " + " ".join(f"{r['lipref_pieces_ms'][k]:>8.1f}" for k in names))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"environment": env, "layers": rows}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main(ARGS)
