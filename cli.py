@@ -445,6 +445,68 @@ def data_download(name, data_dir, base_url):
         click.echo(str(p))
 
 
+# ------------------------------------------------------------------------- torch interop
+
+@main.command("import-torch")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--arch", default="auto", show_default=True,
+              help="4c3f, 6c2f, 8c2f, 2c2f, mlp-W..., 'auto' (match the checkpoint's names and shapes), or a "
+                   "generic stack 'conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...'.")
+@click.option("--input-shape", default="1,28,28", show_default=True,
+              help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64).")
+@click.option("--classes", "n_classes", type=int, default=None,
+              help="Number of classes (default: read from the last linear layer).")
+@click.option("--activation", type=click.Choice(["auto", "relu", "clipped_relu", "maxmin"]), default="auto",
+              show_default=True, help="Activation (auto: from the parameter names: threshold, max/min).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@user_errors
+def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
+    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
+    from lipref.torch_import import import_torch_checkpoint
+    try:
+        shape = tuple(int(d) for d in input_shape.split(","))
+    except ValueError:
+        raise ValueError(f"--input-shape must be integers separated by commas, got {input_shape!r}") from None
+    model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
+    n_params = sum(int(v.value.size) for v in model.parameters().values())
+    click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
+               f"{len(model.layers)} layers, {n_params} parameters")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option("--against", type=click.Choice(["torch"]), default="torch", show_default=True,
+              help="The independent implementation to compare with (lipref/reference).")
+@apply_options(data_options)
+@click.option("--eps", type=float, default=0.1, show_default=True, callback=_positive_eps, help="Radius of the l2 ball.")
+@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Power-iteration steps (same start vectors on both sides).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the start vectors.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@user_errors
+def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, as_json):
+    """Recompute MODEL's logits, masks, bounds, margins and loss gradients with the torch
+    reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
+    from lipref.check import check_against_torch
+    model = _load_model(model_path, "numpy", "float64")
+    dataset = _load_for_model(model, data_spec, data_dir, limit or 8)
+    rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
+                               host.random.default_rng(seed))
+    ok = all(r["ok"] for r in rows)
+    if as_json:
+        _emit_json({"model": model_path, "against": against, "ok": ok, "n": int(dataset.labels.shape[0]),
+                    "results": rows})
+    else:
+        table_rows = [dict(r, verdict="ok" if r["ok"] else "DIFFERS") for r in rows]
+        click.echo(_table(table_rows, [("quantity", "quantity", "{}"), ("max_rel_diff", "largest difference", "{:.3g}"),
+                                       ("unit", "unit", "{}"), ("tolerance", "tolerance", "{:.0e}"),
+                                       ("verdict", "", "{}")]))
+        click.echo(f"{'all within tolerance' if ok else 'SOME QUANTITIES DIFFER'} "
+                   f"({dataset.labels.shape[0]} examples, eps {eps:g}, {n_iters} power iterations)")
+    if not ok:
+        sys.exit(1)
+
+
 # -------------------------------------------------------------------------------------- info
 
 @main.command()

@@ -253,6 +253,8 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
                 lower, upper = P.subtract(lower, slack), P.add(upper, slack)
             h = z
             pending = (i, layer, params, in_mask)
+            # every output of an affine layer can move; only an activation makes some constant
+            in_mask = xp.ones((n,) + layer.out_shape, dtype=xv.dtype)
         elif layer.is_activation:
             row_mask, out_mask = activation_masks(layer, {k: value_of(v) for k, v in params.items()},
                                                   value_of(lower), value_of(upper))

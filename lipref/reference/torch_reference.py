@@ -1,0 +1,500 @@
+"""A PyTorch reference for lipref's bounds, written independently from the paper's definitions.
+
+Huang, Zhang, Shi, Kolter, Anandkumar, "Training Certifiably Robust Neural Networks with
+Efficient Local Lipschitz Bounds", NeurIPS 2021. Everything here is torch: torch operations
+for the math, torch autograd for the gradients. Nothing is imported from lipref's math; lipref
+is only read (layer specs and parameter values) by `to_torch`.
+
+What it computes, for a batch x, a radius eps (l2) and an nn.Sequential classifier whose last
+module is nn.Linear:
+
+- `global_norms`: for every affine layer but the last, ||W||_2 of the exact operator (conv2d
+  on the layer's input shape, adjoint by conv_transpose2d with the output padding that
+  restores that shape), by power iteration on W^T W from given start vectors.
+- `network_bounds`: one pass over the layers keeping, per sample, the clean activations h,
+  a box [lower, upper] holding the activations of every point of the ball, a radius r with
+  ||h(x') - h(x)|| <= r on the ball, and the mask of coordinates that can move. At an affine
+  layer the box is interval arithmetic in centre/radius form (W mid + b +- |W| rad)
+  intersected with z +- r * ||W_k over movable inputs||. At an activation the masks say
+  which neurons are constant on the ball, the previous affine layer's local norm is
+  ||diag(rows) W diag(cols)||_2 by masked power iteration (capped by the global norm), r is
+  multiplied by it, and the activation's output box is the activation of the box
+  intersected with h +- r.
+- `gloro_worst_logits`, `gloro_bottom_logit`, `gloro_loss`, `bcp_worst_logits`, `bcp_loss`:
+  worst-case logits over the ball from R = eps * L (GloRo: z_j + R ||w_j - w_y||; BCP:
+  z_j + max c.d over the ball ||d|| <= R intersected with the penultimate box, solved exactly
+  by sorting the breakpoints of d(lam) = clip(lam c, lo, hi)).
+
+Conventions chosen to match lipref's, where a kink or a tie has to pick one side: at a tie
+of an elementwise max/min (intersections, the cap by the global norm, clamps) the gradient
+goes to the first argument; sqrt and norms have gradient 0 at 0.
+"""
+import math
+from dataclasses import dataclass, field
+
+import numpy
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ---------------------------------------------------------------- modules
+
+class ClippedReLU(nn.Module):
+    """min(max(x, 0), threshold) with one learnable threshold per neuron (the feature shape)."""
+
+    def __init__(self, shape, threshold_init=1.0):
+        super().__init__()
+        self.threshold = nn.Parameter(torch.full(tuple(shape), float(threshold_init)))
+
+    def forward(self, x):
+        r = F.relu(x)
+        return torch.where(r < self.threshold, r, self.threshold)
+
+
+class ClampedMaxMin(nn.Module):
+    """MaxMin over the two halves a, b of axis 1: [min(max(a, b), max), max(min(a, b), min)],
+    with learnable clamps `max` and `min` of the half's feature shape. At a == b, a is the max."""
+
+    def __init__(self, half_shape, threshold_init=1.0):
+        super().__init__()
+        self.max = nn.Parameter(torch.full(tuple(half_shape), float(threshold_init)))
+        self.min = nn.Parameter(torch.full(tuple(half_shape), -float(threshold_init)))
+
+    def forward(self, x):
+        a, b = torch.chunk(x, 2, dim=1)
+        a_wins = a >= b
+        big = torch.where(a_wins, a, b)
+        small = torch.where(a_wins, b, a)
+        top = torch.where(big < self.max, big, self.max)
+        bottom = torch.where(small > self.min, small, self.min)
+        return torch.cat([top, bottom], dim=1)
+
+
+ACTIVATION_MODULES = (nn.ReLU, ClippedReLU, ClampedMaxMin)
+AFFINE_MODULES = (nn.Linear, nn.Conv2d)
+
+
+def _activation_module(name, shape, threshold_init):
+    if name == "relu":
+        return nn.ReLU()
+    if name == "clipped_relu":
+        return ClippedReLU(shape, threshold_init)
+    if name == "maxmin":
+        return ClampedMaxMin((shape[0] // 2,) + tuple(shape[1:]), threshold_init)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def torch_sequential(convs, widths, input_shape, n_classes, activation="relu", threshold_init=1.0):
+    """The paper's layout as an nn.Sequential: [conv, act] per (out, k, stride, pad) in convs,
+    Flatten (when the input is an image), [linear, act] per width, then linear to n_classes."""
+    modules, shape = [], tuple(input_shape)
+    for out_ch, k, s, p in convs:
+        h = (shape[1] + 2 * p - k) // s + 1
+        w = (shape[2] + 2 * p - k) // s + 1
+        modules.append(nn.Conv2d(shape[0], out_ch, k, stride=s, padding=p))
+        shape = (out_ch, h, w)
+        modules.append(_activation_module(activation, shape, threshold_init))
+    if len(shape) > 1:
+        modules.append(nn.Flatten())
+        shape = (math.prod(shape),)
+    for width in widths:
+        modules += [nn.Linear(shape[0], width), _activation_module(activation, (width,), threshold_init)]
+        shape = (width,)
+    modules.append(nn.Linear(shape[0], n_classes))
+    return nn.Sequential(*modules)
+
+
+def _module_from_spec(spec):
+    kind = spec["type"]
+    if kind == "linear":
+        return nn.Linear(spec["in_features"], spec["out_features"])
+    if kind == "conv2d":
+        return nn.Conv2d(spec["in_shape"][0], spec["out_channels"], spec["kernel_size"],
+                         stride=spec["stride"], padding=spec["padding"])
+    if kind == "flatten":
+        return nn.Flatten()
+    if kind in ("relu", "clipped_relu", "maxmin"):
+        return _activation_module(kind, tuple(spec["shape"]), spec.get("threshold_init", 1.0))
+    raise ValueError(f"no torch module for layer type {kind!r}")
+
+
+def to_torch(model, dtype=torch.float64):
+    """An nn.Sequential equal to lipref model `model` (same parameter names and values)."""
+    from lipref.backend import to_host  # reading parameter values, not lipref's math
+    net = nn.Sequential(*[_module_from_spec(s) for s in model.spec()]).to(dtype)
+    state = {name: torch.as_tensor(numpy.asarray(to_host(v.value)), dtype=dtype)
+             for name, v in model.parameters().items()}
+    net.load_state_dict(state, strict=True)
+    return net
+
+
+def input_shapes(net, input_shape):
+    """Per module of `net`, its input feature shape (no batch axis), then the output shape."""
+    shapes = [tuple(input_shape)]
+    p = next(net.parameters())
+    h = torch.zeros((1,) + tuple(input_shape), dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        for module in net:
+            h = module(h)
+            shapes.append(tuple(h.shape[1:]))
+    return shapes
+
+
+# ---------------------------------------------------------------- affine operators
+
+def affine(module, x, weight, bias):
+    """The affine module's map with the given weight and bias (bias may be None)."""
+    if isinstance(module, nn.Linear):
+        return F.linear(x, weight, bias)
+    if isinstance(module, nn.Conv2d):
+        return F.conv2d(x, weight, bias, stride=module.stride, padding=module.padding)
+    raise TypeError(f"not an affine module: {type(module).__name__}")
+
+
+def conv_output_padding(module, in_hw, out_hw):
+    """The output_padding that makes conv_transpose2d return the conv's input size in_hw."""
+    return tuple(in_hw[d] - ((out_hw[d] - 1) * module.stride[d] - 2 * module.padding[d] + module.kernel_size[d])
+                 for d in range(2))
+
+
+def adjoint(module, u, weight, in_shape):
+    """W^T u for the affine module's linear part, u of the output shape, result of in_shape."""
+    if isinstance(module, nn.Linear):
+        return u @ weight
+    if isinstance(module, nn.Conv2d):
+        pad = conv_output_padding(module, in_shape[-2:], u.shape[-2:])
+        return F.conv_transpose2d(u, weight, None, stride=module.stride, padding=module.padding,
+                                  output_padding=pad)
+    raise TypeError(f"not an affine module: {type(module).__name__}")
+
+
+# ---------------------------------------------------------------- norms and power iteration
+
+def per_sample(values, like):
+    """(N,) -> (N, 1, ..., 1), broadcastable against `like`."""
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+def sample_norms(x):
+    """Euclidean norm of each sample (leading axis), (N,)."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+
+
+def safe_sqrt(x):
+    """sqrt with gradient 0 (not inf) at 0."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
+
+
+def safe_norm(x, dim):
+    """Euclidean norm over `dim` with gradient 0 at the zero vector."""
+    return safe_sqrt((x * x).sum(dim=dim))
+
+
+def unit_start(v0):
+    """v0 / ||v0|| per sample; a zero sample becomes the constant unit vector."""
+    norms = per_sample(sample_norms(v0), v0)
+    constant = torch.full_like(v0, 1.0 / math.sqrt(v0[0].numel()))
+    return torch.where(norms > 0, v0 / torch.where(norms > 0, norms, torch.ones_like(norms)), constant)
+
+
+def masked_operator(module, weight, rows, cols, in_shape):
+    """(apply, apply_adjoint) of v -> rows * W(cols * v), per sample; None masks are all ones."""
+    def apply(v):
+        out = affine(module, v if cols is None else v * cols, weight, None)
+        return out if rows is None else out * rows
+
+    def apply_adjoint(u):
+        out = adjoint(module, u if rows is None else u * rows, weight, in_shape)
+        return out if cols is None else out * cols
+    return apply, apply_adjoint
+
+
+def power_iteration(apply, apply_adjoint, v0, n_iters):
+    """n_iters steps of v <- A^T A v / ||A^T A v|| per sample from v0 (no gradient).
+    A sample whose A^T A v is zero keeps its v. Returns the final unit v."""
+    with torch.no_grad():
+        v = unit_start(v0)
+        for _ in range(n_iters):
+            w = apply_adjoint(apply(v))
+            norms = per_sample(sample_norms(w), w)
+            v = torch.where(norms > 0, w / torch.where(norms > 0, norms, torch.ones_like(norms)), v)
+    return v
+
+
+def masked_norm(module, rows, cols, in_shape, v0, n_iters):
+    """(sigma, v): sigma = ||rows * W(cols * v)|| per sample, v from power iteration started at
+    v0. sigma is differentiable in W with v held fixed (its gradient is then u v^T)."""
+    weight = module.weight
+    apply, apply_adjoint = masked_operator(module, weight.detach(), rows, cols, in_shape)
+    v = power_iteration(apply, apply_adjoint, v0, n_iters)
+    apply_with_grad, _ = masked_operator(module, weight, rows, cols, in_shape)
+    return sample_norms(apply_with_grad(v)), v
+
+
+def global_norms(net, shapes, vectors, n_iters):
+    """({layer index: ||W||_2 estimate, 0-d}, {layer index: final v}) for every affine module
+    but the last, by power iteration from vectors[i] of shape (1,) + input shape."""
+    norms, new_vectors = {}, {}
+    for i, module in enumerate(list(net)[:-1]):
+        if isinstance(module, AFFINE_MODULES):
+            sigma, v = masked_norm(module, None, None, (1,) + shapes[i], _vector(vectors, i), n_iters)
+            norms[i], new_vectors[i] = sigma[0], v
+    return norms, new_vectors
+
+
+def _vector(vectors, i):
+    if i not in vectors:
+        raise KeyError(f"no power-iteration start vector for layer {i}")
+    return vectors[i]
+
+
+# ---------------------------------------------------------------- masks
+
+def activation_masks(module, lower, upper):
+    """(row_mask, output_mask) from the activation's input box, 1 = can change on the ball.
+
+    ReLU: constant where ub <= 0. Clipped ReLU: where ub <= 0 or lb >= threshold. MaxMin,
+    per pair (a, b): the max output is constant where max(lb_a, lb_b) >= max (clamped for every
+    point), the min output where min(ub_a, ub_b) <= min; both inputs of a pair feed both
+    outputs, so the pair's rows are constant only when both outputs are."""
+    dtype = lower.dtype
+    if isinstance(module, nn.ReLU):
+        moving = (upper > 0).to(dtype)
+        return moving, moving
+    if isinstance(module, ClippedReLU):
+        moving = ((upper > 0) & (lower < module.threshold)).to(dtype)
+        return moving, moving
+    if isinstance(module, ClampedMaxMin):
+        lower_a, lower_b = torch.chunk(lower, 2, dim=1)
+        upper_a, upper_b = torch.chunk(upper, 2, dim=1)
+        top_moves = torch.maximum(lower_a, lower_b) < module.max
+        bottom_moves = torch.minimum(upper_a, upper_b) > module.min
+        pair_moves = (top_moves | bottom_moves).to(dtype)
+        outputs = torch.cat([top_moves.to(dtype), bottom_moves.to(dtype)], dim=1)
+        return torch.cat([pair_moves, pair_moves], dim=1), outputs
+    raise TypeError(f"not an activation module: {type(module).__name__}")
+
+
+# ---------------------------------------------------------------- the walk
+
+def larger(a, b):
+    """Elementwise max, gradient to a at a tie."""
+    return torch.where(a >= b, a, b)
+
+
+def smaller(a, b):
+    """Elementwise min, gradient to a at a tie."""
+    return torch.where(a <= b, a, b)
+
+
+@dataclass
+class ActivationRecord:
+    """What the walk found at one activation module."""
+    index: int
+    lower: torch.Tensor  # pre-activation box over the ball
+    upper: torch.Tensor
+    row_mask: torch.Tensor
+    output_mask: torch.Tensor
+
+
+@dataclass
+class ReferenceBounds:
+    logits: torch.Tensor
+    penultimate: torch.Tensor
+    lower: torch.Tensor  # box of the penultimate activations over the ball
+    upper: torch.Tensor
+    lipschitz: torch.Tensor  # (N,) bound of x -> penultimate on the ball (local or global)
+    radius: torch.Tensor  # (N,) eps * lipschitz
+    global_lipschitz: torch.Tensor  # 0-d, product of the global norms
+    local_norms: list = field(default_factory=list)  # per affine layer but the last, (N,)
+    global_norms: list = field(default_factory=list)  # per affine layer but the last, 0-d
+    activations: list = field(default_factory=list)
+    local_vectors: dict = field(default_factory=dict)
+    global_vectors: dict = field(default_factory=dict)
+
+
+class _Walk:
+    """The state of one pass over the layers (see the module docstring)."""
+
+    def __init__(self, x, eps, bound, n_iters, shapes, local_vectors, gnorms):
+        self.eps, self.bound, self.n_iters, self.shapes = float(eps), bound, n_iters, shapes
+        self.local_vectors, self.gnorms = local_vectors, gnorms
+        self.n = x.shape[0]
+        self.h, self.lower, self.upper = x, x - self.eps, x + self.eps
+        self.cols = torch.ones_like(x)
+        self.lipschitz = torch.ones(self.n, dtype=x.dtype, device=x.device)
+        self.pending = None  # (index, module, input mask) of an affine layer awaiting its row mask
+        self.local_norms, self.new_vectors, self.activations = [], {}, []
+
+    def radius(self):
+        return self.lipschitz * self.eps
+
+    def affine_layer(self, i, module):
+        self.close(None)
+        weight, bias = module.weight, module.bias
+        z = affine(module, self.h, weight, bias)
+        mid, rad = (self.upper + self.lower) * 0.5, (self.upper - self.lower) * 0.5
+        centre = affine(module, mid, weight, bias)
+        spread = affine(module, rad, weight.abs(), None)
+        row_norms = safe_sqrt(affine(module, self.cols, weight * weight, None))
+        ball = row_norms * per_sample(self.radius(), z)
+        self.lower = larger(centre - spread, z - ball)
+        self.upper = smaller(centre + spread, z + ball)
+        self.h = z
+        self.pending = (i, module, self.cols)
+        self.cols = torch.ones_like(z)  # an affine layer's outputs can all move
+
+    def activation_layer(self, i, module):
+        rows, outputs = activation_masks(module, self.lower.detach(), self.upper.detach())
+        self.close(rows)
+        self.activations.append(ActivationRecord(i, self.lower, self.upper, rows, outputs))
+        self.h = module(self.h)
+        r = per_sample(self.radius(), self.h)
+        self.lower = larger(module(self.lower), self.h - r)
+        self.upper = smaller(module(self.upper), self.h + r)
+        self.cols = outputs
+
+    def flatten_layer(self):
+        self.close(None)
+        self.h, self.lower, self.upper, self.cols = (t.flatten(1) for t in (self.h, self.lower, self.upper, self.cols))
+
+    def close(self, rows):
+        """Multiply the bound by the pending affine layer's norm (rows None: all rows move)."""
+        if self.pending is None:
+            return
+        i, module, cols = self.pending
+        self.pending = None
+        cap = self.gnorms[i]
+        if self.bound == "local":
+            if rows is None:
+                rows = torch.ones((self.n,) + self.shapes[i + 1], dtype=self.h.dtype, device=self.h.device)
+            sigma, v = masked_norm(module, rows, cols, (self.n,) + self.shapes[i],
+                                   _vector(self.local_vectors, i), self.n_iters)
+            self.new_vectors[i] = v
+            sigma = smaller(sigma, cap)
+        else:
+            sigma = cap * torch.ones(self.n, dtype=self.h.dtype, device=self.h.device)
+        self.local_norms.append(sigma)
+        self.lipschitz = self.lipschitz * sigma
+
+
+def network_bounds(net, x, eps, n_iters, local_vectors, global_vectors, bound="local", shapes=None):
+    """Logits at x and the bound of x -> penultimate activations over the l2 ball of radius eps.
+
+    net: nn.Sequential of nn.Linear, nn.Conv2d, nn.Flatten, nn.ReLU, ClippedReLU, ClampedMaxMin,
+    last module nn.Linear. local_vectors / global_vectors: {layer index: start vectors},
+    (N,) + input shape and (1,) + input shape. bound: "local" or "global". shapes: from
+    `input_shapes` (computed when None). Differentiable in the parameters by torch autograd."""
+    if bound not in ("local", "global"):
+        raise ValueError(f"bound must be 'local' or 'global', got {bound!r}")
+    modules = list(net)
+    if not isinstance(modules[-1], nn.Linear):
+        raise ValueError("the last module must be nn.Linear")
+    shapes = shapes or input_shapes(net, tuple(x.shape[1:]))
+    gnorms, gvectors = global_norms(net, shapes, global_vectors, n_iters)
+    walk = _Walk(x, eps, bound, n_iters, shapes, local_vectors, gnorms)
+    for i, module in enumerate(modules[:-1]):
+        if isinstance(module, AFFINE_MODULES):
+            walk.affine_layer(i, module)
+        elif isinstance(module, ACTIVATION_MODULES):
+            walk.activation_layer(i, module)
+        elif isinstance(module, nn.Flatten):
+            walk.flatten_layer()
+        else:
+            raise TypeError(f"no bound for module {type(module).__name__}")
+    walk.close(None)
+    last = modules[-1]
+    glob = torch.ones((), dtype=x.dtype, device=x.device)
+    for g in gnorms.values():
+        glob = glob * g
+    return ReferenceBounds(logits=F.linear(walk.h, last.weight, last.bias), penultimate=walk.h,
+                           lower=walk.lower, upper=walk.upper, lipschitz=walk.lipschitz, radius=walk.radius(),
+                           global_lipschitz=glob, local_norms=walk.local_norms,
+                           global_norms=list(gnorms.values()), activations=walk.activations,
+                           local_vectors=walk.new_vectors, global_vectors=gvectors)
+
+
+# ---------------------------------------------------------------- worst-case logits and losses
+
+def class_differences(weight, labels):
+    """(N, K, D): w_j - w_y for every sample and class j."""
+    return weight.unsqueeze(0) - weight[labels].unsqueeze(1)
+
+
+def gloro_worst_logits(logits, weight, labels, radius):
+    """z_j + R ||w_j - w_y|| (z_y at j = y)."""
+    return logits + safe_norm(class_differences(weight, labels), dim=2) * radius.unsqueeze(1)
+
+
+def gloro_bottom_logit(logits, weight, labels, radius):
+    """GloRo's extra logit, max over j != y of the worst-case logits, (N, 1)."""
+    worst = gloro_worst_logits(logits, weight, labels, radius)
+    own = F.one_hot(labels, logits.shape[1]).bool()
+    return worst.masked_fill(own, -math.inf).max(dim=1, keepdim=True).values
+
+
+def gloro_loss(logits, weight, labels, radius):
+    """Mean cross-entropy over [z, bottom logit] with the true label (GloRo)."""
+    augmented = torch.cat([logits, gloro_bottom_logit(logits, weight, labels, radius)], dim=1)
+    return F.cross_entropy(augmented, labels)
+
+
+def ball_box_support(c, lo, hi, radius):
+    """max c.d subject to ||d|| <= R and lo <= d <= hi (lo <= 0 <= hi), per row, exactly.
+
+    c, lo, hi: (M, D); radius: (M,), positive. The maximiser is d(lam) = clip(lam c, lo, hi)
+    for the lam >= 0 where ||d(lam)|| = R, or the box corner when the box lies in the ball.
+    Coordinate i is clipped once lam >= t_i (t_i = hi_i / c_i for c_i > 0, lo_i / c_i for
+    c_i < 0, never for c_i = 0). With the t_i sorted, on the k-th interval the first k
+    coordinates sit at their corner b and ||d||^2 = S_k + lam^2 C_k (S_k: sum of their b^2,
+    C_k: sum of the others' c^2); the first k whose interval end reaches R^2 gives
+    lam = sqrt((R^2 - S_k) / C_k). Differentiable by autograd with the active set fixed,
+    which is the gradient of the maximum."""
+    positive, negative = c > 0, c < 0
+    corner = torch.where(positive, hi, torch.where(negative, lo, torch.zeros_like(c)))
+    safe_c = torch.where(c != 0, c, torch.ones_like(c))
+    t = torch.where(c != 0, corner / safe_c, torch.full_like(c, math.inf))
+    order = torch.argsort(t.detach(), dim=1)
+    t_sorted = torch.gather(t, 1, order)
+    corner_sq = torch.gather(corner * corner, 1, order)
+    c_sq = torch.gather(c * c, 1, order)
+    clipped_sq = torch.cumsum(corner_sq, dim=1) - corner_sq  # S_k, before coordinate k clips
+    free_sq = torch.flip(torch.cumsum(torch.flip(c_sq, [1]), dim=1), [1])  # C_k
+    has_free = free_sq > 0
+    t_finite = torch.where(has_free, t_sorted, torch.zeros_like(t_sorted))
+    norm_sq_at_end = clipped_sq + torch.where(has_free, t_finite * t_finite * free_sq, torch.zeros_like(free_sq))
+    r_sq = (radius * radius).unsqueeze(1)
+    reached = norm_sq_at_end >= r_sq
+    inside = ~reached.any(dim=1)
+    k = torch.argmax(reached.to(torch.int8), dim=1, keepdim=True)  # first reached interval
+    s_k = torch.gather(clipped_sq, 1, k)[:, 0]
+    c_k = torch.gather(free_sq, 1, k)[:, 0]
+    safe_ck = torch.where(c_k > 0, c_k, torch.ones_like(c_k))
+    lam = safe_sqrt(torch.clamp(r_sq[:, 0] - s_k, min=0) / safe_ck)
+    d = torch.minimum(torch.maximum(lam.unsqueeze(1) * c, lo), hi)
+    on_sphere = (c * d).sum(dim=1)
+    at_corner = (c * corner).sum(dim=1)
+    return torch.where(inside, at_corner, on_sphere)
+
+
+def bcp_worst_logits(logits, weight, labels, radius, penultimate, lower, upper):
+    """z_j + max over d in the ball ||d|| <= R and the box [lower - h, upper - h] of
+    (w_j - w_y).d, per sample and class (z_y at j = y)."""
+    diff = class_differences(weight, labels)
+    n, k, dim = diff.shape
+    gap_lo, gap_hi = lower - penultimate, upper - penultimate
+    zero = torch.zeros_like(gap_lo)
+    lo = smaller(gap_lo, zero).unsqueeze(1).expand(n, k, dim).reshape(n * k, dim)
+    hi = larger(gap_hi, zero).unsqueeze(1).expand(n, k, dim).reshape(n * k, dim)
+    r = radius.unsqueeze(1).expand(n, k).reshape(n * k)
+    support = ball_box_support(diff.reshape(n * k, dim), lo, hi, r)
+    return logits + support.reshape(n, k)
+
+
+def bcp_loss(bounds, weight, labels):
+    """Mean cross-entropy of the ball-and-box worst-case logits."""
+    worst = bcp_worst_logits(bounds.logits, weight, labels, bounds.radius, bounds.penultimate,
+                             bounds.lower, bounds.upper)
+    return F.cross_entropy(worst, labels)

@@ -1,0 +1,265 @@
+"""Import a PyTorch checkpoint of the paper's nn.Sequential models as a lipref model.
+
+The paper's code saves `nn.Sequential` models, so parameters are named by module index:
+"0.weight", "0.bias" (conv or linear), "1.threshold" (clipped ReLU, the feature shape),
+"1.max" / "1.min" (clamped MaxMin, half the feature shape). lipref's models use the same
+names and layouts (conv weights (O, C, k, k), linear weights (out, in), Flatten in C order),
+so importing is: find the state dict, build the lipref architecture, check that the names
+and shapes agree exactly, copy the values.
+
+`arch` is a named architecture (4c3f, 6c2f, 8c2f, 2c2f, mlp-W1-W2...), "auto" (the named
+architecture, or a dense stack, whose parameter names and shapes fit the checkpoint), or a
+generic conv/linear stack "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,..." (strides and paddings are
+not in a state dict, so a generic conv stack must be spelled out). torch is optional: it is
+imported inside the functions that need it.
+"""
+import os
+import re
+
+from .backend import get_backend, host
+from .layers import ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from .models import ARCHITECTURES, build_architecture, save_model
+
+TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+class TorchImportError(ValueError):
+    """A checkpoint that cannot be imported (unreadable, or names/shapes that do not fit)."""
+
+
+class TorchNotInstalled(ImportError):
+    """torch is needed for this operation and is not installed."""
+
+
+def require_torch():
+    """The torch module, or TorchNotInstalled with the install command."""
+    try:
+        import torch
+    except ImportError:
+        raise TorchNotInstalled(TORCH_MISSING) from None
+    return torch
+
+
+# ---------------------------------------------------------------- reading the checkpoint
+
+def read_state_dict(path):
+    """{name: float64 host array} of the checkpoint's parameters, "module." prefixes removed.
+
+    Accepts a dict holding the state dict under "state_dict", "model_state_dict" or "model",
+    or a bare state dict. Read with torch.load(weights_only=True): no code is executed."""
+    torch = require_torch()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise TorchImportError(f"{path}: no such checkpoint file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise TorchImportError(f"{path}: not a readable weights-only torch checkpoint "
+                               f"({type(exc).__name__}: {exc})") from None
+    state = _find_state_dict(obj, torch)
+    if state is None:
+        keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise TorchImportError(f"{path}: no state dict found (expected a dict of tensors, or one under "
+                               f"{', '.join(STATE_DICT_KEYS)}; found {keys})")
+    arrays = {}
+    for name, tensor in state.items():
+        arrays[_strip_prefix(name)] = tensor.detach().to("cpu", torch.float64).numpy()
+    return arrays
+
+
+def _is_state_dict(obj, torch):
+    return isinstance(obj, dict) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _find_state_dict(obj, torch):
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if key in obj and _is_state_dict(obj[key], torch):
+                return obj[key]
+    return obj if _is_state_dict(obj, torch) else None
+
+
+def _strip_prefix(name):
+    """Drop the "module." that nn.DataParallel puts in front of every name."""
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+# ---------------------------------------------------------------- architectures
+
+def parse_generic(text):
+    """(convs, widths) of "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,..." (convs before fcs), or None
+    when `text` is not in that form."""
+    convs, widths = [], []
+    for token in text.split(","):
+        conv = re.fullmatch(r"conv:(\d+):(\d+):(\d+):(\d+)", token.strip())
+        fc = re.fullmatch(r"fc:(\d+)", token.strip())
+        if conv and not widths:
+            convs.append(tuple(int(g) for g in conv.groups()))
+        elif fc:
+            widths.append(int(fc.group(1)))
+        else:
+            return None
+    return convs, widths
+
+
+def _activation_layer(name, shape):
+    if name == "relu":
+        return ReLU(shape)
+    if name == "clipped_relu":
+        return ClippedReLU(shape, 1.0)
+    return ClampedMaxMin(shape, 1.0)
+
+
+def build_generic(convs, widths, input_shape, n_classes, activation):
+    """The paper's layout for any conv/fc widths: [conv, act]..., Flatten, [linear, act]..., linear."""
+    layers, shape = [], tuple(input_shape)
+    for out_ch, k, s, p in convs:
+        conv = Conv2d(shape, out_ch, k, s, p)
+        layers += [conv, _activation_layer(activation, conv.out_shape)]
+        shape = conv.out_shape
+    if len(shape) > 1:
+        layers.append(Flatten(shape))
+        shape = layers[-1].out_shape
+    for width in widths:
+        layers += [Linear(shape[0], width), _activation_layer(activation, (width,))]
+        shape = (width,)
+    layers.append(Linear(shape[0], n_classes))
+    return Sequential(layers)
+
+
+def build_named_or_generic(arch, input_shape, n_classes, activation):
+    """A Sequential (parameters not set) for a named architecture or a generic spec."""
+    generic = parse_generic(arch) if ":" in arch else None
+    if ":" in arch and generic is None:
+        raise TorchImportError(f"cannot parse architecture {arch!r}; expected "
+                               "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,... (convs first)")
+    try:
+        if generic is not None:
+            return build_generic(*generic, input_shape, n_classes, activation)
+        return build_architecture(arch, input_shape, n_classes, activation)
+    except ValueError as exc:  # unknown name, input too small, odd width for MaxMin
+        raise TorchImportError(f"architecture {arch}: {exc}") from None
+
+
+def infer_activation(names):
+    """The activation a state dict's parameter names imply: clipped ReLU has "k.threshold",
+    MaxMin "k.max"/"k.min", ReLU nothing."""
+    suffixes = {name.rsplit(".", 1)[-1] for name in names}
+    if "threshold" in suffixes:
+        return "clipped_relu"
+    if {"max", "min"} & suffixes:
+        return "maxmin"
+    return "relu"
+
+
+def infer_n_classes(arrays):
+    """Rows of the last 2-D weight (by module index)."""
+    weights = [(int(name.split(".")[0]), a) for name, a in arrays.items()
+               if name.endswith(".weight") and name.split(".")[0].isdigit() and a.ndim == 2]
+    if not weights:
+        raise TorchImportError("cannot infer the number of classes: no linear weight in the checkpoint")
+    return max(weights, key=lambda item: item[0])[1].shape[0]
+
+
+def _dense_widths(arrays):
+    """Hidden widths if every weight is 2-D (a dense stack), else None."""
+    weights = sorted((int(n.split(".")[0]), a) for n, a in arrays.items()
+                     if n.endswith(".weight") and n.split(".")[0].isdigit())
+    if not weights or any(a.ndim != 2 for _, a in weights):
+        return None
+    return [a.shape[0] for _, a in weights[:-1]]
+
+
+def expected_shapes(model):
+    """{name: shape} of the model's parameters (initialises them, float32, to know the shapes)."""
+    xp = get_backend("numpy")
+    model.init_params(xp, xp.float32, host.random.default_rng(0))
+    return {name: tuple(v.value.shape) for name, v in model.parameters().items()}
+
+
+def mismatches(model, arrays):
+    """Sorted problem lines: missing, unexpected and wrong-shape parameter names."""
+    expected = expected_shapes(model)
+    problems = [f"missing {name} {shape}" for name, shape in sorted(expected.items()) if name not in arrays]
+    problems += [f"unexpected {name} {tuple(arrays[name].shape)}" for name in sorted(set(arrays) - set(expected))]
+    problems += [f"wrong shape {name}: checkpoint {tuple(arrays[name].shape)}, architecture {shape}"
+                 for name, shape in sorted(expected.items())
+                 if name in arrays and tuple(arrays[name].shape) != shape]
+    return problems
+
+
+def _candidates(arrays, input_shape, n_classes, activation):
+    """[(name, Sequential)] to try for arch="auto"."""
+    out = []
+    if len(input_shape) == 3:
+        for name in sorted(ARCHITECTURES):
+            try:
+                out.append((name, build_architecture(name, input_shape, n_classes, activation)))
+            except ValueError:
+                continue  # the input is too small for this architecture
+    widths = _dense_widths(arrays)
+    if widths is not None:
+        name = "mlp-" + "-".join(map(str, widths)) if widths else "linear"
+        try:
+            out.append((name, build_generic([], widths, input_shape, n_classes, activation)))
+        except ValueError:
+            pass  # e.g. an odd width for MaxMin: nothing to try
+    return out
+
+
+def _select(arch, arrays, input_shape, n_classes, activation, path):
+    """(arch name, Sequential) whose parameters fit `arrays` exactly, or TorchImportError."""
+    if arch != "auto":
+        model = build_named_or_generic(arch, input_shape, n_classes, activation)
+        problems = mismatches(model, arrays)
+        if problems:
+            raise TorchImportError(f"{path}: the checkpoint does not fit architecture {arch} "
+                                   f"({activation}, input {tuple(input_shape)}, {n_classes} classes): "
+                                   + "; ".join(problems))
+        return arch, model
+    tried = []
+    for name, model in _candidates(arrays, input_shape, n_classes, activation):
+        problems = mismatches(model, arrays)
+        if not problems:
+            return name, model
+        tried.append((len(problems), name, problems))
+    if not tried:
+        raise TorchImportError(f"{path}: no architecture to try for input {tuple(input_shape)}")
+    _, name, problems = min(tried)
+    raise TorchImportError(f"{path}: no named architecture fits the checkpoint (a conv stack needs "
+                           f"--arch conv:OUT:K:STRIDE:PAD,...,fc:WIDTH); closest is {name}: "
+                           + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- the import
+
+def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None):
+    """A float32 lipref model (NumPy backend) with the checkpoint's parameters.
+
+    path: a torch checkpoint (see `read_state_dict`). arch: a named architecture, "auto", or
+    "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...". input_shape: (C, H, W) or (D,). n_classes: an
+    int, or None to read it from the last linear weight. activation: relu, clipped_relu,
+    maxmin, or "auto"/None to read it from the parameter names. Missing, unexpected or
+    wrong-shape parameters raise TorchImportError listing every one. out_path: when given,
+    the model is also saved there (models.save_model, atomic)."""
+    arrays = read_state_dict(path)
+    input_shape = tuple(int(d) for d in input_shape)
+    if n_classes is None:
+        n_classes = infer_n_classes(arrays)
+    if activation in (None, "auto"):
+        activation = infer_activation(arrays)
+    if activation not in ACTIVATIONS:
+        raise TorchImportError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    name, model = _select(arch, arrays, input_shape, int(n_classes), activation, os.fspath(path))
+    bad = sorted(k for k, a in arrays.items() if not host.all(host.isfinite(a)))
+    if bad:
+        raise TorchImportError(f"{path}: parameters with NaN or inf: {', '.join(bad)}")
+    xp = get_backend("numpy")
+    model.set_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameters()})
+    model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
+                      "n_classes": int(n_classes), "threshold_init": 1.0,
+                      "imported_from": os.path.basename(os.fspath(path))}
+    if out_path is not None:
+        save_model(out_path, model)
+    return model
