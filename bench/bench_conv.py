@@ -44,7 +44,6 @@ import ctypes  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import numpy  # noqa: E402
@@ -200,19 +199,8 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
 
 
 def atomic_write_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from lipref.models import atomic_write_bytes
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def main(args):
