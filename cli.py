@@ -219,7 +219,8 @@ class _TrainProgress:
                                                  label=f"epoch {event['epoch'] + 1}/{self.epochs}")
                     self.bar.__enter__()
                 self.bar.update(1)
-            else:
+            elif event["step"] % max(1, event["steps"] // 10) == 0 or event["step"] == event["steps"]:
+                # not a terminal (a log file): about ten lines per epoch
                 click.echo(f"epoch {event['epoch'] + 1}/{self.epochs} step {event['step']}/{event['steps']} "
                            f"loss {event['loss']:.4f} eps {event['eps']:.3f} kappa {event['kappa']:.2f}",
                            err=True)
