@@ -50,7 +50,7 @@ class Certification:
             "certified_accuracy_global": float(self.certified_global.mean()),
             "certified_accuracy_local": float(self.certified_local.mean()),
             "pgd_accuracy": None, "pgd_steps": self.pgd_steps,
-            "median_local_over_global": float(_median(self.local_bound / self.global_bound)),
+            "median_local_over_global": float(host.median(self.local_bound / self.global_bound)),
             "mean_constant_fraction": [float(c) for c in self.constant_fraction.mean(axis=0)],
             "soundness_violations": list(self.violations),
             "seconds": self.seconds,
@@ -72,14 +72,6 @@ class Certification:
                 "pgd_broken": None if self.pgd_broken is None else bool(self.pgd_broken[i]),
             })
         return rows
-
-
-def _median(a):
-    s = sorted(float(v) for v in a)
-    if not s:
-        return float("nan")
-    mid = len(s) // 2
-    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
 
 
 def margin_slack(bounds, last_weight, last_bias):

@@ -24,7 +24,7 @@ from .certify import certify
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
 from .schedules import Schedule, eps_at, kappa_at, lr_at
-from .tape import grad
+from .tape import grad, value_of
 from .vectors import VectorStore, epoch_folder, remove_other_epochs
 
 CHECKPOINT = "checkpoint.npz"
@@ -241,7 +241,7 @@ class Trainer:
                 loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
             self.global_vectors = b.global_vectors
             new_vectors = b.local_vectors
-            lipschitz = float(to_host(xp.mean(b.lipschitz.value if hasattr(b.lipschitz, "value") else b.lipschitz)))
+            lipschitz = float(to_host(xp.mean(value_of(b.lipschitz))))
         if current is not None:
             if new_vectors is None or any(k not in new_vectors for k in current.shapes):
                 new_vectors = self._fresh_vectors(len(index), rng, new_vectors or {})
