@@ -193,9 +193,8 @@ where = primitive(_where, None, _where_vjp_a, _where_vjp_b)
 # ---------------------------------------------------------------- activations
 
 def _relu(x):
-    """max(x, 0); gradient 1 where x > 0 and 0 at x == 0."""
-    xp = namespace(x)
-    return xp.where(x > 0, x, xp.zeros_like(x))
+    """max(x, 0) (NaN stays NaN); gradient 1 where x > 0 and 0 at x == 0."""
+    return namespace(x).maximum(x, 0.0)
 
 
 relu = primitive(_relu, lambda g, ans, x: g * _cast(x > 0, g))
@@ -414,79 +413,196 @@ def conv_output_hw(h, w, kh, kw, stride, padding):
     return oh, ow
 
 
-def _im2col(x, kh, kw, stride, padding):
-    """Columns of x's receptive fields: (C*kh*kw, N*OH*OW), rows ordered (c, i, j) as in a
-    weight reshaped to (O, C*kh*kw). Built from kh*kw strided slices, no loop over pixels."""
-    xp = namespace(x)
-    n, c, h, w = x.shape
+# Layout: conv2d's arguments and results are NCHW, but in memory the work is channels-last.
+# Every kernel offset (i, j) then reads or writes runs of C (stride 2) or OW*C (stride 1)
+# contiguous numbers instead of single ones, and the matmul's (pixels, O) result is already
+# an NHWC array, returned as an NCHW view without a copy. Elementwise ops keep that memory
+# order, so the next conv reads it with no transpose.
+#
+# Blocking: the column matrix is kh*kw/stride^2 times larger than the input. Built for a
+# whole batch it leaves the cache between im2col and matmul, so the batch is processed in
+# blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
+# loop over a few blocks (ceil(N / block)), never over single samples or pixels.
+COLUMN_BLOCK = 2 ** 19
+
+
+def _blocks(n, per_sample):
+    """Slices of the batch axis with about COLUMN_BLOCK column entries each."""
+    size = COLUMN_BLOCK // per_sample if per_sample < COLUMN_BLOCK else 1  # (`max` is a primitive here)
+    return [slice(s, s + size if s + size < n else n) for s in range(0, n, size)]
+
+
+def _weight_matrix(weight):
+    """(O, C, kh, kw) -> (O, kh*kw*C), columns ordered (i, j, c) as _im2col's."""
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    return xp.reshape(xp.permute_dims(weight, (0, 2, 3, 1)), (o, kh * kw * c))
+
+
+def _weight_from_matrix(wm, shape):
+    """Inverse of _weight_matrix."""
+    xp = namespace(wm)
+    o, c, kh, kw = shape
+    return xp.permute_dims(xp.reshape(wm, (o, kh, kw, c)), (0, 3, 1, 2))
+
+
+def _im2col(x_nhwc, kh, kw, stride, padding):
+    """Receptive fields of a channels-last batch (N, H, W, C) as rows of an
+    (N*OH*OW, kh*kw*C) matrix, columns ordered (i, j, c). kh*kw strided slices, no loop
+    over pixels."""
+    xp = namespace(x_nhwc)
+    n, h, w, c = x_nhwc.shape
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
-    xt = xp.permute_dims(x, (1, 0, 2, 3))  # channel-major, so stacking needs no later transpose
     if padding:
-        padded = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
-        padded[:, :, padding:padding + h, padding:padding + w] = xt
-        xt = padded
+        padded = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=x_nhwc.dtype)
+        padded[:, padding:padding + h, padding:padding + w, :] = x_nhwc
+        x_nhwc = padded
     span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
-    patches = [xt[:, :, i:i + span_h:stride, j:j + span_w:stride] for i in range(kh) for j in range(kw)]
-    cols = xp.stack(patches, axis=1)  # (C, kh*kw, N, OH, OW)
-    return xp.reshape(cols, (c * kh * kw, n * oh * ow)), (oh, ow)
+    patches = [x_nhwc[:, i:i + span_h:stride, j:j + span_w:stride, :] for i in range(kh) for j in range(kw)]
+    cols = xp.stack(patches, axis=3)  # (N, OH, OW, kh*kw, C)
+    return xp.reshape(cols, (n * oh * ow, kh * kw * c))
 
 
-def _col2im(cols, x_shape, kh, kw, stride, padding):
-    """Adjoint of _im2col: scatter-add columns back onto an (N, C, H, W) array."""
+def _col2im(cols, n, h, w, c, kh, kw, stride, padding):
+    """Adjoint of _im2col: scatter-add the rows back onto a channels-last (n, h, w, c) array."""
     xp = namespace(cols)
-    n, c, h, w = x_shape
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
-    cols = xp.reshape(cols, (c, kh * kw, n, oh, ow))
-    out = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
+    cols = xp.reshape(cols, (n, oh, ow, kh, kw, c))
+    out = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
     span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
     for i in range(kh):
         for j in range(kw):
-            sl = (slice(None), slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride))
-            out[sl] += cols[:, i * kw + j, ...]  # in place: no temporary per kernel offset
-    out = out[:, :, padding:padding + h, padding:padding + w]
-    return xp.permute_dims(out, (1, 0, 2, 3))
+            sl = (slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride), slice(None))
+            out[sl] += cols[:, :, :, i, j, :]  # in place: no temporary per kernel offset
+    return out[:, padding:padding + h, padding:padding + w, :]
 
 
-def _to_nchw(y2d, n, oh, ow):
-    """(O, N*OH*OW) matmul output to (N, O, OH, OW)."""
-    xp = namespace(y2d)
-    return xp.permute_dims(xp.reshape(y2d, (y2d.shape[0], n, oh, ow)), (1, 0, 2, 3))
+def _nhwc(x):
+    return namespace(x).permute_dims(x, (0, 2, 3, 1))
 
 
-def _from_nchw(y):
-    """(N, O, OH, OW) to (O, N*OH*OW), the inverse of _to_nchw."""
-    xp = namespace(y)
-    n, o, oh, ow = y.shape
-    return xp.reshape(xp.permute_dims(y, (1, 0, 2, 3)), (o, n * oh * ow))
+def _nchw(x):
+    return namespace(x).permute_dims(x, (0, 3, 1, 2))
 
 
 def _conv2d(x, weight, bias, stride, padding):
     """2-D cross-correlation (NCHW, weight (O, C, kh, kw)), zero padding, plus bias (O,) or None.
 
-    im2col by strided slices, then one matrix product over the whole batch (BLAS speed)."""
+    im2col by strided slices, then a matrix product per block of samples (BLAS speed)."""
     xp = namespace(x, weight)
     o, c, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != c:
         raise ValueError(f"conv2d: input shape {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
-    cols, (oh, ow) = _im2col(x, kh, kw, stride, padding)
-    y2d = xp.matmul(xp.reshape(weight, (o, c * kh * kw)), cols)
+    n, _, h, w = x.shape
+    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    wm_t = _weight_matrix(weight).T
+    xt = _nhwc(x)
+    out = xp.empty((n, oh, ow, o), dtype=x.dtype)
+    for b in _blocks(n, oh * ow * kh * kw * c):
+        cols = _im2col(xt[b, ...], kh, kw, stride, padding)
+        out[b, ...] = xp.reshape(xp.matmul(cols, wm_t), (-1, oh, ow, o))
     if bias is not None:
-        y2d = y2d + xp.reshape(bias, (o, 1))
-    return _to_nchw(y2d, x.shape[0], oh, ow)
+        out += bias
+    return _nchw(out)
+
+
+def _subpixel_weight(weight, stride):
+    """The adjoint of a stride-s conv as a stride-1 conv with s*s output phases: returns
+    (matrix (th*tw*O, s*s*C), th, tw) with th = ceil(kh/s) taps per phase. Entry
+    ((u, v, o), (a, b, c)) is W[o, c, a + s*(th-1-u), b + s*(tw-1-v)], zero past the kernel."""
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    s = stride
+    th, tw = -(-kh // s), -(-kw // s)
+    if th * s != kh or tw * s != kw:
+        padded = xp.zeros((o, c, th * s, tw * s), dtype=weight.dtype)
+        padded[:, :, :kh, :kw] = weight
+        weight = padded
+    w6 = xp.flip(xp.reshape(weight, (o, c, th, s, tw, s)), axis=(2, 4))
+    return xp.reshape(xp.permute_dims(w6, (2, 4, 0, 3, 5, 1)), (th * tw * o, s * s * c)), th, tw
+
+
+def _input_grad_gather(g_nhwc, wsub, th, tw, stride, padding, h, w):
+    """One block of conv2d's input gradient by gathering (the sub-pixel form): padded input
+    row Y = a + s*q receives g[q - t] W[a + s*t] for t < th, so every phase (a, b) is a
+    stride-1 correlation of g with th x tw taps. One im2col of g serves all s*s phases,
+    one matmul computes them, and interleaving the phases (a reshape) gives the gradient.
+    Only the rows and columns that survive the crop of the padding are computed."""
+    xp = namespace(g_nhwc)
+    n, oh, ow, o = g_nhwc.shape
+    s, p = stride, padding
+    c = wsub.shape[1] // (s * s)
+    q0h, q0w = p // s, p // s  # first phase row / column that reaches the unpadded input
+    qh, qw = -(-(p + h) // s) - q0h, -(-(p + w) // s) - q0w
+    # g shifted by th-1 so that g[q - t] = gp[q + (th-1-t)], with zeros outside g; rows of g
+    # that only reach the padding (large padding) are not needed
+    rh, rw = q0h + qh + th - 1, q0w + qw + tw - 1
+    ch, cw = min(oh, rh - th + 1), min(ow, rw - tw + 1)
+    gp = xp.zeros((n, rh, rw, o), dtype=g_nhwc.dtype)
+    gp[:, th - 1:th - 1 + ch, tw - 1:tw - 1 + cw, :] = g_nhwc[:, :ch, :cw, :]
+    patches = [gp[:, q0h + u:q0h + u + qh, q0w + v:q0w + v + qw, :] for u in range(th) for v in range(tw)]
+    cols = xp.reshape(xp.stack(patches, axis=3), (n * qh * qw, th * tw * o))
+    phases = xp.reshape(xp.matmul(cols, wsub), (n, qh, qw, s, s, c))
+    full = xp.reshape(xp.permute_dims(phases, (0, 1, 3, 2, 4, 5)), (n, qh * s, qw * s, c))
+    dh, dw = p - s * q0h, p - s * q0w
+    return full[:, dh:dh + h, dw:dw + w, :]
+
+
+def _gathers(weight, stride):
+    """Gather (sub-pixel) or scatter (col2im) for conv2d's input gradient? Both are exact;
+    gathering copies th*tw*O numbers per input pixel and scattering adds kh*kw*C numbers
+    per output pixel, so scatter wins when O is much larger than C (a first layer)."""
+    o, c, kh, kw = weight.shape
+    th, tw = -(-kh // stride), -(-kw // stride)
+    return th * tw * o <= 4 * kh * kw * c
+
+
+def _conv2d_input_grad(g, weight, stride, padding, in_hw, gather=None):
+    """The adjoint of conv2d in x: g (N, O, OH, OW) -> (N, C, H, W).
+
+    gather: None picks the faster of the two exact methods (see _gathers); tests pass
+    True / False to check each against the other."""
+    xp = namespace(g, weight)
+    o, c, kh, kw = weight.shape
+    n, _, oh, ow = g.shape
+    h, w = in_hw
+    if gather is None:
+        gather = _gathers(weight, stride)
+    gt = _nhwc(g)
+    out = xp.empty((n, h, w, c), dtype=g.dtype)
+    if gather:
+        wsub, th, tw = _subpixel_weight(weight, stride)
+        for b in _blocks(n, oh * ow * kh * kw * c):
+            out[b, ...] = _input_grad_gather(gt[b, ...], wsub, th, tw, stride, padding, h, w)
+        return _nchw(out)
+    wm = _weight_matrix(weight)
+    for b in _blocks(n, oh * ow * kh * kw * c):
+        rows = xp.reshape(gt[b, ...], (-1, o))
+        m = rows.shape[0] // (oh * ow)
+        out[b, ...] = _col2im(xp.matmul(rows, wm), m, h, w, c, kh, kw, stride, padding)
+    return _nchw(out)
+
+
+def _conv2d_weight_grad(g, x, weight_shape, stride, padding):
+    """The gradient of <conv2d(x, W), g> in W: sum over samples of cols^T g."""
+    xp = namespace(g, x)
+    o, c, kh, kw = weight_shape
+    n = x.shape[0]
+    oh, ow = g.shape[2], g.shape[3]
+    gt, xt = _nhwc(g), _nhwc(x)
+    total = xp.zeros((kh * kw * c, o), dtype=g.dtype)
+    for b in _blocks(n, oh * ow * kh * kw * c):
+        cols = _im2col(xt[b, ...], kh, kw, stride, padding)
+        total += xp.matmul(cols.T, xp.reshape(gt[b, ...], (-1, o)))
+    return _weight_from_matrix(total.T, weight_shape)
 
 
 def _conv2d_vjp_x(g, ans, x, weight, bias, stride, padding):
-    xp = namespace(g)
-    o, c, kh, kw = weight.shape
-    gcols = xp.matmul(xp.reshape(weight, (o, c * kh * kw)).T, _from_nchw(g))
-    return _col2im(gcols, _shape(x), kh, kw, stride, padding)
+    return _conv2d_input_grad(g, weight, stride, padding, (x.shape[2], x.shape[3]))
 
 
 def _conv2d_vjp_w(g, ans, x, weight, bias, stride, padding):
-    xp = namespace(g)
-    o, c, kh, kw = weight.shape
-    cols, _ = _im2col(x, kh, kw, stride, padding)
-    return xp.reshape(xp.matmul(_from_nchw(g), cols.T), _shape(weight))
+    return _conv2d_weight_grad(g, x, _shape(weight), stride, padding)
 
 
 def _conv2d_vjp_b(g, ans, x, weight, bias, stride, padding):
@@ -500,16 +616,7 @@ def _conv2d_transpose(y, weight, stride, padding, in_hw):
     """The exact adjoint of conv2d(., weight, None, stride, padding) on inputs of spatial size
     in_hw: <conv2d(x), y> == <x, conv2d_transpose(y)>. Giving in_hw removes any guess about
     output padding for strided layers."""
-    o, c, kh, kw = weight.shape
-    h, w = in_hw
-    return _conv2d_vjp_x(y, None, _Shape((y.shape[0], c, h, w)), weight, None, stride, padding)
-
-
-class _Shape:
-    """Stands in for an array whose shape alone is needed."""
-
-    def __init__(self, shape):
-        self.shape = shape
+    return _conv2d_input_grad(y, weight, stride, padding, in_hw)
 
 
 def _conv2d_transpose_vjp_y(g, ans, y, weight, stride, padding, in_hw):
@@ -519,7 +626,7 @@ def _conv2d_transpose_vjp_y(g, ans, y, weight, stride, padding, in_hw):
 def _conv2d_transpose_vjp_w(g, ans, y, weight, stride, padding, in_hw):
     # <conv2d_transpose(y, W), g> = <y, conv2d(g, W)>, so the weight gradient is conv2d's
     # weight gradient with input g and upstream gradient y.
-    return _conv2d_vjp_w(y, None, g, weight, None, stride, padding)
+    return _conv2d_weight_grad(y, g, _shape(weight), stride, padding)
 
 
 conv2d_transpose = primitive(_conv2d_transpose, _conv2d_transpose_vjp_y, _conv2d_transpose_vjp_w)

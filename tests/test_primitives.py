@@ -473,6 +473,44 @@ def test_conv2d_transpose_is_the_adjoint(seed, k, stride, padding, extra_h, extr
     numpy.testing.assert_allclose(xt, ag_conv2d_transpose(y, wt, stride, padding, (h, w)), rtol=1e-12, atol=1e-12)
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 3),
+       extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3), c=st.integers(1, 3),
+       o=st.integers(1, 3))
+def test_conv2d_input_gradient_gather_equals_scatter(xp, seed, k, stride, padding, extra_h, extra_w, n, c, o):
+    """conv2d's input gradient has two exact implementations (sub-pixel gather, col2im
+    scatter) chosen by shape for speed; both must equal the written-out adjoint, on every
+    backend, padding larger than the kernel included."""
+    rng = numpy.random.default_rng(seed)
+    h, w = max(1, k - 2 * padding) + extra_h, max(1, k - 2 * padding) + extra_w
+    oh, ow = _out_hw(h, w, k, k, stride, padding)
+    wt, y = rng.standard_normal((o, c, k, k)), rng.standard_normal((n, o, oh, ow))
+    expected = ag_conv2d_transpose(y, wt, stride, padding, (h, w))
+    for gather in (True, False):
+        got = P._conv2d_input_grad(xp.asarray(y), xp.asarray(wt), stride, padding, (h, w), gather)
+        assert_backend_close(got, expected, xp, rtol=1e-12, atol=1e-12, what=f"input gradient (gather={gather})")
+
+
+@pytest.mark.parametrize("block", [1, 500, 10 ** 9])
+def test_conv2d_blocks_of_samples_give_the_same_numbers(xp, monkeypatch, block):
+    """conv2d works through the batch in blocks of whole samples (for the cache); the block
+    size must not change a single number: blocks of one sample, uneven blocks, one block."""
+    rng = numpy.random.default_rng(7)
+    x, wt, b = rng.standard_normal((5, 2, 7, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
+    g = rng.standard_normal((5, 3, 4, 3))
+    expected = (ag_conv2d(x, wt, b, 2, 1), ag_conv2d_transpose(g, wt, 2, 1, (7, 6)))
+    monkeypatch.setattr(P, "COLUMN_BLOCK", block)
+    assert len(P._blocks(5, 4 * 3 * 9 * 2)) == (5 if block == 1 else 3 if block == 500 else 1)
+    xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
+    assert_backend_close(P.conv2d(xs, ws, xp.asarray(b), 2, 1), expected[0], xp, rtol=1e-12, atol=1e-12, what="forward")
+    for gather in (True, False):
+        assert_backend_close(P._conv2d_input_grad(gs, ws, 2, 1, (7, 6), gather), expected[1], xp,
+                             rtol=1e-12, atol=1e-12, what=f"input gradient (gather={gather})")
+    wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, 2, 1) * g))(wt)
+    assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, 2, 1), wgrad, xp, rtol=1e-12, atol=1e-12,
+                         what="weight gradient")
+
+
 # ---------------------------------------------------------------- kink policies at exact values
 
 def _grads(fn, *args, seed=None, diff=None):

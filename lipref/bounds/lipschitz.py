@@ -84,7 +84,9 @@ def _start(vectors, key, shape, rng, xp, dtype):
 
 
 def _operator(layer, weight, row_mask, col_mask):
-    """apply / apply_adjoint of rows(row_mask) * W * cols(col_mask), batched over samples."""
+    """apply / apply_adjoint of A = rows(row_mask) * W * cols(col_mask), batched over samples,
+    and gram(v) = A^T A v for v already in A^T's range (cols * v == v): masks are 0/1, so
+    one product with each mask is enough there."""
     def apply(v):
         v = v if col_mask is None else v * col_mask
         out = value_of(affine(layer, v, weight, None))
@@ -94,7 +96,12 @@ def _operator(layer, weight, row_mask, col_mask):
         u = u if row_mask is None else u * row_mask
         out = value_of(affine_adjoint(layer, u, weight))
         return out if col_mask is None else out * col_mask
-    return apply, apply_adjoint
+
+    def gram(v):
+        out = value_of(affine(layer, v, weight, None))
+        out = value_of(affine_adjoint(layer, out if row_mask is None else out * row_mask, weight))
+        return out if col_mask is None else out * col_mask
+    return apply, apply_adjoint, gram
 
 
 def _norm_on_tape(layer, weight, v, row_mask, col_mask):
@@ -129,9 +136,9 @@ def global_norms(model, mode, n_iters, rng, vectors, record, failure_prob=1e-9):
                                                                      layer.padding), dtype=wv.dtype)
             norms.append(sigma)
             continue
-        apply, apply_adjoint = _operator(layer, wv, None, None)
+        apply, apply_adjoint, gram = _operator(layer, wv, None, None)
         v0 = _start(vectors, i, (1,) + layer.in_shape, rng, xp, wv.dtype)
-        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
         new_vectors[i] = v
         norms.append(P.reshape(_norm_on_tape(layer, w, v, None, None), ()) if record else sigma[0])
     return norms, new_vectors
@@ -146,14 +153,14 @@ def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, rng, vectors, key, 
         if isinstance(layer, Linear):
             upper = _chunked_dense_upper(wv, row_mask, col_mask)
         else:
-            apply, apply_adjoint = _operator(layer, wv, row_mask, col_mask)
+            apply, apply_adjoint, _ = _operator(layer, wv, row_mask, col_mask)
             v0 = _random_start(rng, (n,) + layer.in_shape, xp, wv.dtype)  # fresh: KW needs a random start
             upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob)
             vectors[key] = v
         return xp.minimum(upper, global_norm), vectors
-    apply, apply_adjoint = _operator(layer, wv, row_mask, col_mask)
+    apply, apply_adjoint, gram = _operator(layer, wv, row_mask, col_mask)
     v0 = _start(vectors, key, (n,) + layer.in_shape, rng, xp, wv.dtype)
-    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters)
+    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
     vectors[key] = v
     if record:
         sigma = _norm_on_tape(layer, w, v, row_mask, col_mask)

@@ -59,10 +59,19 @@ def _sample_dim(x):
 
 
 def _norms(x):
-    """Per-sample Euclidean norm, (B,), scaled by the largest entry first so that tiny
-    vectors (entries near 1e-160 and below, whose squares underflow) keep an accurate norm."""
+    """Per-sample Euclidean norm, (B,).
+
+    Fast path: the plain sum of squares (two passes over x). Where a sum is so small that
+    underflowed squares could matter (below tiny * n / eps), or not finite (overflow), all
+    norms are recomputed with the largest entry scaled out first, so that vectors with
+    entries near 1e-160 (float64) or 1e-20 (float32) keep an accurate norm."""
     xp = namespace(x)
     axes = tuple(range(1, x.ndim))
+    squares = xp.sum(x * x, axis=axes)
+    info = xp.finfo(x.dtype)
+    floor = float(info.smallest_normal) * _sample_dim(x) / float(info.eps)
+    if bool(xp.all(xp.isfinite(squares) & (squares > floor))):
+        return xp.sqrt(squares)
     scale = xp.max(xp.abs(x), axis=axes)
     scaled = x / _per_sample(_safe(scale), x)
     return scale * xp.sqrt(xp.sum(scaled * scaled, axis=axes))
@@ -114,13 +123,17 @@ def _eigh(a, values_only):
 
 # ---------------------------------------------------------------- power iteration
 
-def power_iteration(apply, apply_adjoint, v0, n_iters):
+def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None):
     """Batched power iteration on A^T A, one operator per sample.
 
     v0: (B, ...) start vectors in A's input shape; callers draw them at random (Gaussian)
     or pass the v of a previous call to warm-start. A sample whose v0 is exactly zero is
     started from the constant unit vector instead (deterministic, never NaN).
     n_iters: number of A^T A products (0 allowed: then v = v0 / ||v0||).
+    gram: optional v -> A^T A v, valid for v in the range of A^T. After the first product
+    every iterate is in that range, so a masked operator can skip the mask products the
+    iterate already satisfies. The first product always uses apply_adjoint(apply(v)):
+    a stored start vector need not fit today's masks.
 
     Returns (sigma, u, v): v (B, ...) unit per sample, sigma (B,) = ||A v|| (a lower
     estimate of ||A||_2, exact only in the limit), u = A v / sigma (0 where sigma == 0, so
@@ -130,13 +143,22 @@ def power_iteration(apply, apply_adjoint, v0, n_iters):
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     xp = namespace(v0)
     v, norms = _normalise(v0)
-    fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
-    v = xp.where(_per_sample(norms, v) > 0, v, fallback)
+    if bool(xp.any(norms == 0)):
+        fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
+        v = xp.where(_per_sample(norms, v) > 0, v, fallback)
+    in_range = False  # is v in the range of A^T (so that gram may be used)?
     for _ in range(n_iters):
-        w = apply_adjoint(apply(v))
+        w = gram(v) if (gram is not None and in_range) else apply_adjoint(apply(v))
         w_unit, w_norms = _normalise(w)
-        # w == 0: v lies in A's null space (or A == 0); keep v rather than divide by zero
-        v = xp.where(_per_sample(w_norms, v) > 0, w_unit, v)
+        zero = w_norms == 0
+        if bool(xp.any(zero)):
+            # w == 0: v lies in A's null space (or A == 0); keep v rather than divide by
+            # zero. That v may be outside A^T's range, so gram is off from here on.
+            v = xp.where(_per_sample(zero, v), v, w_unit)
+            gram = None
+        else:
+            v = w_unit
+        in_range = True
     u, sigma = _normalise(apply(v))
     return sigma, u, v
 
