@@ -31,7 +31,9 @@ def _parse():
     ap.add_argument("--json", help="write the results here (atomically)")
     ap.add_argument("--check", action="store_true", help="also check lipref's results against torch's")
     ap.add_argument("--breakdown", action="store_true",
-                    help="also time the pieces of lipref's conv (im2col, the three matmuls, col2im)")
+                    help="also time the pieces of lipref's conv (im2col, the matmuls, the input gradient)")
+    ap.add_argument("--openblas-coretype", default=None,
+                    help="OpenBLAS kernel set for NumPy, e.g. Cooperlake (see BENCHMARKS.md)")
     return ap.parse_args()
 
 
@@ -39,6 +41,8 @@ ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be fixed before NumPy / torch load their thread pools
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    if ARGS.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = ARGS.openblas_coretype
 
 import ctypes  # noqa: E402
 import json  # noqa: E402
@@ -176,26 +180,36 @@ def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
 
 
 def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
-    """Milliseconds of each piece of lipref's forward + backward (private helpers of
-    lipref.primitives, called exactly as conv2d and its vjps call them)."""
+    """Milliseconds of each piece of lipref's forward + backward over the whole batch
+    (private helpers of lipref.primitives, called in blocks exactly as conv2d and its vjps
+    call them)."""
     c, h, w = in_shape
     oh, ow = P.conv_output_hw(h, w, k, k, s, p)
     rng = numpy.random.default_rng(1)
-    x = rng.standard_normal((n, c, h, w), dtype=numpy.float32)
-    w2 = rng.standard_normal((o, c * k * k), dtype=numpy.float32)
-    g = rng.standard_normal((n, o, oh, ow), dtype=numpy.float32)
-    cols, _ = P._im2col(x, k, k, s, p)
-    g2 = P._from_nchw(g)
-    gcols = w2.T @ g2
+    x = rng.standard_normal((n, h, w, c), dtype=numpy.float32)  # channels-last, as lipref works
+    weight = rng.standard_normal((o, c, k, k), dtype=numpy.float32)
+    g = rng.standard_normal((n, oh, ow, o), dtype=numpy.float32)
+    blocks = P._blocks(n, oh * ow * k * k * c)
+    b0 = blocks[0]
+    per = len(blocks) * 1.0  # time one (full) block, scale to the batch
+    wm = P._weight_matrix(weight)
+    cols = P._im2col(x[b0], k, k, s, p)
+    rows = numpy.reshape(g[b0], (-1, o))
+    m = rows.shape[0] // (oh * ow)
+    gather = P._gathers(weight, s)
+    wsub, th, tw = P._subpixel_weight(weight, s)
+    gcols = rows @ wm
     pieces = {
-        "im2col (x2: forward and dW)": lambda: P._im2col(x, k, k, s, p),
-        "W @ cols": lambda: w2 @ cols,
-        "W.T @ g": lambda: w2.T @ g2,
-        "col2im": lambda: P._col2im(gcols, x.shape, k, k, s, p),
-        "g @ cols.T": lambda: g2 @ cols.T,
-        "layout (to/from NCHW)": lambda: (P._from_nchw(g), numpy.ascontiguousarray(P._to_nchw(g2, n, oh, ow))),
+        "im2col (x2: forward and dW)": lambda: P._im2col(x[b0], k, k, s, p),
+        "cols @ W.T": lambda: cols @ wm.T,
+        "cols.T @ g (dW)": lambda: cols.T @ rows,
     }
-    return {name: 1e3 * t for name, t in interleaved_medians(pieces, repeats, warmup).items()}
+    if gather:
+        pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
+    else:
+        pieces["dx: g @ W"] = lambda: rows @ wm
+        pieces["dx: col2im"] = lambda: P._col2im(gcols, m, h, w, c, k, k, s, p)
+    return {name: 1e3 * t * per for name, t in interleaved_medians(pieces, repeats, warmup).items()}
 
 
 def atomic_write_text(path, text):
@@ -212,7 +226,8 @@ def main(args):
            "cpu": platform.processor() or platform.machine(), "cpus_available": len(os.sched_getaffinity(0)),
            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
            "blas_library": blas_path, "blas_threads": blas_n, "batch": args.batch, "dtype": "float32",
-           "repeats": args.repeats, "warmup": args.warmup, "matmul_gflops": rate}
+           "repeats": args.repeats, "warmup": args.warmup, "matmul_gflops": rate,
+           "openblas_coretype": args.openblas_coretype}
     load = os.getloadavg()[0]
     env["load_average_1min"] = load
     print(f"numpy {numpy.__version__} (OpenBLAS threads: {blas_n}), torch {torch.__version__} "
@@ -239,10 +254,9 @@ def main(args):
     total_t = sum(r["torch_s"] for r in rows)
     print(f"{'total':<9} {'':<36} {1e3 * total_l:>10.2f} {1e3 * total_t:>9.2f} {total_l / total_t:>6.2f}")
     if args.breakdown:
-        names = list(rows[0]["lipref_pieces_ms"])
-        print("\nlipref pieces (ms): " + " | ".join(names))
+        print("\nlipref pieces (ms, whole batch; dx by sub-pixel gather or by g @ W then col2im):")
         for r in rows:
-            print(f"{r['layer']:<12} " + " ".join(f"{r['lipref_pieces_ms'][k]:>8.1f}" for k in names))
+            print(f"{r['layer']:<12} " + ", ".join(f"{k} {v:.1f}" for k, v in r["lipref_pieces_ms"].items()))
     if args.json:
         atomic_write_text(args.json, json.dumps({"environment": env, "layers": rows}, indent=2) + "\n")
         print(f"wrote {args.json}")

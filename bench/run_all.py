@@ -23,10 +23,10 @@ sys.path.insert(0, str(ROOT))
 from bench.suite import CASES  # noqa: E402
 
 
-def run_case(case, impl, threads, repeats):
+def run_case(case, impl, threads, repeats, coretype=None):
     """(result dict, peak RSS in MiB) of one case in a fresh process."""
     cmd = [sys.executable, str(ROOT / "bench" / "suite.py"), case, impl, "--threads", str(threads),
-           "--repeats", str(repeats)]
+           "--repeats", str(repeats)] + (["--openblas-coretype", coretype] if coretype else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     _, status, usage = os.wait4(proc.pid, 0)
     out, err = proc.stdout.read(), proc.stderr.read()
@@ -52,11 +52,14 @@ def main():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--openblas-coretype", help="passed to suite.py (see its --help)")
     ap.add_argument("--markdown", help="replace the table between the markers in this file")
+    ap.add_argument("--marker", default="table", help="the markers are <!-- MARKER start/end -->")
     args = ap.parse_args()
     rows = []
     for case in args.cases.split(","):
-        pair = {impl: run_case(case, impl, args.threads, args.repeats) for impl in ("lipref", "torch")}
+        pair = {impl: run_case(case, impl, args.threads, args.repeats, args.openblas_coretype)
+                for impl in ("lipref", "torch")}
         row = {"case": case, **pair, "ratio": pair["lipref"]["seconds"] / pair["torch"]["seconds"]}
         rows.append(row)
         print(f"{case:22s} lipref {pair['lipref']['seconds']:.4f} s  torch {pair['torch']['seconds']:.4f} s  "
@@ -65,13 +68,15 @@ def main():
     rate = matmul["lipref"]["gflops"] if matmul else None
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "processor": platform.machine(),
             "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats,
-            "python": platform.python_version(), "matmul_gflops_float32": rate}
-    out = ROOT / "bench" / "results" / f"{meta['date']}-{platform.machine()}-{args.threads}threads.json"
+            "python": platform.python_version(), "matmul_gflops_float32": rate,
+            "numpy_blas": rows[0]["lipref"].get("blas"), "openblas_coretype": args.openblas_coretype}
+    tag = f"-{args.openblas_coretype}" if args.openblas_coretype else ""
+    out = ROOT / "bench" / "results" / f"{meta['date']}-{platform.machine()}-{args.threads}threads{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, out)
-    text = table(rows)
+    text = f"NumPy BLAS: {meta['numpy_blas']}; {args.threads} threads\n\n" + table(rows)
     if rate:
         text += f"\n\nfloat32 matmul rate (NumPy, 2048^3): {rate:.1f} GFLOP/s; conv rows as a fraction of it: " + \
             ", ".join(f"{r['case']} {r['lipref']['gflops'] / rate:.0%}" for r in rows
@@ -81,7 +86,7 @@ def main():
     if args.markdown:
         path = Path(args.markdown)
         doc = path.read_text()
-        start, end = "<!-- table start -->", "<!-- table end -->"
+        start, end = f"<!-- {args.marker} start -->", f"<!-- {args.marker} end -->"
         if start in doc and end in doc:
             doc = doc.split(start)[0] + start + "\n" + text + "\n" + end + doc.split(end)[1]
             path.write_text(doc)

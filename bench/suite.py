@@ -25,6 +25,9 @@ def parse():
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    ap.add_argument("--openblas-coretype", default=None,
+                    help="OpenBLAS kernel set for NumPy (e.g. Cooperlake): OpenBLAS 0.3.31 takes AMD Zen 5 "
+                         "for Haswell and leaves its AVX-512 unused (OpenMathLib/OpenBLAS#6029)")
     return ap.parse_args()
 
 
@@ -32,6 +35,8 @@ ARGS = parse() if __name__ == "__main__" else None
 if ARGS is not None:  # before numpy / torch start their thread pools
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(ARGS.threads)
+    if ARGS.openblas_coretype:
+        os.environ["OPENBLAS_CORETYPE"] = ARGS.openblas_coretype
 
 import numpy  # noqa: E402
 
@@ -169,16 +174,14 @@ def case_global_bound_4c3f(impl, repeats, n_iters=20):
     _, gv = _start_vectors(model, 1, numpy.random.default_rng(1))
     if impl == "torch":
         import torch
-        from torch_local import layers_from_lipref, power_iteration
-        layers = layers_from_lipref(model)
+        from lipref.reference.torch_reference import global_norms, input_shapes, to_torch
+        net = to_torch(model, torch.float32)
+        shapes = input_shapes(net, (1, 28, 28))
+        tg = {k: torch.from_numpy(v) for k, v in gv.items()}
 
         def run():
             with torch.no_grad():
-                for i, (kind, p, layer) in enumerate(layers[:-1]):
-                    if i in gv:
-                        v = torch.from_numpy(gv[i])
-                        rows = torch.ones((1,) + tuple(layer.out_shape))
-                        power_iteration(kind, layer, p["weight"], rows, torch.ones_like(v), v, n_iters)
+                global_norms(net, shapes, tg, n_iters)
     else:
         import array_api_compat.numpy as xp
         from lipref.bounds.lipschitz import global_norms
@@ -195,15 +198,16 @@ def case_local_bound_4c3f(impl, repeats, batch=256, n_iters=5, eps=1.58):
     vectors, gv = _start_vectors(model, batch, rng)
     if impl == "torch":
         import torch
-        from torch_local import layers_from_lipref, local_bounds
-        layers = layers_from_lipref(model)
+        from lipref.reference.torch_reference import input_shapes, network_bounds, to_torch
+        net = to_torch(model, torch.float32)
+        shapes = input_shapes(net, (1, 28, 28))
         tx = torch.from_numpy(x)
         tv = {k: torch.from_numpy(v) for k, v in vectors.items()}
         tg = {k: torch.from_numpy(v) for k, v in gv.items()}
 
         def run():
             with torch.no_grad():
-                return local_bounds(layers, tx, eps, tv, tg, n_iters)[1]
+                return network_bounds(net, tx, eps, n_iters, tv, tg, "local", shapes).radius
         radius = run().numpy()
     else:
         import array_api_compat.numpy as xp
@@ -228,21 +232,21 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
     vectors, gv = _start_vectors(model, batch, rng)
     if impl == "torch":
         import torch
-        from torch_local import gloro_loss, layers_from_lipref, local_bounds
-        layers = layers_from_lipref(model)
-        params = [t for _, p, _ in layers for t in p.values()]
-        opt = torch.optim.Adam(params, lr=1e-4)
+        from lipref.reference.torch_reference import gloro_loss, input_shapes, network_bounds, to_torch
+        net = to_torch(model, torch.float32)
+        shapes = input_shapes(net, (1, 28, 28))
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4)
         tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
         tv = {k: torch.from_numpy(v) for k, v in vectors.items()}
         tg = {k: torch.from_numpy(v) for k, v in gv.items()}
 
         def run():
             opt.zero_grad()
-            logits, radius, _, _ = local_bounds(layers, tx, eps, tv, tg, n_iters)
-            loss = gloro_loss(logits, layers[-1][1]["weight"], radius, ty)
+            b = network_bounds(net, tx, eps, n_iters, tv, tg, "local", shapes)
+            loss = gloro_loss(b.logits, net[-1].weight, ty, b.radius)
             loss.backward()
             opt.step()
-            return float(loss)
+            return float(loss.detach())
     else:
         import array_api_compat.numpy as xp
         from lipref import losses
@@ -267,13 +271,24 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
     return {"seconds": median_seconds(run, repeats), "batch": batch, "n_iters": n_iters, "first_loss": first}
 
 
+def blas_in_use():
+    """NumPy's BLAS and the kernel set it picked, where threadpoolctl can tell."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (install threadpoolctl to record it)"
+    info = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    return ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture', '')}".strip()
+                     for i in info) or "none found"
+
+
 def main():
     args = ARGS
     if args.impl == "torch":
         import torch
         torch.set_num_threads(args.threads)
     result = globals()[f"case_{args.case}"](args.impl, args.repeats)
-    result.update({"case": args.case, "impl": args.impl, "threads": args.threads})
+    result.update({"case": args.case, "impl": args.impl, "threads": args.threads, "blas": blas_in_use()})
     print(json.dumps(result))
 
 
