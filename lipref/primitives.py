@@ -557,6 +557,25 @@ def _gathers(weight, stride):
     return th * tw * o <= 4 * kh * kw * c
 
 
+def _input_grad_of_block(weight, stride, padding, in_hw, gather):
+    """A function taking one block of g (channels-last, (n, OH, OW, O)) to that block of
+    conv2d's input gradient (n, H, W, C), by gathering or by scattering (see _gathers)."""
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    h, w = in_hw
+    if gather is None:
+        gather = _gathers(weight, stride)
+    if gather:
+        wsub, th, tw = _subpixel_weight(weight, stride)
+        return lambda g_block: _input_grad_gather(g_block, wsub, th, tw, stride, padding, h, w)
+    wm = _weight_matrix(weight)
+
+    def scatter(g_block):
+        rows = xp.reshape(g_block, (-1, o))
+        return _col2im(xp.matmul(rows, wm), g_block.shape[0], h, w, c, kh, kw, stride, padding)
+    return scatter
+
+
 def _conv2d_input_grad(g, weight, stride, padding, in_hw, gather=None):
     """The adjoint of conv2d in x: g (N, O, OH, OW) -> (N, C, H, W).
 
@@ -566,20 +585,38 @@ def _conv2d_input_grad(g, weight, stride, padding, in_hw, gather=None):
     o, c, kh, kw = weight.shape
     n, _, oh, ow = g.shape
     h, w = in_hw
-    if gather is None:
-        gather = _gathers(weight, stride)
+    of_block = _input_grad_of_block(weight, stride, padding, in_hw, gather)
     gt = _nhwc(g)
     out = xp.empty((n, h, w, c), dtype=g.dtype)
-    if gather:
-        wsub, th, tw = _subpixel_weight(weight, stride)
-        for b in _blocks(n, oh * ow * kh * kw * c):
-            out[b, ...] = _input_grad_gather(gt[b, ...], wsub, th, tw, stride, padding, h, w)
-        return _nchw(out)
-    wm = _weight_matrix(weight)
     for b in _blocks(n, oh * ow * kh * kw * c):
-        rows = xp.reshape(gt[b, ...], (-1, o))
-        m = rows.shape[0] // (oh * ow)
-        out[b, ...] = _col2im(xp.matmul(rows, wm), m, h, w, c, kh, kw, stride, padding)
+        out[b, ...] = of_block(gt[b, ...])
+    return _nchw(out)
+
+
+def conv2d_masked_gram(v, weight, stride, padding, row_mask, col_mask):
+    """col_mask * conv2d_transpose(row_mask * conv2d(v, W)): one power-iteration step on the
+    masked operator rows * W * cols, for v already in its input range (col_mask * v == v).
+
+    Computed per block of samples, so that the intermediate (N, O, OH, OW) array and both
+    column matrices stay in the cache; the result equals the three-call composition (the
+    same products in the same order). Masks: 0/1 arrays shaped like conv2d's output /
+    input, or None for no mask. Not on the tape (power iteration holds v fixed)."""
+    xp = namespace(v, weight)
+    o, c, kh, kw = weight.shape
+    n, _, h, w = v.shape
+    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    wm_t = _weight_matrix(weight).T
+    input_grad = _input_grad_of_block(weight, stride, padding, (h, w), None)
+    vt = _nhwc(v)
+    rows = None if row_mask is None else _nhwc(row_mask)
+    cols_mask = None if col_mask is None else _nhwc(col_mask)
+    out = xp.empty((n, h, w, c), dtype=v.dtype)
+    for b in _blocks(n, oh * ow * kh * kw * c):
+        u = xp.reshape(xp.matmul(_im2col(vt[b, ...], kh, kw, stride, padding), wm_t), (-1, oh, ow, o))
+        if rows is not None:
+            u = u * rows[b, ...]
+        back = input_grad(u)
+        out[b, ...] = back if cols_mask is None else back * cols_mask[b, ...]
     return _nchw(out)
 
 

@@ -98,6 +98,8 @@ def _operator(layer, weight, row_mask, col_mask):
         return out if col_mask is None else out * col_mask
 
     def gram(v):
+        if isinstance(layer, Conv2d):  # in blocks of samples that stay in the cache
+            return P.conv2d_masked_gram(v, weight, layer.stride, layer.padding, row_mask, col_mask)
         out = value_of(affine(layer, v, weight, None))
         out = value_of(affine_adjoint(layer, out if row_mask is None else out * row_mask, weight))
         return out if col_mask is None else out * col_mask
