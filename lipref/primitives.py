@@ -499,10 +499,10 @@ def _conv2d(x, weight, bias, stride, padding):
     xt = _nhwc(x)
     out = xp.empty((n, oh, ow, o), dtype=x.dtype)
     for b in _blocks(n, oh * ow * kh * kw * c):
-        cols = _im2col(xt[b, ...], kh, kw, stride, padding)
-        out[b, ...] = xp.reshape(xp.matmul(cols, wm_t), (-1, oh, ow, o))
-    if bias is not None:
-        out += bias
+        y = xp.matmul(_im2col(xt[b, ...], kh, kw, stride, padding), wm_t)
+        if bias is not None:
+            y += bias  # here, while the block is in the cache
+        out[b, ...] = xp.reshape(y, (-1, oh, ow, o))
     return _nchw(out)
 
 
