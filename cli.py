@@ -317,29 +317,13 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
 @user_errors
 def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, backend, seed, as_json):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
-    from lipref.bounds.lipschitz import network_bounds
-    from lipref.bounds.margins import predictions
+    from lipref.certify import bounds_per_sample
     model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
     dataset = _load_for_model(model, data_spec, data_dir, limit)
-    xp = get_backend(backend)
-    dtype = next(iter(model.parameters().values())).value.dtype
-    rng = host.random.default_rng(seed)
-    samples = []
     n = int(dataset.labels.shape[0])
-    global_vectors = None
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        x = to_backend(dataset.images[s:e], xp, dtype)
-        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
-        global_vectors = b.global_vectors
-        preds = to_host(predictions(b.logits))
-        local = to_host(b.lipschitz)
-        glob = float(to_host(b.global_lipschitz))
-        fractions = [to_host(a.constant_fraction) for a in b.activations]
-        for i in range(e - s):
-            samples.append({"index": s + i, "label": int(dataset.labels[s + i]), "prediction": int(preds[i]),
-                            "global": glob, "local": float(local[i]),
-                            "constant_fraction": [float(f[i]) for f in fractions]})
+    with _progress(n, "bounding", True) as bar:
+        samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters,
+                                    host.random.default_rng(seed), batch_size, progress=bar.update)
     if as_json:
         _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
                     "samples": samples})

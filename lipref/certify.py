@@ -125,6 +125,37 @@ def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors):
     return out, preds, fractions, local.global_vectors
 
 
+def batches(images, labels, batch_size, xp, dtype):
+    """(start, stop, x, y) for consecutive batches of host arrays, moved to the backend."""
+    n = int(labels.shape[0])
+    for s in range(0, n, batch_size):
+        e = min(s + batch_size, n)
+        yield s, e, to_backend(images[s:e], xp, dtype), to_backend(labels[s:e], xp)
+
+
+def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100,
+                      progress=None):
+    """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
+    x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
+    layer. The global bound's power-iteration vectors carry over from batch to batch."""
+    params = next(iter(model.parameters().values())).value
+    xp = namespace(params)
+    samples, global_vectors = [], None
+    for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
+        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
+        global_vectors = b.global_vectors
+        preds, local = to_host(M.predictions(b.logits)), to_host(b.lipschitz)
+        glob = float(to_host(b.global_lipschitz))
+        fractions = [to_host(a.constant_fraction) for a in b.activations]
+        for i in range(e - s):
+            samples.append({"index": s + i, "label": int(labels[s + i]), "prediction": int(preds[i]),
+                            "global": glob, "local": float(local[i]),
+                            "constant_fraction": [float(f[i]) for f in fractions]})
+        if progress is not None:
+            progress(e - s)
+    return samples
+
+
 def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
             pgd_restarts=1, clip=(0.0, 1.0), progress=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
@@ -141,11 +172,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
     start = time.perf_counter()
     parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
     global_vectors = None
-    n = int(labels.shape[0])
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        x = to_backend(images[s:e], xp, params.dtype)
-        y = to_backend(labels[s:e], xp)
+    for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
         out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
                                                               global_vectors)
         for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
