@@ -500,12 +500,15 @@ def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, a
 @user_errors
 def info(model_path, as_json):
     """Describe MODEL (layers, parameters, training metadata), or the installation when no MODEL."""
-    from lipref.backend import cupy_unavailable_reason
+    from lipref.backend import cupy_unavailable_reason, host_blas
     if model_path is None:
         import platform
         reason = cupy_unavailable_reason()
-        out = {"python": platform.python_version(), "numpy": host.__version__,
+        blas, hint = host_blas()
+        out = {"python": platform.python_version(), "numpy": host.__version__, "blas": blas,
                "cupy": "available" if reason is None else reason}
+        if hint:
+            out["hint"] = hint
         if as_json:
             _emit_json(out)
         else:

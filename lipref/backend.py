@@ -82,3 +82,33 @@ def to_host(a):
 def is_host_numpy(xp):
     """True when `xp` is (a wrapper of) NumPy, the backend whose arrays live on the host."""
     return "numpy" in xp.__name__ and "strict" not in xp.__name__
+
+
+def host_blas():
+    """(description, hint) of NumPy's BLAS, which sets lipref's CPU speed. hint is None or a
+    line for the user: OpenBLAS 0.3.31 takes AMD Zen 5 for Haswell and leaves AVX-512
+    unused (OpenMathLib/OpenBLAS#6029); OPENBLAS_CORETYPE=Cooperlake, set before Python
+    starts, doubles float32 matmul speed there. Needs threadpoolctl to look inside."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see it)", None
+    libs = [i for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    if not libs:
+        return "none found", None
+    lib = libs[0]
+    arch = lib.get("architecture") or ""
+    text = f"{lib.get('internal_api')} {lib.get('version')} {arch}, {lib.get('num_threads')} threads".strip()
+    hint = None
+    if lib.get("internal_api") == "openblas" and arch.lower() in ("haswell", "zen") and _cpu_has("avx512f"):
+        hint = ("this CPU has AVX-512 but OpenBLAS picked its Haswell kernels; "
+                "export OPENBLAS_CORETYPE=Cooperlake before starting Python for about 2x matmul speed")
+    return text, hint
+
+
+def _cpu_has(flag):
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False

@@ -186,3 +186,22 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and str(junk) in proc.stderr
+
+
+def test_info_names_the_blas_and_hints_at_misdetected_kernels(monkeypatch):
+    """`lipref info` names NumPy's BLAS; where OpenBLAS runs its Haswell kernels on a CPU with
+    AVX-512 (OpenBLAS 0.3.31 on AMD Zen 5) it says how to get the faster ones."""
+    import threadpoolctl  # in the test extra
+    from lipref import backend
+    out = json.loads(run(["info", "--json"]).output)
+    assert out["blas"] and "unknown" not in out["blas"]
+    fake = [{"user_api": "blas", "internal_api": "openblas", "version": "0.3.31", "architecture": "Haswell",
+             "num_threads": 2}]
+    monkeypatch.setattr(threadpoolctl, "threadpool_info", lambda: fake)
+    for has_avx512, expect_hint in ((True, True), (False, False)):
+        monkeypatch.setattr(backend, "_cpu_has", lambda flag, v=has_avx512: v and flag == "avx512f")
+        text, hint = backend.host_blas()
+        assert text == "openblas 0.3.31 Haswell, 2 threads"
+        assert (hint is not None) == expect_hint and (hint is None or "OPENBLAS_CORETYPE=Cooperlake" in hint)
+    fake[0]["architecture"] = "SkylakeX"
+    assert backend.host_blas()[1] is None
