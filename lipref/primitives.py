@@ -423,7 +423,7 @@ def conv_output_hw(h, w, kh, kw, stride, padding):
 # whole batch it leaves the cache between im2col and matmul, so the batch is processed in
 # blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
 # loop over a few blocks (ceil(N / block)), never over single samples or pixels.
-COLUMN_BLOCK = 2 ** 19
+COLUMN_BLOCK = 2 ** 19  # 2 MiB of float32; 2^18-2^20 measured best on the 4c3f layers
 
 
 def _blocks(n, per_sample):
