@@ -33,7 +33,7 @@ def certify_batch(model, x, labels, eps, mode, n_iters, rng):
     xp = get_backend("numpy")
     onehot = M.one_hot(labels, res.logits.shape[1], res.logits.dtype)
     w = model.layers[-1].params["weight"].value
-    worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper, 60)
+    worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
     slack = 1e-9 * (1 + xp.max(xp.abs(res.logits), axis=1)) if mode == "sound" else 0.0
     ok = M.certified(worst, res.logits, onehot, slack)
     correct = M.predictions(res.logits) == labels

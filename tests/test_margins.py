@@ -21,7 +21,7 @@ def test_ball_box_support_is_tight_upper_bound(xp, seed, dim, scale):
     lo = -rng.uniform(0, 1, (m, dim))
     hi = rng.uniform(0, 1, (m, dim))
     radius = scale * rng.uniform(0.1, 1.0, m)
-    value, lam, inside = M.ball_box_support(xp.asarray(c), xp.asarray(lo), xp.asarray(hi), xp.asarray(radius), 60)
+    value, lam, inside = M.ball_box_support(xp.asarray(c), xp.asarray(lo), xp.asarray(hi), xp.asarray(radius))
     value = to_host(value)
     # feasible points never exceed the bound
     for _ in range(200):
@@ -135,7 +135,7 @@ def test_bcp_gradient_matches_finite_differences():
 
     def value(wv, record):
         w = W if record else wv
-        worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper, 80)
+        worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
         return P.sum(P.multiply(worst, cot), None, False)
 
     (g,) = grad(value(None, True), [W])
@@ -143,3 +143,41 @@ def test_bcp_gradient_matches_finite_differences():
     h = 1e-6
     fd = (float(value(W.value + h * d, False)) - float(value(W.value - h * d, False))) / (2 * h)
     assert abs(float(numpy.sum(g * d)) - fd) <= 1e-5 * (1 + abs(fd))
+
+
+def test_ball_box_support_edge_cases(xp):
+    """Exact values where the sort-based solver has special cases: c = 0 rows, c = 0
+    coordinates, faces of the box at 0, the box inside the ball, R = 0, equal breakpoints."""
+    c = numpy.array([[0.0, 0.0, 0.0], [1.0, 0.0, -2.0], [1.0, 1.0, 1.0], [3.0, -1.0, 0.5], [1.0, 1.0, 0.0],
+                     [2.0, 1.0, 0.0]])
+    lo = numpy.array([[-1.0] * 3, [-1.0, -1.0, -1.0], [-0.1] * 3, [-1.0, -1.0, -1.0], [-1.0] * 3,
+                      [-1.0, -1.0, -1.0]])
+    hi = numpy.array([[1.0] * 3, [1.0, 1.0, 1.0], [0.1] * 3, [0.0, 1.0, 1.0], [0.5, 0.5, 1.0],
+                      [0.2, 0.1, 1.0]])
+    radius = numpy.array([0.7, 0.5, 1.0, 0.0, 2.0, 0.3])
+    value, lam, inside = (to_host(a) for a in M.ball_box_support(*(xp.asarray(a) for a in (c, lo, hi, radius))))
+    # row 0: c = 0 -> 0; row 1: lam c = (0.1118, 0, -0.2236), norm 0.25 < 0.5? no clipping
+    # below lam = 0.5: the ball is hit at lam = 0.5 / sqrt(5), value 0.5 sqrt(5)
+    # row 2: the corner (0.1, 0.1, 0.1) has norm 0.17 < 1: inside, value 0.3
+    # row 3: R = 0 -> 0; row 4: equal breakpoints t = 0.5 for both, then norm sqrt(0.5) < 2 and
+    # c = 0 elsewhere: inside, value 1.0; row 5: first coordinate 2 clips at lam = 0.1 (norm
+    # sqrt(0.04 + 0.01) = 0.224 < 0.3), the second at 0.1 too: inside, value 0.5
+    expected = numpy.array([0.0, 0.5 * numpy.sqrt(5.0), 0.3, 0.0, 1.0, 0.5])
+    numpy.testing.assert_allclose(value, expected, rtol=1e-14, atol=1e-15)
+    assert inside.tolist() == [True, False, True, False, True, True]
+    numpy.testing.assert_allclose(lam[1], 0.5 / numpy.sqrt(5.0), rtol=1e-14)
+
+
+def test_bcp_gradient_in_the_radius_at_zero():
+    """d/dR of the ball-and-box maximum at R = 0 is the norm of c over the coordinates that
+    can move (those whose box face in c's direction is not at 0), as at R -> 0+."""
+    import array_api_compat.numpy as xp
+    from lipref.bounds.margins import _support_with_gradient
+    c = numpy.array([[3.0, -1.0, 0.5]])
+    lo, hi = numpy.array([[-1.0, -1.0, -1.0]]), numpy.array([[0.0, 1.0, 1.0]])
+    for r0 in (0.0, 1e-3):
+        radius = Var(xp.asarray([r0]))
+        value, lam, inside = M.ball_box_support(c, lo, hi, radius.value)
+        out = _support_with_gradient(c, lo, hi, radius, c, lo, hi, radius.value, value, lam, inside)
+        (g,) = grad(out, [radius], seed=xp.ones((1,)))
+        numpy.testing.assert_allclose(g, [numpy.sqrt(1.0 + 0.25)], rtol=1e-12)

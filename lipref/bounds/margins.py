@@ -43,41 +43,47 @@ def gloro_bottom_logit(logits, last_weight, onehot, radius):
     return P.reshape(P.max(others, 1, False), (value_of(logits).shape[0], 1))
 
 
-def ball_box_support(c, lo, hi, radius, n_iters):
-    """An upper bound on max c^T d over ||d|| <= R, lo <= d <= hi (lo <= 0 <= hi), per row.
+def ball_box_support(c, lo, hi, radius):
+    """max c^T d over ||d|| <= R, lo <= d <= hi (lo <= 0 <= hi), per row, exactly.
 
-    Arrays: c, lo, hi (M, D); radius (M,). The maximiser is d(lam) = clip(lam c, lo, hi) with
-    the smallest lam >= 0 where ||d(lam)|| = R, or the box corner when the whole box is in
-    the ball (KKT conditions; Lee et al.'s BCP reaches the same point by clip-and-rescale).
-    We bisect on lam and return the value at the upper end of the final bracket: c^T d(lam)
-    is nondecreasing in lam, so this is never below the maximum. Returns (value, lam, inside)
-    where inside marks rows whose whole box lies in the ball (lam = inf)."""
+    Arrays: c, lo, hi (M, D); radius (M,). The maximiser is d(lam) = clip(lam c, lo, hi)
+    with the lam >= 0 where ||d(lam)|| = R, or the box corner when the whole box is in the
+    ball (KKT conditions; Lee et al.'s BCP reaches the same point by clip-and-rescale).
+    Coordinate i sits at its corner b_i once lam >= t_i = b_i / c_i (never for c_i = 0).
+    With the t_i sorted, on the k-th interval the first k coordinates are at their corners
+    and ||d||^2 = S_k + lam^2 C_k (S_k: their sum of b^2; C_k: the others' sum of c^2); the
+    first interval whose end reaches R^2 holds lam = sqrt((R^2 - S_k) / C_k). No iteration,
+    so no bracket: the value is the maximum up to rounding (sound mode's margin slack
+    covers that rounding, docs/soundness.md). Returns (value, lam, inside) where inside
+    marks rows whose whole box lies in the ball (lam then unused)."""
     xp = namespace(c)
-    corner = xp.where(c > 0, hi, lo)
-    corner_norm = xp.sqrt(xp.sum(corner * corner, axis=1))
-    abs_c = xp.abs(c)
-    # c = 0 (the label's own row): the maximum is 0 wherever d is, so treat it like a box
-    # inside the ball; bisecting would drive lam to ~0 and the gradient R/lam to infinity
-    inside = (corner_norm <= radius) | (xp.max(abs_c, axis=1) == 0)
-    safe_c = xp.where(abs_c > 0, abs_c, xp.ones_like(abs_c))
-    reach = xp.where(abs_c > 0, xp.maximum(xp.abs(lo), xp.abs(hi)) / safe_c, xp.zeros_like(abs_c))
-    lam_hi = xp.max(reach, axis=1) * 2 + 1e-30  # every coordinate clipped: ||d|| = corner_norm > R
-    lam_lo = xp.zeros_like(lam_hi)
-    r = radius
-    for _ in range(n_iters):
-        mid = (lam_lo + lam_hi) * 0.5
-        d = xp.clip(mid[:, None] * c, lo, hi)
-        too_far = xp.sqrt(xp.sum(d * d, axis=1)) >= r
-        lam_hi = xp.where(too_far, mid, lam_hi)
-        lam_lo = xp.where(too_far, lam_lo, mid)
-    d = xp.clip(lam_hi[:, None] * c, lo, hi)
+    corner = xp.where(c > 0, hi, xp.where(c < 0, lo, xp.zeros_like(c)))
+    moving = c != 0
+    t = xp.where(moving, corner / xp.where(moving, c, xp.ones_like(c)), xp.full_like(c, xp.inf))
+    order = xp.argsort(t, axis=1)
+    t_sorted = xp.take_along_axis(t, order, axis=1)
+    corner_sq = xp.take_along_axis(corner * corner, order, axis=1)
+    c_sq = xp.take_along_axis(c * c, order, axis=1)
+    clipped_sq = xp.cumulative_sum(corner_sq, axis=1) - corner_sq  # S_k
+    free_sq = xp.sum(c_sq, axis=1)[:, None] - (xp.cumulative_sum(c_sq, axis=1) - c_sq)  # C_k
+    has_free = free_sq > 0  # where C_k == 0 the rest have c = 0 and t = inf: ||d|| stays at S_k
+    t_end = xp.where(has_free, t_sorted, xp.zeros_like(t_sorted))
+    norm_sq_at_end = clipped_sq + xp.where(has_free, t_end * t_end * free_sq, xp.zeros_like(free_sq))
+    r_sq = radius * radius
+    reached = norm_sq_at_end >= r_sq[:, None]
+    inside = ~xp.any(reached, axis=1)
+    k = xp.argmax(xp.astype(reached, xp.int8), axis=1)[:, None]  # the first interval that reaches R
+    s_k = xp.take_along_axis(clipped_sq, k, axis=1)[:, 0]
+    c_k = xp.take_along_axis(free_sq, k, axis=1)[:, 0]
+    lam = xp.sqrt(xp.maximum(r_sq - s_k, xp.zeros_like(s_k)) / xp.where(c_k > 0, c_k, xp.ones_like(c_k)))
+    d = xp.clip(lam[:, None] * c, lo, hi)
     value = xp.where(inside, xp.sum(c * corner, axis=1), xp.sum(c * d, axis=1))
-    return value, lam_hi, inside
+    return value, lam, inside
 
 
-def bcp_worst_logits(logits, last_weight, onehot, radius, penultimate, lower, upper, n_iters=40):
+def bcp_worst_logits(logits, last_weight, onehot, radius, penultimate, lower, upper):
     """Worst-case logits with the ball-and-box last layer (differentiable: the value is the
-    bisection's upper end; its gradient is the envelope-theorem gradient of the maximum)."""
+    exact maximum; its gradient is the envelope-theorem gradient of the maximum)."""
     xp = namespace(value_of(logits))
     diff = class_differences(last_weight, onehot)  # (N, K, D), Var when recording
     n, k, dim = value_of(diff).shape
@@ -91,10 +97,10 @@ def bcp_worst_logits(logits, last_weight, onehot, radius, penultimate, lower, up
     c = P.reshape(diff, (n * k, dim))
     r = P.reshape(P.multiply(P.reshape(radius, (n, 1)), xp.ones((1, k), dtype=value_of(radius).dtype)), (n * k,))
     cv, lov, hiv, rv = value_of(c), value_of(lo_k), value_of(hi_k), value_of(r)
-    value, lam, inside = ball_box_support(cv, lov, hiv, rv, n_iters)
+    value, lam, inside = ball_box_support(cv, lov, hiv, rv)
     support = _support_with_gradient(c, lo_k, hi_k, r, cv, lov, hiv, rv, value, lam, inside)
-    # the ball alone gives R ||c|| (GloRo); both are upper bounds, keep the smaller (the
-    # bisection's upper end can overshoot the ball by its last bracket width)
+    # the ball alone gives R ||c|| (GloRo); the support is never above it but for rounding,
+    # and the minimum makes BCP never looser than GloRo exactly
     ball_only = P.multiply(P.l2_norm(c, 1, False), r)
     return P.add(logits, P.reshape(P.minimum(support, ball_only), (n, k)))
 
@@ -105,7 +111,7 @@ def _support_with_gradient(c, lo, hi, r, cv, lov, hiv, rv, value, lam, inside):
     and for rows whose box lies inside the ball, the box corner's gradient."""
     xp = namespace(cv)
     zero = xp.zeros_like(cv)
-    finite = ~inside
+    finite = ~inside & (lam > 0)  # lam == 0 (R == 0): d* = 0, see k_r below
     lam_safe = xp.where(finite, lam, xp.ones_like(lam))[:, None]
     d = xp.clip(lam_safe * cv, lov, hiv)
     at_hi = (lam_safe * cv >= hiv) & finite[:, None]
@@ -115,7 +121,11 @@ def _support_with_gradient(c, lo, hi, r, cv, lov, hiv, rv, value, lam, inside):
     d_used = xp.where(inside[:, None], xp.where(cv > 0, hiv, lov), d)
     k_hi = xp.where(at_hi, cv - hiv / lam_safe, zero) + xp.where(corner_hi, cv, zero)
     k_lo = xp.where(at_lo, cv - lov / lam_safe, zero) + xp.where(corner_lo, cv, zero)
-    k_r = xp.where(finite, rv / lam_safe[:, 0], xp.zeros_like(rv))
+    # d value / dR = R / lam on the sphere; at R == 0 (lam == 0) it is the limit, the norm
+    # of c over the coordinates that can still move away from 0 (t_i > 0)
+    free_at_zero = ((cv > 0) & (hiv > 0)) | ((cv < 0) & (lov < 0))
+    rate_at_zero = xp.sqrt(xp.sum(xp.where(free_at_zero, cv * cv, zero), axis=1))
+    k_r = xp.where(finite, rv / lam_safe[:, 0], xp.where(inside, xp.zeros_like(rv), rate_at_zero))
     grad_terms = P.add(P.add(P.sum(P.multiply(P.subtract(c, cv), d_used), 1, False),
                              P.sum(P.multiply(P.subtract(hi, hiv), k_hi), 1, False)),
                        P.add(P.sum(P.multiply(P.subtract(lo, lov), k_lo), 1, False),
