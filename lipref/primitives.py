@@ -328,9 +328,10 @@ def _l2_norm(x, axis, keepdims):
 
 def _l2_norm_vjp(g, ans, x, axis, keepdims):
     xp = namespace(x)
-    norm = _expand_back(ans, x, axis, keepdims)
-    safe = xp.where(norm > 0, norm, xp.ones_like(norm))
-    return _expand_back(g, x, axis, keepdims) * xp.where(norm > 0, x / safe, xp.zeros_like(x))
+    # g / norm on the reduced shape (0 where the norm is 0), then one product with x: where
+    # the norm is 0 every entry of x is 0, so the product is 0 there too
+    scale = xp.where(ans > 0, g / xp.where(ans > 0, ans, xp.ones_like(ans)), xp.zeros_like(ans))
+    return x * _expand_back(scale, x, axis, keepdims)
 
 
 l2_norm = primitive(_l2_norm, _l2_norm_vjp)
