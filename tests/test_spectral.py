@@ -283,6 +283,40 @@ def test_lanczos_low_rank_operator_breaks_down_cleanly(xp):
         numpy.testing.assert_allclose(to_numpy(estimate), exact, rtol=1e-10)
 
 
+def test_lanczos_stop_above(xp):
+    """stop_above: where the bound cannot beat it the iteration stops early and the sample gets
+    +inf; min(upper, stop_above) is still >= the exact norm; a stop_above that is never
+    reached changes nothing."""
+    rng = numpy.random.default_rng(13)
+    weight = rng.standard_normal((50, 80))
+    m_in, m_out = masks(rng, (3, 80), 0.7), masks(rng, (3, 50), 0.7)
+    exact = masked_norms(weight, m_in, m_out)
+    apply, apply_adjoint = dense_operator(xp, weight, m_in, m_out)
+    calls = []
+
+    def counted(v):
+        calls.append(1)
+        return apply(v)
+    v0 = xp.asarray(rng.standard_normal((3, 80)))
+    plain, _, _ = S.lanczos_upper_bound(counted, apply_adjoint, v0, 40, 1e-9)
+    n_plain = len(calls)
+    calls.clear()
+    low = 0.9 * float(exact.min())
+    upper, _, v = S.lanczos_upper_bound(counted, apply_adjoint, v0, 40, 1e-9, stop_above=low)
+    assert len(calls) < n_plain / 2, "no early stop"
+    assert numpy.all(to_numpy(upper) == math.inf)
+    assert numpy.all(numpy.isfinite(to_numpy(v)))
+    high = xp.asarray(10 * exact)  # per sample, never reached
+    upper, _, _ = S.lanczos_upper_bound(apply, apply_adjoint, v0, 40, 1e-9, stop_above=high)
+    assert_backend_close(upper, to_numpy(plain), xp, rtol=0, atol=0, what="unreached stop_above")
+    mixed = xp.asarray(numpy.array([low, 10 * exact[1], low]))  # only some samples beaten: no stop
+    upper, _, _ = S.lanczos_upper_bound(apply, apply_adjoint, v0, 40, 1e-9, stop_above=mixed)
+    up = to_numpy(upper)
+    assert up[0] == math.inf and up[2] == math.inf and up[1] == to_numpy(plain)[1]
+    assert numpy.all(numpy.minimum(up, to_numpy(mixed)) >= numpy.minimum(exact, to_numpy(mixed)))
+    assert numpy.all(to_numpy(plain) >= exact)
+
+
 # ---------------------------------------------------------------- dense bounds
 
 @settings(SETTINGS, max_examples=20)
@@ -338,6 +372,78 @@ def test_conv_spectral_norm_upper(xp, seed, k, stride, padding, c, o, h, w):
     assert b >= exact, f"conv bound {b} below the exact norm {exact}"
     if stride == 1:  # the circular embedding costs at most a modest factor on small inputs
         assert b <= 2.5 * exact, f"conv bound {b} loose vs {exact}"
+
+
+def circular_strided_matrix(weight, grid_hw, stride):
+    """The stride-s circular cross-correlation on an Nh x Nw grid as a dense host matrix:
+    out[o, i, j] = sum_{c, a, b} w[o, c, a, b] x[c, (s i + a) mod Nh, (s j + b) mod Nw]."""
+    o, c, kh, kw = weight.shape
+    nh, nw = grid_hw
+    n = c * nh * nw
+    basis = numpy.eye(n).reshape(n, c, nh, nw)
+    out = 0
+    for a in range(kh):
+        for b in range(kw):
+            shifted = numpy.roll(basis, (-a, -b), axis=(2, 3))[:, :, ::stride, ::stride]
+            out = out + numpy.einsum("oc,nchw->nohw", weight[:, :, a, b], shifted)
+    return out.reshape(n, -1).T
+
+
+@settings(SETTINGS, max_examples=25)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), stride=st.integers(1, 3), c=st.integers(1, 3),
+       o=st.integers(1, 3), mh=st.integers(1, 4), mw=st.integers(1, 4))
+def test_polyphase_circulant_is_exact(xp, seed, k, stride, c, o, mh, mw):
+    """A stride-s circular convolution on an (s Mh) x (s Mw) grid has exactly the norm of the
+    stride-1 circular convolution of its polyphase kernel on the Mh x Mw grid (kernels larger
+    than the grid included: their taps wrap)."""
+    rng = numpy.random.default_rng(seed)
+    weight = rng.standard_normal((o, c, k, k))
+    exact = scipy.linalg.svdvals(circular_strided_matrix(weight, (stride * mh, stride * mw), stride))[0]
+    phases = S.polyphase_kernel(xp.asarray(weight), stride)
+    assert tuple(phases.shape) == (o, c * stride * stride, -(-k // stride), -(-k // stride))
+    bound = float(to_numpy(S.circulant_norm_upper(phases, (mh, mw))))
+    assert exact <= bound <= exact * (1 + 1e-10), (bound, exact)
+
+
+@settings(SETTINGS, max_examples=40)
+@given(seed=st.integers(0, 2**32 - 1), k=st.sampled_from([3, 4]), stride=st.sampled_from([1, 2]),
+       padding=st.sampled_from([0, 1]), c=st.integers(1, 4), o=st.integers(1, 4), h=st.integers(4, 9),
+       w=st.integers(4, 9))
+def test_conv_bound_never_below_exact_nor_above_plain_circulant(xp, seed, k, stride, padding, c, o, h, w):
+    """The polyphase bound is >= the exact norm of the zero-padded strided conv, and never
+    above the plain stride-1 circulant bound on the (H + 2p) x (W + 2p) grid (the bound before
+    the polyphase form). (No tightness factor here: with a kernel as large as the input a
+    layer has a single output, and any circulant bound can be up to sqrt(kh kw) above it.)"""
+    rng = numpy.random.default_rng(seed)
+    weight = rng.standard_normal((o, c, k, k))
+    matrix, _ = conv_matrix(weight, (c, h, w), stride, padding)
+    exact = scipy.linalg.svdvals(matrix)[0]
+    new = float(to_numpy(S.conv_spectral_norm_upper(xp.asarray(weight), (h, w), stride, padding)))
+    old = float(to_numpy(S.circulant_norm_upper(xp.asarray(weight), (h + 2 * padding, w + 2 * padding))))
+    assert new >= exact, f"bound {new} below the exact norm {exact}"
+    assert new <= old * (1 + 1e-9), f"bound {new} above the plain circulant bound {old}"
+
+
+def test_conv_bound_grids_are_valid():
+    """The grids satisfy the conditions the proof needs: multiples of s, N >= H + p, N >= s OH."""
+    for h, k, s, p in ((28, 4, 2, 1), (14, 3, 1, 1), (5, 4, 3, 2), (7, 1, 3, 0), (9, 4, 2, 0)):
+        oh = (h + 2 * p - k) // s + 1
+        grids = S.circular_grids((h, h + 1), (k, k), s, p)
+        assert grids == sorted(grids) and len(grids) >= 4
+        for nh, nw in grids:
+            assert nh % s == 0 and nw % s == 0
+            assert nh >= max(h + p, s * oh) and nw >= h + 1 + p
+
+
+def test_conv_bound_tight_on_4c3f_shapes(xp):
+    """The strided layers of 4c3f (4x4 kernel, stride 2, padding 1): the old stride-1
+    circulant bound was about 2x the exact norm; the polyphase one is within 3%."""
+    rng = numpy.random.default_rng(8)
+    weight = rng.standard_normal((4, 3, 4, 4))
+    matrix, _ = conv_matrix(weight, (3, 12, 12), 2, 1)
+    exact = scipy.linalg.svdvals(matrix)[0]
+    b = float(to_numpy(S.conv_spectral_norm_upper(xp.asarray(weight), (12, 12), 2, 1)))
+    assert exact <= b <= 1.03 * exact, b / exact
 
 
 def test_conv_spectral_norm_upper_tight_on_larger_inputs(xp):

@@ -157,7 +157,9 @@ def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, rng, vectors, key, 
         else:
             apply, apply_adjoint, _ = _operator(layer, wv, row_mask, col_mask)
             v0 = _random_start(rng, (n,) + layer.in_shape, xp, wv.dtype)  # fresh: KW needs a random start
-            upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob)
+            # stops early (upper = +inf) where the bound cannot beat the deterministic global norm
+            upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob,
+                                                       stop_above=global_norm)
             vectors[key] = v
         return xp.minimum(upper, global_norm), vectors
     apply, apply_adjoint, gram = _operator(layer, wv, row_mask, col_mask)

@@ -211,19 +211,25 @@ def kw_relative_error(n, n_steps, failure_prob):
     return root * root
 
 
-def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
+def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_above=None, check_every=4):
     """Probabilistic upper bound on ||A||_2 per sample by Lanczos on A^T A.
 
     v0: (B, ...) start vectors, drawn by the caller from a Gaussian (any rotation-invariant
     law) independently of A -- a fresh draw, never a warm start, or the guarantee is void.
     n_iters: Lanczos steps k (each one product with A^T A); full reorthogonalisation.
     failure_prob: the probability, per sample, that the bound fails.
+    stop_above: optional scalar or (B,): a bound the caller already has (e.g. the
+    deterministic norm of the unmasked operator). The largest Ritz value only grows with
+    the steps, so once the bound that k steps would give from today's Ritz value is at
+    least stop_above, the final bound cannot beat it: every `check_every` steps, if that
+    holds for all samples, the iteration stops early, and such samples get +inf.
 
     Returns (upper, estimate, v):
       upper (B,): sqrt(max(theta, estimate^2) (1 + rho) / (1 - eps)), theta the largest
         Ritz value, eps from `kw_relative_error`, rho = sqrt(machine epsilon) a floating-point
-        allowance; +inf where the bound is vacuous (eps >= 1), where v0 is zero, or where the
-        computation is not finite -- the caller then falls back to another bound.
+        allowance; +inf where the bound is vacuous (eps >= 1), where v0 is zero, where the
+        computation is not finite, or where it cannot beat stop_above -- the caller then
+        falls back to another bound.
       estimate (B,): ||A v||, a lower estimate of ||A||_2 (like power iteration's sigma).
       v (B, ...): the unit Ritz vector of theta (a good warm start for power iteration).
     """
@@ -242,6 +248,8 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
     alphas, betas = [], []
     q_prev = xp.zeros_like(q)
     beta_prev = xp.zeros((b,), dtype=dtype)
+    rho = math.sqrt(_unit_roundoff(xp, dtype) * 2)  # sqrt(machine epsilon), see docs
+    beaten = xp.zeros((b,), dtype=xp.bool)  # samples whose bound cannot beat stop_above
     for j in range(k):
         basis[:, j, :] = q
         w = _flat(apply_adjoint(apply(xp.reshape(q, shape))))
@@ -249,6 +257,13 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
         alphas.append(alpha)
         if j == k - 1:
             break
+        if stop_above is not None and eps < 1.0 and (j + 1) % check_every == 0:
+            # theta after k steps >= theta now (the Krylov space only grows), so this is a
+            # lower bound on the bound the full run would return
+            theta_now = _eigh(_tridiagonal(alphas, betas + [xp.zeros((b,), dtype=dtype)], xp), True)[:, -1]
+            beaten = xp.sqrt(xp.maximum(theta_now, xp.zeros_like(theta_now)) * ((1 + rho) / (1 - eps))) >= stop_above
+            if bool(xp.all(beaten)):
+                break
         w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
         w_unit, beta, ok = _orthonormalise(w, basis[:, :j + 1, :])
         # Breakdown (w numerically inside span(Q)): the Krylov space is (numerically)
@@ -265,14 +280,11 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
         q_prev, q, beta_prev = q, w_unit, beta
     betas.append(xp.zeros((b,), dtype=dtype))
 
-    alpha = xp.stack(alphas, axis=1)  # (B, k)
-    off = xp.stack(betas, axis=1)  # beta_j couples steps j and j + 1; the last is unused
-    upper_diag = off[:, :, None] * xp.eye(k, k=1, dtype=dtype)  # (i, i + 1) = beta_i
-    tri = alpha[:, :, None] * xp.eye(k, dtype=dtype) + upper_diag + _transpose(upper_diag)
-    ritz_values, ritz_vectors = _eigh(tri, values_only=False)
+    steps = len(alphas)  # k, or fewer after an early stop
+    ritz_values, ritz_vectors = _eigh(_tridiagonal(alphas, betas, xp), values_only=False)
     theta = ritz_values[:, -1]
-    y = ritz_vectors[:, :, -1]  # (B, k)
-    x = xp.matmul(y[:, None, :], basis)[:, 0, :]
+    y = ritz_vectors[:, :, -1]  # (B, steps)
+    x = xp.matmul(y[:, None, :], basis[:, :steps, :])[:, 0, :]
     v, _ = _normalise(x)
     v = xp.reshape(v, shape)
     estimate = _norms(apply(v))
@@ -281,10 +293,19 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob):
     inf = xp.full_like(theta, math.inf)
     if eps >= 1.0:
         return inf, estimate, v
-    rho = math.sqrt(_unit_roundoff(xp, dtype) * 2)  # sqrt(machine epsilon), see docs
     upper = xp.sqrt(lam * ((1 + rho) / (1 - eps)))
-    good = (start_norms > 0) & xp.isfinite(upper)
+    good = (start_norms > 0) & xp.isfinite(upper) & ~beaten
     return xp.where(good, upper, inf), estimate, v
+
+
+def _tridiagonal(alphas, betas, xp):
+    """The Lanczos matrix from the diagonal (list of (B,)) and the couplings (list of (B,),
+    beta_j between steps j and j + 1, one more than needed; the last is unused): (B, j, j)."""
+    j = len(alphas)
+    alpha = xp.stack(alphas, axis=1)
+    off = xp.stack(betas[:j], axis=1)
+    upper_diag = off[:, :, None] * xp.eye(j, k=1, dtype=alpha.dtype)  # (i, i + 1) = beta_i
+    return alpha[:, :, None] * xp.eye(j, dtype=alpha.dtype) + upper_diag + _transpose(upper_diag)
 
 
 # ---------------------------------------------------------------- dense matrices
@@ -385,26 +406,111 @@ def conv_spectral_norm_upper(weight, in_hw, stride, padding):
     """Deterministic upper bound on the operator norm of conv2d(., weight, None, stride,
     padding) on inputs of spatial size in_hw = (H, W); weight (O, C, kh, kw).
 
-    The zero-padded input is embedded in a circular grid of Nh x Nw = (H + 2p) x (W + 2p):
-    no valid output reads across the wrap, so conv2d = P o Circ o E with E the (isometric)
-    zero embedding and P a coordinate selection (stride and valid-output restriction,
-    ||P|| <= 1). ||Circ|| = max over the grid frequencies f of ||K(f)||_2, K(f) the O x C
-    matrix of the kernel's 2-D DFT (Sedghi et al. 2019). K(f) is computed as an explicit
-    small DFT (a matmul with cos/sin tables, all on the backend), with a margin for its
-    rounding; each ||K(f)||_2 is bounded by `dense_spectral_norm_upper` on the real 2O x 2C
-    form [[Re, -Im], [Im, Re]], whose singular values are K(f)'s, each twice. Only half of
-    the frequencies are needed: K(-f) = conj(K(f)) for a real kernel.
+    The zero-padded input is embedded in a circular grid of Nh x Nw points, Nh and Nw
+    multiples of the stride s, large enough that no valid output reads across the wrap
+    (`circular_grids`): conv2d = P o Circ_s o E with E the (isometric) zero embedding,
+    Circ_s the stride-s circular convolution on the grid and P a selection of distinct
+    outputs (||P|| <= 1). Circ_s is, up to a permutation of its input coordinates (the
+    s x s polyphase components of each channel), the stride-1 circular convolution on the
+    (Nh / s) x (Nw / s) grid with C s^2 input channels and kernel `polyphase_kernel(weight,
+    s)`. So ||Circ_s|| = max over that grid's frequencies of ||K(f)||_2, exactly
+    (`circulant_norm_upper`; for s = 1 this is Sedghi et al. 2019). Every valid grid gives
+    an upper bound; the result is the smallest over a few of them (the maximum over a
+    grid's frequencies is a sample of the kernel's symbol, and different grids sample it
+    differently). The grid (H + 2p) x (W + 2p) of the plain stride-1 circulant bound is
+    always among them (rounded up to multiples of s; when it is not a multiple, that plain
+    bound itself joins the minimum), and on it the stride-s circulant is a selection of the
+    stride-1 one, so the result is never above the plain bound (up to its rounding margins).
+    Arguments: docs/soundness.md.
 
     Returns a 0-d array of weight's dtype.
     """
     xp = namespace(weight)
-    o, c, kh, kw = weight.shape
+    _, _, kh, kw = weight.shape
     h, w_in = in_hw
     if stride < 1 or padding < 0:
         raise ValueError(f"stride must be >= 1 and padding >= 0, got {stride}, {padding}")
-    nh, nw = h + 2 * padding, w_in + 2 * padding
-    if kh > nh or kw > nw:
+    if kh > h + 2 * padding or kw > w_in + 2 * padding:
         raise ValueError(f"kernel {kh}x{kw} does not fit input {h}x{w_in} with padding {padding}")
+    phases = polyphase_kernel(weight, stride)
+    best = None
+    for nh, nw in circular_grids(in_hw, (kh, kw), stride, padding):
+        bound = circulant_norm_upper(phases, (nh // stride, nw // stride))
+        best = bound if best is None else xp.minimum(best, bound)
+    plain = (h + 2 * padding, w_in + 2 * padding)
+    if plain[0] % stride or plain[1] % stride:
+        # the plain grid is not a candidate above; its stride-1 circulant bound (conv2d is a
+        # selection of it) joins the minimum, so the result is never above that older bound
+        best = xp.minimum(best, circulant_norm_upper(weight, plain))
+    return best
+
+
+def circular_grids(in_hw, kernel_hw, stride, padding, extra=3):
+    """Circular grid sizes (Nh, Nw) on which conv2d(., stride, padding) on an H x W input is
+    a selection of the stride-s circular convolution of the zero-embedded input.
+
+    Per axis (rows; columns alike), with x written at rows p .. p + H - 1 of an N-row grid
+    and zeros elsewhere, and OH = (H + 2p - kh) // s + 1 outputs, N is valid when
+    - N >= H + p: x fits after p zero rows. A padded row r <= s (OH - 1) + kh - 1 <= H + 2p - 1
+      read by a valid output lands on grid row r mod N; for r < N that row holds exactly the
+      padded value; for r >= N (bottom padding, zero) it lands on row r - N < p, a zero row;
+    - N >= s OH: outputs i = 0 .. OH - 1 are distinct points of the N / s strided outputs;
+    - N is a multiple of s (for the polyphase form).
+    Returns the smallest valid N and the next `extra` multiples of s on both axes, plus
+    the grid (H + 2p, W + 2p) rounded up to multiples of s (the grid of the plain circulant
+    bound), in increasing order."""
+    def axis(n_in, k):
+        n_out = (n_in + 2 * padding - k) // stride + 1
+        smallest = _round_up(max(n_in + padding, stride * n_out), stride)
+        return [smallest + j * stride for j in range(extra + 1)], _round_up(n_in + 2 * padding, stride)
+
+    rows, plain_h = axis(in_hw[0], kernel_hw[0])
+    cols, plain_w = axis(in_hw[1], kernel_hw[1])
+    grids = set(zip(rows, cols))
+    grids.add((plain_h, plain_w))
+    return sorted(grids)
+
+
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+def polyphase_kernel(weight, stride):
+    """The stride-1 kernel of a stride-s circular convolution on its polyphase components:
+    (O, C, kh, kw) -> (O, C s^2, ceil(kh / s), ceil(kw / s)), entry
+    [o, (c, alpha, beta), a', b'] = w[o, c, s a' + alpha, s b' + beta] (zero past the kernel).
+
+    Why: on an N-row grid with N = s M, (s i + s a' + alpha) mod N = s ((i + a') mod M) + alpha
+    for 0 <= alpha < s, so output i of the stride-s circular convolution reads tap (a', alpha)
+    from row (i + a') mod M of the input's phase alpha, x_alpha[i'] = x[s i' + alpha]: a
+    stride-1 circular convolution of the phases. A plain rearrangement: no rounding."""
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    s = stride
+    th, tw = _round_up(kh, s) // s, _round_up(kw, s) // s
+    padded = xp.zeros((o, c, th * s, tw * s), dtype=weight.dtype)
+    padded[:, :, :kh, :kw] = weight
+    split = xp.reshape(padded, (o, c, th, s, tw, s))  # [o, c, a', alpha, b', beta]
+    phases = xp.permute_dims(split, (0, 1, 3, 5, 2, 4))  # [o, c, alpha, beta, a', b']
+    return xp.reshape(phases, (o, c * s * s, th, tw))
+
+
+def circulant_norm_upper(weight, grid_hw):
+    """Deterministic upper bound on the norm of the stride-1 circular convolution (cross-
+    correlation) with kernel weight (O, C, kh, kw) on an Nh x Nw grid, grid_hw = (Nh, Nw):
+    the maximum over the grid's frequencies f of ||K(f)||_2, K(f) the O x C matrix of the
+    kernel's 2-D DFT (Sedghi et al. 2019), with margins for rounding. The kernel may be
+    larger than the grid (its taps then wrap around; the formula still holds).
+
+    K(f) is computed as an explicit small DFT (a matmul with cos/sin tables, all on the
+    backend), with a margin for its rounding; each ||K(f)||_2 is bounded by
+    `dense_spectral_norm_upper` on the real 2O x 2C form [[Re, -Im], [Im, Re]], whose
+    singular values are K(f)'s, each twice. Only half of the frequencies are needed:
+    K(-f) = conj(K(f)) for a real kernel. Returns a 0-d array of weight's dtype.
+    """
+    xp = namespace(weight)
+    o, c, kh, kw = weight.shape
+    nh, nw = grid_hw
     dtype = weight.dtype
     u = _unit_roundoff(xp, dtype)
 
