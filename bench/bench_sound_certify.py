@@ -2,17 +2,20 @@
 
 For the same model and MNIST test images (float64), times
   - lipref's sound mode: upper bounds everywhere (exact SVD + rounding margin for dense
-    layers, Lanczos with the Kuczynski-Wozniakowski bound for masked conv layers, FFT bound
-    for global conv norms), and
+    layers, Lanczos with the Kuczynski-Wozniakowski bound for masked conv layers, the
+    polyphase circulant bound for global conv norms), and
   - fast mode with 2000 power iterations per layer per sample (what the paper's code does
     at evaluation; its numbers are estimates, not bounds),
-and reports seconds per sample, certified accuracy (BCP-style margin) for both, and the
-median ratio of the local bounds sound / power-iteration.
+and reports seconds per sample, certified accuracy (ball-and-box margin; sound mode with
+the rounding slack of `lipref certify --mode sound`) for both, whether the same samples
+are certified, the ratio of the local bounds sound / power-iteration (median, min, max)
+and the same ratios per affine layer, for the global and the local norms.
 
-  python bench/bench_sound_certify.py --model runs/mnist-4c3f/best.npz --n 1000 --eps 1.58 \
-      --pi-n 100 --json bench/results/sound.json
+  python bench/bench_sound_certify.py --model runs/mnist-4c3f/model.npz --n 1000 --offset 5000 \\
+      --eps 1.58 --pi-n 50 --lanczos 80 --sweep 40,120 --json bench/results/sound.json
 The 2000-iteration run is slow on a CPU, so it runs on the first --pi-n samples only and the
-ratio is taken on those.
+ratios are taken on those. --sweep runs sound mode with other Lanczos step counts on those
+samples too (time against tightness).
 """
 import argparse
 import json
@@ -24,33 +27,58 @@ import numpy
 from lipref.backend import get_backend, to_host
 from lipref.bounds import margins as M
 from lipref.bounds.lipschitz import network_bounds
+from lipref.certify import margin_slack
 from lipref.data import load_dataset
 from lipref.models import atomic_write_bytes, build_model, load_model
 
 
 def certify_batch(model, x, labels, eps, mode, n_iters, rng):
     res = network_bounds(model, x, eps, "local", mode, n_iters, rng)
-    xp = get_backend("numpy")
     onehot = M.one_hot(labels, res.logits.shape[1], res.logits.dtype)
-    w = model.layers[-1].params["weight"].value
+    last = model.layers[-1].params
+    w = last["weight"].value
     worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
-    slack = 1e-9 * (1 + xp.max(xp.abs(res.logits), axis=1)) if mode == "sound" else 0.0
+    slack = margin_slack(res, w, last["bias"].value) if mode == "sound" else 0.0
     ok = M.certified(worst, res.logits, onehot, slack)
     correct = M.predictions(res.logits) == labels
-    return to_host(res.lipschitz), to_host(ok & correct), float(to_host(res.global_lipschitz))
+    local = numpy.stack([to_host(s) for s in res.local_norms], axis=1)  # (N, layers)
+    glob = numpy.array([float(to_host(g)) for g in res.global_norms])
+    return to_host(res.lipschitz), to_host(ok & correct), local, glob
 
 
 def run(model, images, labels, eps, mode, n_iters, batch, rng):
     xp = get_backend("numpy")
-    bounds, cert = [], []
+    bounds, cert, local = [], [], []
     t0 = time.perf_counter()
     for s in range(0, images.shape[0], batch):
         x = xp.asarray(images[s:s + batch], dtype=xp.float64)
         y = xp.asarray(labels[s:s + batch])
-        b, c, g = certify_batch(model, x, y, eps, mode, n_iters, rng)
+        b, c, loc, glob = certify_batch(model, x, y, eps, mode, n_iters, rng)
         bounds.append(b)
         cert.append(c)
-    return numpy.concatenate(bounds), numpy.concatenate(cert), time.perf_counter() - t0, g
+        local.append(loc)
+    return {"bounds": numpy.concatenate(bounds), "certified": numpy.concatenate(cert),
+            "local": numpy.concatenate(local), "global": glob, "seconds": time.perf_counter() - t0}
+
+
+def spread(ratios):
+    return {"median": float(numpy.median(ratios)), "min": float(numpy.min(ratios)), "max": float(numpy.max(ratios))}
+
+
+def compare(model, sound, pi, k):
+    """Sound against power iteration on the first k samples: bound ratios, overall and per layer."""
+    names = [f"{i}:{type(layer).__name__}" for i, layer in enumerate(model.layers[:-1]) if layer.is_affine]
+    layers = []
+    for j, name in enumerate(names):
+        layers.append({"layer": name, "global_sound": float(sound["global"][j]), "global_pi2000": float(pi["global"][j]),
+                       "global_ratio": float(sound["global"][j] / pi["global"][j]),
+                       "local_ratio": spread(sound["local"][:k, j] / pi["local"][:, j])})
+    s_cert, p_cert = sound["certified"][:k], pi["certified"]
+    return {"bound_ratio_sound_over_pi2000": spread(sound["bounds"][:k] / pi["bounds"]),
+            "sound_certified_accuracy_on_subset": float(s_cert.mean()),
+            "certified_by_pi2000_only": int(numpy.sum(p_cert & ~s_cert)),
+            "certified_by_sound_only": int(numpy.sum(s_cert & ~p_cert)),
+            "per_layer": layers}
 
 
 def main():
@@ -62,7 +90,8 @@ def main():
     ap.add_argument("--offset", type=int, default=0, help="first test image (skip images used for training)")
     ap.add_argument("--pi-n", type=int, default=100, help="samples for the 2000-iteration run")
     ap.add_argument("--pi-iters", type=int, default=2000)
-    ap.add_argument("--lanczos", type=int, default=40)
+    ap.add_argument("--lanczos", type=int, default=80, help="Lanczos steps of the main sound run")
+    ap.add_argument("--sweep", default="", help="other Lanczos step counts, run on the --pi-n samples (comma-separated)")
     ap.add_argument("--eps", type=float, default=1.58)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--json")
@@ -75,24 +104,31 @@ def main():
         model = build_model("4c3f", (1, 28, 28), 10, xp, xp.float64, rng)
     data = load_dataset(args.data, args.data_dir, args.offset + args.n)
     images, labels = data.images[args.offset:], data.labels[args.offset:]
-    sound_b, sound_c, sound_t, g = run(model, images, labels, args.eps, "sound", args.lanczos, args.batch, rng)
-    k = min(args.pi_n, images.shape[0])
-    pi_b, pi_c, pi_t, _ = run(model, images[:k], labels[:k], args.eps, "fast", args.pi_iters, args.batch, rng)
+    n = images.shape[0]
+    k = min(args.pi_n, n)
+    sound = run(model, images, labels, args.eps, "sound", args.lanczos, args.batch, rng)
+    pi = run(model, images[:k], labels[:k], args.eps, "fast", args.pi_iters, args.batch, rng)
+    sound_t, pi_t = sound["seconds"] / n, pi["seconds"] / k
     out = {
-        "model": args.model or "random 4c3f", "eps": args.eps, "n_sound": int(images.shape[0]), "n_pi": k,
-        "global_bound_sound": g,
-        "sound_seconds_per_sample": sound_t / images.shape[0],
-        "pi2000_seconds_per_sample": pi_t / k,
-        "speedup": (pi_t / k) / (sound_t / images.shape[0]),
-        "sound_certified_accuracy": float(sound_c.mean()),
-        "pi2000_certified_accuracy_on_subset": float(pi_c.mean()),
-        "sound_certified_accuracy_on_subset": float(sound_c[:k].mean()),
-        "median_bound_ratio_sound_over_pi2000": float(numpy.median(sound_b[:k] / pi_b)),
-        "max_bound_ratio_sound_over_pi2000": float(numpy.max(sound_b[:k] / pi_b)),
-        "min_bound_ratio_sound_over_pi2000": float(numpy.min(sound_b[:k] / pi_b)),
+        "model": args.model or "random 4c3f", "eps": args.eps, "n_sound": int(n), "n_pi": k,
+        "lanczos_steps": args.lanczos,
+        "global_bound_sound": float(numpy.prod(sound["global"])),
+        "global_bound_pi2000": float(numpy.prod(pi["global"])),
+        "sound_seconds_per_sample": sound_t,
+        "pi2000_seconds_per_sample": pi_t,
+        "speedup": pi_t / sound_t,
+        "sound_certified_accuracy": float(sound["certified"].mean()),
+        "pi2000_certified_accuracy_on_subset": float(pi["certified"].mean()),
     }
-    for key, v in out.items():
-        print(f"{key:45s} {v}")
+    out.update(compare(model, sound, pi, k))
+    out["sweep"] = []
+    for steps in [int(s) for s in args.sweep.split(",") if s]:
+        other = run(model, images[:k], labels[:k], args.eps, "sound", steps, args.batch, rng)
+        entry = {"lanczos_steps": steps, "sound_seconds_per_sample": other["seconds"] / k,
+                 "speedup": pi_t / (other["seconds"] / k)}
+        entry.update(compare(model, other, pi, k))
+        out["sweep"].append(entry)
+    print(json.dumps(out, indent=2))
     if args.json:
         atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
 
