@@ -2,7 +2,7 @@
 implementation, in one run; prints a table of medians and ratios and writes
 bench/results/<date>-<machine>.json.
 
-    python bench/run_all.py [--repeats 5] [--threads 2] [--cases conv_4c3f_mnist,...] [--markdown BENCHMARKS.md]
+    python bench/run_all.py [--repeats 5] [--rounds 3] [--threads 2] [--cases conv_4c3f_mnist,...] [--markdown BENCHMARKS.md]
 
 Peak memory is the process's maximum resident set size as the OS reports it (wait4's
 ru_maxrss), so each number includes the interpreter and the library (torch alone is
@@ -51,23 +51,34 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every case and implementation this many times (interleaved) and keep each one's "
+                         "fastest: on a shared or virtual machine a neighbour's load slows single runs")
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--openblas-coretype", help="passed to suite.py (see its --help)")
     ap.add_argument("--markdown", help="replace the table between the markers in this file")
     ap.add_argument("--marker", default="table", help="the markers are <!-- MARKER start/end -->")
     args = ap.parse_args()
+    cases = args.cases.split(",")
+    best = {}
+    for r in range(args.rounds):
+        for case in cases:
+            for impl in ("lipref", "torch"):
+                result = run_case(case, impl, args.threads, args.repeats, args.openblas_coretype)
+                if (case, impl) not in best or result["seconds"] < best[case, impl]["seconds"]:
+                    best[case, impl] = result
+            pair = {impl: best[case, impl] for impl in ("lipref", "torch")}
+            print(f"round {r + 1}/{args.rounds} {case:22s} lipref {pair['lipref']['seconds']:.4f} s  "
+                  f"torch {pair['torch']['seconds']:.4f} s  ratio {pair['lipref']['seconds'] / pair['torch']['seconds']:.2f}"
+                  " (best so far)", flush=True)
     rows = []
-    for case in args.cases.split(","):
-        pair = {impl: run_case(case, impl, args.threads, args.repeats, args.openblas_coretype)
-                for impl in ("lipref", "torch")}
-        row = {"case": case, **pair, "ratio": pair["lipref"]["seconds"] / pair["torch"]["seconds"]}
-        rows.append(row)
-        print(f"{case:22s} lipref {pair['lipref']['seconds']:.4f} s  torch {pair['torch']['seconds']:.4f} s  "
-              f"ratio {row['ratio']:.2f}", flush=True)
+    for case in cases:
+        pair = {impl: best[case, impl] for impl in ("lipref", "torch")}
+        rows.append({"case": case, **pair, "ratio": pair["lipref"]["seconds"] / pair["torch"]["seconds"]})
     matmul = next((r for r in rows if r["case"] == "matmul"), None)
     rate = matmul["lipref"]["gflops"] if matmul else None
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "processor": platform.machine(),
-            "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats,
+            "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
             "python": platform.python_version(), "matmul_gflops_float32": rate,
             "numpy_blas": rows[0]["lipref"].get("blas"), "openblas_coretype": args.openblas_coretype}
     tag = f"-{args.openblas_coretype}" if args.openblas_coretype else ""
@@ -76,7 +87,8 @@ def main():
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     os.replace(tmp, out)
-    text = f"NumPy BLAS: {meta['numpy_blas']}; {args.threads} threads\n\n" + table(rows)
+    text = (f"NumPy BLAS: {meta['numpy_blas']}; {args.threads} threads; medians of {args.repeats}, "
+            f"best of {args.rounds} rounds\n\n" + table(rows))
     if rate:
         text += f"\n\nfloat32 matmul rate (NumPy, 2048^3): {rate:.1f} GFLOP/s; conv rows as a fraction of it: " + \
             ", ".join(f"{r['case']} {r['lipref']['gflops'] / rate:.0%}" for r in rows

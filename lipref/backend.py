@@ -79,6 +79,28 @@ def to_host(a):
         return host.from_dlpack(a)
 
 
+def cholesky_or_none(xp, a):
+    """The lower Cholesky factor of the symmetric matrix `a`, or None where floating-point
+    Cholesky breaks down (a non-positive pivot: `a` is not numerically positive definite).
+
+    A certificate rests on this answer, and the failure signal differs by library, which
+    is why it lives here: NumPy and array-api-strict raise numpy's LinAlgError; CuPy by
+    default returns an invalid factor without a word (its linalg errstate 'ignore'), so it
+    runs under cupyx.errstate(linalg='raise'), which checks cuSOLVER's devInfo."""
+    try:
+        if "cupy" in xp.__name__:
+            import cupyx
+            with cupyx.errstate(linalg="raise"):
+                factor = xp.linalg.cholesky(a)
+        else:
+            factor = xp.linalg.cholesky(a)
+    except host.linalg.LinAlgError:
+        return None
+    if not bool(xp.all(xp.isfinite(factor))):
+        return None
+    return factor
+
+
 def is_host_numpy(xp):
     """True when `xp` is (a wrapper of) NumPy, the backend whose arrays live on the host."""
     return "numpy" in xp.__name__ and "strict" not in xp.__name__

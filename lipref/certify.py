@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .attack import pgd_l2
 from .backend import host, namespace, to_backend, to_host
 from .bounds import margins as M
-from .bounds.lipschitz import network_bounds
+from .bounds.lipschitz import network_bounds, sound_global_norms
 
 
 @dataclass
@@ -103,12 +103,14 @@ def gloro_radius(logits, last_weight, onehot, lipschitz):
     return xp.maximum(xp.min(ratio, axis=1), xp.zeros_like(z_y))
 
 
-def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors):
+def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, sound_norms):
     xp = namespace(x)
     weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
     onehot = M.one_hot(labels, model.n_classes, x.dtype)
-    local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
-    glob = network_bounds(model, x, eps, "global", mode, n_iters, rng, None, local.global_vectors)
+    local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
+                           sound_norms=sound_norms)
+    glob = network_bounds(model, x, eps, "global", mode, n_iters, rng, None, local.global_vectors,
+                          sound_norms=sound_norms)
     out = {}
     for name, b in (("local", local), ("global", glob)):
         worst = M.bcp_worst_logits(b.logits, weight, onehot, b.radius, b.penultimate, b.lower, b.upper)
@@ -134,15 +136,19 @@ def batches(images, labels, batch_size, xp, dtype):
 
 
 def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100,
-                      progress=None):
+                      progress=None, sound_norms=None):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
     x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
-    layer. The global bound's power-iteration vectors carry over from batch to batch."""
+    layer. The global bound's power-iteration vectors carry over from batch to batch; in
+    sound mode the global norms are certified once (`sound_global_norms`, unless given)."""
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     samples, global_vectors = [], None
+    if mode == "sound" and sound_norms is None:
+        sound_norms = sound_global_norms(model, rng)  # once per model
     for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
-        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors)
+        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
+                           sound_norms=sound_norms)
         global_vectors = b.global_vectors
         preds, local = to_host(M.predictions(b.logits)), to_host(b.lipschitz)
         glob = float(to_host(b.global_lipschitz))
@@ -157,12 +163,14 @@ def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=
 
 
 def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
-            pgd_restarts=1, clip=(0.0, 1.0), progress=None):
+            pgd_restarts=1, clip=(0.0, 1.0), progress=None, sound_norms=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
 
     mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
-    bounds; the model must be float64). pgd_steps > 0 also runs l2 PGD (step eps/4, random
-    start, pgd_restarts restarts). progress(n_done) is called after each batch."""
+    bounds; the model must be float64; the global norms are certified once, by
+    `sound_global_norms` unless given as sound_norms). pgd_steps > 0 also runs l2 PGD
+    (step eps/4, random start, pgd_restarts restarts). progress(n_done) is called after
+    each batch."""
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if rng is None:
@@ -172,9 +180,11 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
     start = time.perf_counter()
     parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
     global_vectors = None
+    if mode == "sound" and sound_norms is None:
+        sound_norms = sound_global_norms(model, rng)  # once per model
     for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
         out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
-                                                              global_vectors)
+                                                              global_vectors, sound_norms)
         for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
             parts["l" + key].append(lip)
             parts["c" + key].append(cert)

@@ -249,6 +249,32 @@ def test_sound_mode_bounds_converged_fast_mode(xp, seed, kind, conv, eps):
     assert numpy.all(to_host(fast.lipschitz) <= to_host(sound.lipschitz) * (1 + 1e-9))
 
 
+def test_sound_global_norms_are_certified_and_reused(xp):
+    """sound_global_norms: per affine layer >= the exact norm of the materialised operator
+    (scipy) and within 1e-6 of it (conv layers by the Cholesky certificate, dense by SVD);
+    network_bounds given them uses them, and computes the same ones itself from the same rng."""
+    import scipy.linalg
+    from lipref.bounds.lipschitz import sound_global_norms
+    model, rng = small_model("relu", True, xp, 4)
+    norms = sound_global_norms(model, numpy.random.default_rng(0))
+    affine = [layer for layer in model.layers[:-1] if layer.is_affine]
+    assert len(norms) == len(affine)
+    for layer, bound in zip(affine, norms):
+        w = to_host(layer.params["weight"].value)
+        if isinstance(layer, Conv2d):
+            matrix = _materialise(layer, w, numpy.ones(layer.out_shape), numpy.ones(layer.in_shape))
+        else:
+            matrix = w
+        exact = scipy.linalg.svdvals(matrix)[0]
+        assert exact <= float(to_host(bound)) <= exact * (1 + 1e-6), (type(layer).__name__, float(to_host(bound)), exact)
+    x = xp.asarray(_inputs(model, rng, 3))
+    given_norms = network_bounds(model, x, 0.3, "local", "sound", 20, numpy.random.default_rng(1), sound_norms=norms)
+    computed = network_bounds(model, x, 0.3, "local", "sound", 20, numpy.random.default_rng(0))
+    for a, b in zip(given_norms.global_norms, computed.global_norms):  # the same certificate, given or not
+        assert_backend_close(a, float(to_host(b)), xp, rtol=1e-12, atol=0, what="global norm")
+    assert numpy.all(to_host(given_norms.lipschitz) <= float(to_host(given_norms.global_lipschitz)) * (1 + 1e-12))
+
+
 def test_unknown_layer_is_an_error(xp):
     model, rng = small_model("relu", False, xp, 1)
 

@@ -464,3 +464,91 @@ def test_conv_circular_case_is_exact(xp):
     bound = S.conv_spectral_norm_upper(xp.asarray(weight), (4, 6), 1, 0)
     assert float(to_numpy(bound)) >= exact
     assert_backend_close(bound, exact, xp, rtol=1e-12, atol=0, what="1x1 conv")
+
+
+# ---------------------------------------------------------------- dense-Gram Cholesky certificate
+
+@settings(SETTINGS, max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 14), n=st.integers(1, 14), rank=st.integers(0, 14),
+       log_scale=st.integers(-30, 30))
+def test_gram_cholesky_upper_dense(xp, seed, m, n, rank, log_scale):
+    """On drawn dense matrices (rank-deficient and zero ones, tiny and huge scales): never
+    below the exact norm, and above it by at most the margin the certificate promises."""
+    rng = numpy.random.default_rng(seed)
+    rank = min(rank, m, n)
+    matrix = (rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))) * 2.0 ** log_scale
+    w = xp.asarray(matrix)
+
+    def apply(v):
+        return xp.matmul(v, w.T)
+
+    def apply_adjoint(u):
+        return xp.matmul(u, w)
+    abs_upper = S.dense_spectral_norm_upper(xp.abs(w)[None, ...])[0]
+    upper, estimate = S.gram_cholesky_upper(apply, apply_adjoint, (n,), (m,), max(m, n), abs_upper, rng)
+    exact = scipy.linalg.svdvals(matrix)[0] if rank else 0.0
+    b = float(to_numpy(upper))
+    assert upper.ndim == 0 and upper.dtype == xp.float64
+    assert b >= exact, f"certificate {b} below the exact norm {exact}"
+    assert b <= exact * (1 + 1e-6) + 1e-150, (b, exact)  # a zero matrix: sqrt(smallest normal)
+    assert float(to_numpy(estimate)) <= exact * (1 + 1e-12) + 1e-300
+
+
+@settings(SETTINGS, max_examples=20)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 4), stride=st.integers(1, 3), padding=st.integers(0, 2),
+       c=st.integers(1, 3), o=st.integers(1, 3), h=st.integers(3, 8), w=st.integers(3, 8))
+def test_conv_spectral_norm_certified(xp, seed, k, stride, padding, c, o, h, w):
+    """The certified conv norm is >= the exact norm of the materialised operator, within
+    1e-6 of it (the polyphase bound is up to a few percent above it here), and never above
+    the polyphase bound; with max_dim below the layer's size it is the polyphase bound."""
+    k = min(k, h + 2 * padding, w + 2 * padding)
+    rng = numpy.random.default_rng(seed)
+    weight = rng.standard_normal((o, c, k, k))
+    matrix, _ = conv_matrix(weight, (c, h, w), stride, padding)
+    exact = scipy.linalg.svdvals(matrix)[0]
+    wx = xp.asarray(weight)
+    cert = S.conv_spectral_norm_certified(wx, (h, w), stride, padding, rng)
+    poly = float(to_numpy(S.conv_spectral_norm_upper(wx, (h, w), stride, padding)))
+    b = float(to_numpy(cert))
+    assert exact <= b <= exact * (1 + 1e-6), (b, exact)
+    assert b <= poly
+    fallback = S.conv_spectral_norm_certified(wx, (h, w), stride, padding, rng, max_dim=min(matrix.shape) - 1)
+    assert float(to_numpy(fallback)) == poly
+
+
+def test_gram_cholesky_refuses_a_margin_below_the_norm(xp):
+    """A shift below lambda_max leaves mu I - B indefinite by far more than rounding, so
+    Cholesky must break down and no certificate is given (+inf), whatever the estimate."""
+    rng = numpy.random.default_rng(3)
+    weight = rng.standard_normal((3, 2, 3, 3))
+    wx = xp.asarray(weight)
+
+    def apply(v):
+        return conv2d(v, wx, None, 1, 1)
+
+    def apply_adjoint(y):
+        return conv2d_transpose(y, wx, 1, 1, (6, 6))
+    abs_upper = S.conv_spectral_norm_upper(xp.abs(wx), (6, 6), 1, 1)
+    for margins in ((-1e-3,), (-0.5, -1e-2)):
+        upper, estimate = S.gram_cholesky_upper(apply, apply_adjoint, (2, 6, 6), (3, 6, 6), 27, abs_upper, rng,
+                                                margins=margins)
+        assert math.isinf(float(to_numpy(upper)))
+        assert float(to_numpy(estimate)) > 0
+    upper, _ = S.gram_cholesky_upper(apply, apply_adjoint, (2, 6, 6), (3, 6, 6), 27, abs_upper, rng,
+                                     margins=(-1e-3, 1e-6))  # the second margin certifies
+    matrix, _ = conv_matrix(weight, (2, 6, 6), 1, 1)
+    exact = scipy.linalg.svdvals(matrix)[0]
+    assert exact <= float(to_numpy(upper)) <= exact * (1 + 1e-6)
+
+
+def test_cholesky_or_none_reports_breakdown_on_every_backend(xp):
+    """The certificate's proof step: a positive definite matrix gives its factor, an
+    indefinite or singular one gives None -- never an unchecked partial factor."""
+    from lipref.backend import cholesky_or_none
+    good = numpy.array([[4.0, 1.0], [1.0, 3.0]])
+    factor = cholesky_or_none(xp, xp.asarray(good))
+    assert factor is not None
+    assert_backend_close(xp.matmul(factor, xp.matrix_transpose(factor)), good, xp, rtol=1e-14, atol=0,
+                         what="L L^T")
+    for bad in ([[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, 5.0]]):
+        assert cholesky_or_none(xp, xp.asarray(numpy.array(bad))) is None, bad

@@ -121,8 +121,35 @@ def _dense_masked_matrices(weight, row_mask, col_mask):
     return weight[None, :, :] * row_mask[:, :, None] * col_mask[:, None, :]
 
 
-def global_norms(model, mode, n_iters, rng, vectors, record, failure_prob=1e-9):
-    """Per affine layer except the last: the spectral norm of the full operator (scalar)."""
+def sound_global_norms(model, rng, max_dense=8192):
+    """Per affine layer except the last, a deterministic upper bound on its spectral norm
+    (0-d arrays; float64 models): dense layers by exact SVD with a rounding margin; conv
+    layers by the dense-Gram Cholesky certificate where the layer's smaller side has at
+    most max_dense entries (nearly exact), else by the polyphase circulant bound
+    (docs/soundness.md). Computing them is the slow part of a sound run's set-up (about
+    half a minute for 4c3f), so callers that bound many batches compute them once and
+    pass them to `network_bounds` as `sound_norms`. rng only steers how tight the
+    certificate is (its Lanczos estimate), never whether it holds."""
+    _check_model(model)
+    norms = []
+    for layer in model.layers[:-1]:
+        if not layer.is_affine:
+            continue
+        wv = layer.params["weight"].value
+        if isinstance(layer, Linear):
+            norms.append(spectral.dense_spectral_norm_upper(wv[None, :, :])[0])
+        else:
+            norms.append(spectral.conv_spectral_norm_certified(wv, layer.in_shape[1:], layer.stride, layer.padding,
+                                                               rng, max_dense))
+    return norms
+
+
+def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
+    """Per affine layer except the last: the spectral norm of the full operator (scalar).
+    Fast mode: power iteration (warm-started from `vectors`). Sound mode: `sound_norms`
+    if given, else `sound_global_norms(model, rng)`."""
+    if mode == "sound":
+        return (sound_global_norms(model, rng) if sound_norms is None else list(sound_norms)), dict(vectors)
     norms, new_vectors = [], dict(vectors)
     for i, layer in enumerate(model.layers[:-1]):
         if not layer.is_affine:
@@ -130,14 +157,6 @@ def global_norms(model, mode, n_iters, rng, vectors, record, failure_prob=1e-9):
         w = layer.params["weight"]
         wv = w.value
         xp = namespace(wv)
-        if mode == "sound":
-            if isinstance(layer, Linear):
-                sigma = spectral.dense_spectral_norm_upper(wv[None, :, :])[0]
-            else:
-                sigma = xp.asarray(spectral.conv_spectral_norm_upper(wv, layer.in_shape[1:], layer.stride,
-                                                                     layer.padding), dtype=wv.dtype)
-            norms.append(sigma)
-            continue
         apply, apply_adjoint, gram = _operator(layer, wv, None, None)
         v0 = _start(vectors, i, (1,) + layer.in_shape, rng, xp, wv.dtype)
         sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
@@ -199,7 +218,7 @@ def _rounding_slack(layer, params, lower, upper, xp):
 
 
 def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
-                   global_vectors=None, record=False, failure_prob=1e-9):
+                   global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None):
     """Logits at x and Lipschitz bounds of x -> penultimate over the l2 ball of radius eps.
 
     bound: "local" (masks and masked norms) or "global" (product of full norms; the box
@@ -208,6 +227,8 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     global_vectors when their shapes fit) or Lanczos steps (sound, conv layers).
     failure_prob: sound mode's probability that one masked conv norm bound fails.
     record: build the tape so that every output is differentiable in the parameters.
+    sound_norms: sound mode's global norms from `sound_global_norms` (computed here when
+    None; pass them when bounding many batches of one model).
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
@@ -223,7 +244,9 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     if tuple(xv.shape[1:]) != model.input_shape:
         raise ValueError(f"input shape {tuple(xv.shape[1:])} does not fit the model's {model.input_shape}")
     n = xv.shape[0]
-    gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, failure_prob)
+    if mode == "sound" and record:
+        raise ValueError("sound mode gives bounds, not gradients: record must be False")
+    gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
     vectors = dict(local_vectors or {})
 
     h = x
