@@ -198,7 +198,7 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     m = rows.shape[0] // (oh * ow)
     gather = P._gathers(weight, s)
     wsub, th, tw = P._subpixel_weight(weight, s)
-    gcols = rows @ wm
+    gcols_t = wm.T @ rows.T
     pieces = {
         "im2col (x2: forward and dW)": lambda: P._im2col(x[b0], k, k, s, p),
         "cols @ W.T": lambda: cols @ wm.T,
@@ -207,8 +207,8 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     if gather:
         pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     else:
-        pieces["dx: g @ W"] = lambda: rows @ wm
-        pieces["dx: col2im"] = lambda: P._col2im(gcols, m, h, w, c, k, k, s, p)
+        pieces["dx: W^T g^T"] = lambda: wm.T @ rows.T
+        pieces["dx: col2im"] = lambda: P._col2im(gcols_t, m, h, w, c, k, k, s, p)
     return {name: 1e3 * t * per for name, t in interleaved_medians(pieces, repeats, warmup).items()}
 
 
@@ -254,7 +254,7 @@ def main(args):
     total_t = sum(r["torch_s"] for r in rows)
     print(f"{'total':<9} {'':<36} {1e3 * total_l:>10.2f} {1e3 * total_t:>9.2f} {total_l / total_t:>6.2f}")
     if args.breakdown:
-        print("\nlipref pieces (ms, whole batch; dx by sub-pixel gather or by g @ W then col2im):")
+        print("\nlipref pieces (ms, whole batch; dx by sub-pixel gather or by W^T g^T then col2im):")
         for r in rows:
             print(f"{r['layer']:<12} " + ", ".join(f"{k} {v:.1f}" for k, v in r["lipref_pieces_ms"].items()))
     if args.json:

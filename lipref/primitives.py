@@ -464,18 +464,20 @@ def _im2col(x_nhwc, kh, kw, stride, padding):
     return xp.reshape(cols, (n * oh * ow, kh * kw * c))
 
 
-def _col2im(cols, n, h, w, c, kh, kw, stride, padding):
-    """Adjoint of _im2col: scatter-add the rows back onto a channels-last (n, h, w, c) array."""
-    xp = namespace(cols)
+def _col2im(cols_t, n, h, w, c, kh, kw, stride, padding):
+    """Adjoint of _im2col, from the transposed column matrix (kh*kw*C, n*OH*OW): scatter-add
+    onto a channel-major (c, n, h, w) array. Channel-major because this path serves layers
+    with few input channels (C = 1 or 3): each add then moves runs of OW numbers, not of C."""
+    xp = namespace(cols_t)
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
-    cols = xp.reshape(cols, (n, oh, ow, kh, kw, c))
-    out = xp.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=cols.dtype)
+    cols = xp.reshape(cols_t, (kh, kw, c, n, oh, ow))
+    out = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=cols.dtype)
     span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
     for i in range(kh):
         for j in range(kw):
-            sl = (slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride), slice(None))
-            out[sl] += cols[:, :, :, i, j, :]  # in place: no temporary per kernel offset
-    return out[:, padding:padding + h, padding:padding + w, :]
+            sl = (slice(None), slice(None), slice(i, i + span_h, stride), slice(j, j + span_w, stride))
+            out[sl] += cols[i, j, ...]  # in place: no temporary per kernel offset
+    return out[:, :, padding:padding + h, padding:padding + w]
 
 
 def _nhwc(x):
@@ -573,7 +575,8 @@ def _input_grad_of_block(weight, stride, padding, in_hw, gather):
 
     def scatter(g_block):
         rows = xp.reshape(g_block, (-1, o))
-        return _col2im(xp.matmul(rows, wm), g_block.shape[0], h, w, c, kh, kw, stride, padding)
+        spread = _col2im(xp.matmul(wm.T, rows.T), g_block.shape[0], h, w, c, kh, kw, stride, padding)
+        return xp.permute_dims(spread, (1, 2, 3, 0))  # (c, n, h, w) -> channels-last
     return scatter
 
 
