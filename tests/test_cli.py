@@ -205,3 +205,20 @@ def test_info_names_the_blas_and_hints_at_misdetected_kernels(monkeypatch):
         assert (hint is not None) == expect_hint and (hint is None or "OPENBLAS_CORETYPE=Cooperlake" in hint)
     fake[0]["architecture"] = "SkylakeX"
     assert backend.host_blas()[1] is None
+
+
+def test_bound_sound_mode_certificate_and_gram_limit(model_file):
+    """Sound mode certifies the global norms once (and says so on stderr); with
+    --gram-limit 0 it uses the polyphase bound only, never tighter than the certificate."""
+    args = ["bound", model_file, "--data", "embedded", "--eps", "0.3", "--limit", "3", "--iters", "10",
+            "--mode", "sound", "--json"]
+    certified = run(args)
+    assert certified.exit_code == 0, certified.output
+    assert "global norms certified" in certified.stderr
+    polyphase = run(args + ["--gram-limit", "0"])
+    assert polyphase.exit_code == 0, polyphase.output
+    tight = json.loads(certified.stdout)["samples"]
+    loose = json.loads(polyphase.stdout)["samples"]
+    for a, b in zip(tight, loose):
+        assert 0 < a["global"] <= b["global"] * (1 + 1e-12)
+        assert 0 < a["local"] <= a["global"] * (1 + 1e-12)
