@@ -295,3 +295,5 @@ def test_bad_arguments(xp):
         network_bounds(model, xp.asarray(numpy.zeros((1, 4))), 0.1, "local", "fast", 5, rng)
     with pytest.raises(ValueError, match="float64"):
         network_bounds(model, xp.astype(x, xp.float32), 0.1, "local", "sound", 5, rng)
+    with pytest.raises(ValueError, match="record must be False"):
+        network_bounds(model, x, 0.1, "local", "sound", 5, rng, record=True)

@@ -8,6 +8,7 @@ from lipref import primitives as P
 from lipref.backend import to_host
 from lipref.bounds import margins as M
 from lipref.bounds.lipschitz import network_bounds
+from lipref.certify import margin_slack
 from lipref.tape import Var, grad
 from test_bounds import ACTS, ball_points, project_ball, small_model
 
@@ -48,17 +49,21 @@ def test_ball_box_support_is_tight_upper_bound(xp, seed, dim, scale):
         assert value[i] <= radius[i] * numpy.linalg.norm(c[i]) + 1e-9 or to_host(inside)[i]
 
 
-def _certify(model, x_host, eps, xp, rng, margin):
-    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 300, rng)
+def _certify(model, x_host, eps, xp, rng, margin, mode="fast"):
+    """Fast mode: 300 power iterations; sound mode: upper bounds (the certified global norms,
+    Lanczos on masked convs) and certify's rounding slack."""
+    res = network_bounds(model, xp.asarray(x_host), eps, "local", mode, 300 if mode == "fast" else 40, rng)
     logits = res.logits
     pred = M.predictions(logits)
     onehot = M.one_hot(pred, logits.shape[1], logits.dtype)
-    w = model.layers[-1].params["weight"].value
+    last = model.layers[-1].params
+    w = last["weight"].value
     if margin == "gloro":
         worst = M.gloro_worst_logits(logits, w, onehot, res.radius)
     else:
         worst = M.bcp_worst_logits(logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
-    return to_host(M.certified(worst, logits, onehot)), to_host(pred)
+    slack = margin_slack(res, w, last["bias"].value) if mode == "sound" else 0.0
+    return to_host(M.certified(worst, logits, onehot, slack)), to_host(pred)
 
 
 def pgd_on_margin(model, x_host, label, eps, xp, rng, steps=30):
@@ -87,15 +92,16 @@ def pgd_on_margin(model, x_host, label, eps, xp, rng, steps=30):
 
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
-       margin=st.sampled_from(["gloro", "bcp"]), scale=st.sampled_from([0.3, 3.0, 30.0, 100.0]))
-def test_certified_points_are_never_broken(xp, seed, kind, conv, margin, scale):
+       margin=st.sampled_from(["gloro", "bcp"]), scale=st.sampled_from([0.3, 3.0, 30.0, 100.0]),
+       mode=st.sampled_from(["fast", "sound"]))
+def test_certified_points_are_never_broken(xp, seed, kind, conv, margin, scale, mode):
     model, rng = small_model(kind, conv, xp, seed)
     x_host = rng.uniform(-1, 1, (6,) + model.input_shape)
     # the smallest radius that separates the two top logits, so that some points certify
     logits = to_host(model(xp.asarray(x_host), record=False))
     top2 = numpy.sort(logits, axis=1)[:, -2:]
     eps = float(numpy.median(top2[:, 1] - top2[:, 0])) * scale + 1e-3
-    cert, pred = _certify(model, x_host, eps, xp, rng, margin)
+    cert, pred = _certify(model, x_host, eps, xp, rng, margin, mode)
     for s in numpy.nonzero(cert)[0]:
         pts = ball_points(rng, x_host[s:s + 1], eps, 64)
         z = to_host(model(xp.asarray(pts), record=False))

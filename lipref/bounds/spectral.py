@@ -585,7 +585,7 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
     Returns (upper, estimate): 0-d arrays, estimate = sqrt(theta) (a lower estimate).
     Costs p^2 numbers of memory and one p^3 / 3 factorisation per margin tried.
     """
-    n_in, n_out = _size(in_shape), _size(out_shape)
+    n_in, n_out = math.prod(in_shape), math.prod(out_shape)
     outer = n_out <= n_in  # Gram on the output side, A A^T
     p = min(n_in, n_out)
     first, second, basis_shape = (apply_adjoint, apply, out_shape) if outer else (apply, apply_adjoint, in_shape)
@@ -631,13 +631,6 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
     return xp.asarray(math.inf, dtype=dtype), xp.asarray(math.sqrt(max(theta, 0.0)), dtype=dtype)
 
 
-def _size(shape):
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
 def _basis(xp, start, count, p, shape, dtype):
     """Unit vectors e_start .. e_(start+count-1) of R^p, shaped (count,) + shape."""
     return xp.reshape(xp.eye(count, p, k=start, dtype=dtype), (count,) + tuple(shape))
@@ -656,7 +649,7 @@ def conv_spectral_norm_certified(weight, in_hw, stride, padding, rng, max_dim=81
     circulant = conv_spectral_norm_upper(weight, in_hw, stride, padding)
     oh, ow = P.conv_output_hw(h, w, kh, kw, stride, padding)
     in_shape, out_shape = (c, h, w), (o, oh, ow)
-    if min(_size(in_shape), _size(out_shape)) > max_dim:
+    if min(math.prod(in_shape), math.prod(out_shape)) > max_dim:
         return circulant
     th, tw = -(-kh // stride), -(-kw // stride)
     depth = max(th * tw * stride * stride * c, th * tw * o)  # longest dot product of either direction
