@@ -491,6 +491,44 @@ def test_conv2d_input_gradient_gather_equals_scatter(xp, seed, k, stride, paddin
         assert_backend_close(got, expected, xp, rtol=1e-12, atol=1e-12, what=f"input gradient (gather={gather})")
 
 
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), taps_h=st.integers(1, 3), taps_w=st.integers(1, 3), stride=st.integers(2, 3),
+       padding=st.integers(0, 3), extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3),
+       c=st.integers(1, 3), o=st.integers(1, 3), block=st.sampled_from([1, 200, 10 ** 9]))
+def test_conv2d_tap_form_equals_im2col(xp, monkeypatch, seed, taps_h, taps_w, stride, padding, extra_h, extra_w, n, c,
+                                       o, block):
+    """A strided conv whose kernel is a multiple of the stride has a second exact form (taps
+    on the space-to-depth grid, see _uses_taps), chosen for speed. Its forward and weight
+    gradient must equal autograd's, and the im2col form, on every backend, for rectangular
+    kernels, padding up to the kernel's size and blocks of one sample or several."""
+    monkeypatch.setattr(P, "COLUMN_BLOCK", block)
+    rng = numpy.random.default_rng(seed)
+    kh, kw = taps_h * stride, taps_w * stride
+    h, w = max(1, kh - 2 * padding) + extra_h, max(1, kw - 2 * padding) + extra_w
+    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
+    x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o)
+    g = rng.standard_normal((n, o, oh, ow))
+    assert P._uses_taps((kh, kw), stride)
+    forward = ag_conv2d(x, wt, b, stride, padding)
+    wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, stride, padding) * g))(wt)
+    xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
+    for taps in (True, False):
+        assert_backend_close(P._conv2d(xs, ws, xp.asarray(b), stride, padding, taps), forward, xp, rtol=1e-12,
+                             atol=1e-12, what=f"forward (taps={taps})")
+        assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, stride, padding, taps), wgrad, xp, rtol=1e-12,
+                             atol=1e-12, what=f"weight gradient (taps={taps})")
+
+
+def test_conv2d_tap_form_only_where_the_kernel_fits_the_stride():
+    """The rule and its refusal: stride 1 and kernels that are not a multiple of the stride
+    use im2col; asking for taps there is an error, not a wrong answer."""
+    assert P._uses_taps((4, 4), 2) and P._uses_taps((6, 3), 3)
+    assert not P._uses_taps((3, 3), 1) and not P._uses_taps((3, 3), 2) and not P._uses_taps((4, 3), 2)
+    x, w = numpy.ones((1, 1, 5, 5)), numpy.ones((1, 1, 3, 3))
+    with pytest.raises(ValueError, match="not a multiple of stride 2"):
+        P._conv2d(x, w, None, 2, 1, True)
+
+
 @pytest.mark.parametrize("block", [1, 500, 10 ** 9])
 def test_conv2d_blocks_of_samples_give_the_same_numbers(xp, monkeypatch, block):
     """conv2d works through the batch in blocks of whole samples (for the cache); the block
