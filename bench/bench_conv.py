@@ -199,11 +199,18 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     gather = P._gathers(weight, s)
     wsub, th, tw = P._subpixel_weight(weight, s)
     gcols_t = wm.T @ rows.T
-    pieces = {
-        "im2col (x2: forward and dW)": lambda: P._im2col(x[b0], k, k, s, p),
-        "cols @ W.T": lambda: cols @ wm.T,
-        "cols.T @ g (dW)": lambda: cols.T @ rows,
-    }
+    if P._uses_taps((k, k), s):  # the tap form: no column matrix in the forward and dW
+        forward = P._forward_of_block(weight, s, p, (h, w))
+        pieces = {
+            "forward: taps": lambda: forward(x[b0]),
+            "dW: taps": lambda: P._conv2d_weight_grad(P._nchw(g[b0]), P._nchw(x[b0]), weight.shape, s, p),
+        }
+    else:
+        pieces = {
+            "im2col (x2: forward and dW)": lambda: P._im2col(x[b0], k, k, s, p),
+            "cols @ W.T": lambda: cols @ wm.T,
+            "cols.T @ g (dW)": lambda: cols.T @ rows,
+        }
     if gather:
         pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     else:

@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--openblas-coretype", help="passed to suite.py (see its --help)")
     ap.add_argument("--markdown", help="replace the table between the markers in this file")
     ap.add_argument("--marker", default="table", help="the markers are <!-- MARKER start/end -->")
+    ap.add_argument("--tag", default="", help="added to the results file's name (e.g. the CPU), so that runs "
+                                              "on different machines of one architecture and day do not overwrite "
+                                              "each other")
     args = ap.parse_args()
     cases = args.cases.split(",")
     best = {}
@@ -81,7 +84,7 @@ def main():
             "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
             "python": platform.python_version(), "matmul_gflops_float32": rate,
             "numpy_blas": rows[0]["lipref"].get("blas"), "openblas_coretype": args.openblas_coretype}
-    tag = f"-{args.openblas_coretype}" if args.openblas_coretype else ""
+    tag = (f"-{args.tag}" if args.tag else "") + (f"-{args.openblas_coretype}" if args.openblas_coretype else "")
     out = ROOT / "bench" / "results" / f"{meta['date']}-{platform.machine()}-{args.threads}threads{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -423,7 +423,9 @@ def conv_output_hw(h, w, kh, kw, stride, padding):
 # Blocking: the column matrix is kh*kw/stride^2 times larger than the input. Built for a
 # whole batch it leaves the cache between im2col and matmul, so the batch is processed in
 # blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
-# loop over a few blocks (ceil(N / block)), never over single samples or pixels.
+# loop over a few blocks (ceil(N / block)), never over single samples or pixels. Strided
+# layers whose kernel is a multiple of the stride build no column matrix at all in the
+# forward and the weight gradient (the tap form, see _uses_taps); blocks keep their size.
 COLUMN_BLOCK = 2 ** 19  # 2 MiB of float32; 2^18-2^20 measured best on the 4c3f layers
 
 
