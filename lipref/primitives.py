@@ -689,8 +689,9 @@ def conv2d_masked_gram(v, weight, stride, padding, row_mask, col_mask):
     """col_mask * conv2d_transpose(row_mask * conv2d(v, W)): one power-iteration step on the
     masked operator rows * W * cols, for v already in its input range (col_mask * v == v).
 
-    Computed per block of samples, so that the intermediate (N, O, OH, OW) array and both
-    column matrices stay in the cache; the result equals the three-call composition (the
+    Computed per block of samples, so that the intermediate (N, O, OH, OW) array and the
+    column matrices (im2col's, where the forward is not in the tap form, and the input
+    gradient's) stay in the cache; the result equals the three-call composition (the
     same products in the same order). Masks: 0/1 arrays shaped like conv2d's output /
     input, or None for no mask. Not on the tape (power iteration holds v fixed)."""
     xp = namespace(v, weight)
