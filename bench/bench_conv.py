@@ -5,7 +5,9 @@ inputs, batch 128, float32, on identical weights, inputs and upstream gradients:
   lipref: primitives.conv2d forward, then its vjps with respect to x and W;
   torch:  torch.nn.functional.conv2d forward, then autograd backward (grads of x and W).
 Both run with the same number of threads (torch.set_num_threads and the OpenBLAS thread
-count that NumPy uses); times are medians over --repeats after --warmup runs. The machine's
+count that NumPy uses); times are medians over --repeats after --warmup runs, per layer
+first lipref's, then torch's, with a pause between (the libraries' idle threads spin after
+each call and would otherwise slow the other one down). The machine's
 float32 matmul rate (NumPy 2048x2048 @ 2048x2048) is measured in the same run, and each
 lipref layer is reported as a fraction of it.
 
@@ -94,6 +96,9 @@ def median_time(fn, repeats, warmup):
     return interleaved_medians({"f": fn}, repeats, warmup)["f"]
 
 
+IDLE_PAUSE_S = 0.5  # longer than either library's idle threads spin
+
+
 def interleaved_medians(fns, repeats, warmup):
     """{name: median seconds}; the functions run in turn within each repeat, so that a
     change in machine load during the run hits all of them alike."""
@@ -170,9 +175,14 @@ def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
     flops_fwd = 2.0 * n * o * oh * ow * c * k * k
     res = {"in_shape": [n, c, h, w], "weight_shape": [o, c, k, k], "stride": s, "padding": p,
            "out_shape": [n, o, oh, ow], "flops_forward": flops_fwd, "flops_total": 3.0 * flops_fwd}
-    t = interleaved_medians({"lipref_forward_s": lipref_fwd, "torch_forward_s": torch_fwd,
-                             "lipref_s": lipref_step, "torch_s": torch_step}, repeats, warmup)
-    res.update(t)
+    # One library at a time, with a pause between: after a call, each library's idle
+    # threads spin for a while (OpenBLAS's, and torch's OpenMP pool), and interleaving the
+    # two made each run on cores the other's spinning threads held: torch measured about
+    # 2x slower than in a process of its own (bench/run_all.py), short layers most.
+    res.update(interleaved_medians({"lipref_forward_s": lipref_fwd, "lipref_s": lipref_step}, repeats, warmup))
+    time.sleep(IDLE_PAUSE_S)
+    res.update(interleaved_medians({"torch_forward_s": torch_fwd, "torch_s": torch_step}, repeats, warmup))
+    time.sleep(IDLE_PAUSE_S)
     res["ratio"] = res["lipref_s"] / res["torch_s"]
     res["lipref_gflops"] = res["flops_total"] / res["lipref_s"] / 1e9
     res["torch_gflops"] = res["flops_total"] / res["torch_s"] / 1e9

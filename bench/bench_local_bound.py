@@ -55,13 +55,16 @@ def set_threads(n):
 def median_seconds(fns, repeats):
     """Median wall time of each function over `repeats` runs after one warm-up run each.
     The runs alternate between the functions, so that a change in machine load during the
-    measurement affects all of them alike."""
+    measurement affects all of them alike, with a pause before each run: after a call each
+    library's idle threads spin for a while (OpenBLAS's, torch's OpenMP pool) and would hold
+    the cores the next run needs (bench_conv.py measured torch 2x slower so, on short calls)."""
     import numpy
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, record in zip(fns, times):
+            time.sleep(0.5)
             t0 = time.perf_counter()
             fn()
             record.append(time.perf_counter() - t0)
