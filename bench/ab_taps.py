@@ -1,4 +1,4 @@
-"""A/B in one process: conv2d's tap form for strided layers against im2col everywhere.
+"""A/B in one process: conv2d's tap forms (primitives._conv_form) against im2col everywhere.
 
     python bench/ab_taps.py [--rounds 11] [--threads T] [--json PATH]
 
@@ -6,14 +6,16 @@ On a shared virtual machine the speed of memory-bound work drifts by tens of per
 between runs minutes apart, more than the difference measured here, so comparing two
 benchmark runs says little. This script times both forms alternately in one process
 (the order flips every round) and reports, per case, the fastest time of each form and
-the median over rounds of the paired ratio taps / im2col (below 1: the tap form is
-faster). "im2col" is the code with `primitives._uses_taps` answering False, which is
-exactly the code before the tap form existed.
+the median over rounds of the paired ratio taps / im2col (below 1: the tap forms are
+faster). "im2col" is the code with `primitives._conv_form` answering "im2col" and
+`primitives._input_grad_method` never answering "row taps", which is exactly the code
+before the tap forms existed.
 
-Cases: the forward, input gradient and weight gradient of each strided 4c3f layer
-(batch 128, MNIST and CIFAR shapes); one masked Gram step of each strided 4c3f MNIST layer
-(batch 256, random 0/1 masks with 70% ones); the local bound as bench/suite.py's
-local_bound_4c3f (batch 256, 5 power iterations); a train step as train_step_4c3f.
+Cases: the forward, input gradient and weight gradient of each 4c3f conv layer (batch
+128, MNIST and CIFAR shapes; the first layers take no tap form and are a control); one
+masked Gram step of each 4c3f MNIST layer (batch 256, random 0/1 masks with 70% ones); the
+local bound as bench/suite.py's local_bound_4c3f (batch 256, 5 power iterations); a train
+step as train_step_4c3f.
 """
 import argparse
 import json
@@ -40,8 +42,6 @@ def conv_cases(np, P):
     cases = []
     for data, shape in (("mnist", (1, 28, 28)), ("cifar", (3, 32, 32))):
         for (c, h, w), o, k, s, p in conv_shapes("4c3f", shape):
-            if s == 1:
-                continue
             rng = np.random.default_rng([c, h, o, k, s])
             x = rng.standard_normal((128, c, h, w), dtype=np.float32)
             wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * np.float32(0.1)
@@ -61,8 +61,6 @@ def gram_cases(np, P):
     from suite import conv_shapes
     cases = []
     for (c, h, w), o, k, s, p in conv_shapes("4c3f", (1, 28, 28)):
-        if s == 1:
-            continue
         rng = np.random.default_rng([c, h, o])
         oh, ow = P.conv_output_hw(h, w, k, k, s, p)
         wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * np.float32(0.1)
@@ -103,10 +101,14 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT / "bench"))
     import numpy as np
     from lipref import primitives as P
-    taps_rule = P._uses_taps
+    form_rule, grad_rule = P._conv_form, P._input_grad_method
 
     def set_form(form):
-        P._uses_taps = taps_rule if form == "taps" else (lambda kernel_hw, stride: False)
+        if form == "taps":
+            P._conv_form, P._input_grad_method = form_rule, grad_rule
+        else:
+            P._conv_form = lambda kernel_hw, stride, in_channels, out_channels: "im2col"
+            P._input_grad_method = lambda weight, stride, padding: "gather" if P._gathers(weight, stride) else "scatter"
 
     results = []
     try:
@@ -128,7 +130,7 @@ def main(argv=None):
             print(f"{name:45s} taps {row['taps_s']:.4f} s  im2col {row['im2col_s']:.4f} s  "
                   f"taps/im2col (median of {args.rounds} pairs) {ratio:.3f}", flush=True)
     finally:
-        P._uses_taps = taps_rule
+        P._conv_form, P._input_grad_method = form_rule, grad_rule
     if args.json is not None:
         from lipref.models import atomic_write_bytes
         atomic_write_bytes(args.json, json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads,

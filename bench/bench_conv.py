@@ -209,11 +209,12 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     gather = P._gathers(weight, s)
     wsub, th, tw = P._subpixel_weight(weight, s)
     gcols_t = wm.T @ rows.T
-    if P._uses_taps((k, k), s):  # the tap form: no column matrix in the forward and dW
+    form = P._conv_form((k, k), s, c, o)
+    if form != "im2col":  # a tap form: no column matrix in the forward and dW
         forward = P._forward_of_block(weight, s, p, (h, w))
         pieces = {
-            "forward: taps": lambda: forward(x[b0]),
-            "dW: taps": lambda: P._conv2d_weight_grad(P._nchw(g[b0]), P._nchw(x[b0]), weight.shape, s, p),
+            f"forward: {form}": lambda: forward(x[b0]),
+            f"dW: {form}": lambda: P._conv2d_weight_grad(P._nchw(g[b0]), P._nchw(x[b0]), weight.shape, s, p),
         }
     else:
         pieces = {
@@ -221,7 +222,11 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
             "cols @ W.T": lambda: cols @ wm.T,
             "cols.T @ g (dW)": lambda: cols.T @ rows,
         }
-    if gather:
+    method = P._input_grad_method(weight, s, p)
+    if method == "row taps":
+        input_grad = P._input_grad_of_block(weight, s, p, (h, w))
+        pieces["dx: row taps of the flipped kernel"] = lambda: input_grad(g[b0])
+    elif gather:
         pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     else:
         pieces["dx: W^T g^T"] = lambda: wm.T @ rows.T

@@ -13,7 +13,9 @@ same power-iteration start vectors, and compares, quantity by quantity:
 
 Each result is a dict {"quantity", "max_rel_diff", "tolerance", "ok", "unit"}: for values,
 max_rel_diff is max |lipref - torch| / max(max |lipref|, max |torch|) (0 when both are 0) and
-unit is "relative"; for masks it is the number of differing entries and unit is "entries".
+unit is "relative" (for a gradient the scale is at least GRADIENT_FLOOR times the largest
+entry of that loss's whole gradient, so rounding noise in a zero gradient is not a 100%
+difference); for masks it is the number of differing entries and unit is "entries".
 
 Both sides solve the ball-and-box problem of the BCP worst logits exactly (sorted
 breakpoints), so BCP quantities get the same tolerance as the rest.
@@ -132,16 +134,36 @@ def torch_values(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
 
 # ---------------------------------------------------------------- comparison
 
-def relative_difference(a, b):
-    """max |a - b| / max(max |a|, max |b|); 0 when both are all zeros."""
+# A parameter whose gradient is zero up to rounding (say 1.7e-18 on one side, exactly 0 on
+# the other, while the same loss's other gradients are about 0.3) is not a 100% difference:
+# gradients are compared on a scale of at least GRADIENT_FLOOR times the largest entry of
+# that loss's whole gradient (both sides). float64 rounding is about 1e-16 of that scale.
+GRADIENT_FLOOR = 1e-8
+
+
+def relative_difference(a, b, floor=0.0):
+    """max |a - b| / max(max |a|, max |b|, floor); 0 when that scale is 0."""
     a, b = numpy.asarray(a, dtype=numpy.float64), numpy.asarray(b, dtype=numpy.float64)
     if a.shape != b.shape:
         return float("inf")
     if a.size == 0:
         return 0.0
-    scale = max(float(numpy.max(numpy.abs(a))), float(numpy.max(numpy.abs(b))))
+    scale = max(float(numpy.max(numpy.abs(a))), float(numpy.max(numpy.abs(b))), floor)
     diff = float(numpy.max(numpy.abs(a - b)))
     return 0.0 if scale == 0 else diff / scale
+
+
+def _gradient_floors(ours, theirs):
+    """{loss: GRADIENT_FLOOR * the largest gradient entry of that loss, either side}."""
+    floors = {}
+    for name, a in ours.items():
+        b = theirs.get(name)
+        if " grad " not in name or b is None or a.size == 0 or a.shape != b.shape:
+            continue
+        loss = name.split(" grad ")[0]
+        top = max(float(numpy.max(numpy.abs(a))), float(numpy.max(numpy.abs(b))))
+        floors[loss] = max(floors.get(loss, 0.0), GRADIENT_FLOOR * top)
+    return floors
 
 
 def _row(name, diff, tolerance, unit="relative"):
@@ -152,13 +174,15 @@ def _row(name, diff, tolerance, unit="relative"):
 def compare(ours, theirs, tolerance):
     """One result dict per quantity, in `ours`' order (a quantity missing on one side fails)."""
     results = []
+    floors = _gradient_floors(ours, theirs)
     for name, a in ours.items():
         b = theirs.get(name)
         fits = b is not None and a.shape == b.shape
         if "mask" in name:
             results.append(_row(name, int(numpy.sum(a != b)) if fits else max(a.size, 1), 0, "entries"))
             continue
-        results.append(_row(name, relative_difference(a, b) if fits else float("inf"), tolerance))
+        floor = floors.get(name.split(" grad ")[0], 0.0) if " grad " in name else 0.0
+        results.append(_row(name, relative_difference(a, b, floor) if fits else float("inf"), tolerance))
     return results
 
 

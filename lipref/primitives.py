@@ -425,7 +425,7 @@ def conv_output_hw(h, w, kh, kw, stride, padding):
 # blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
 # loop over a few blocks (ceil(N / block)), never over single samples or pixels. Strided
 # layers whose kernel is a multiple of the stride build no column matrix at all in the
-# forward and the weight gradient (the tap form, see _uses_taps); blocks keep their size.
+# forward and the weight gradient (the tap forms, see _conv_form); blocks keep their size.
 COLUMN_BLOCK = 2 ** 19  # 2 MiB of float32; 2^18-2^20 measured best on the 4c3f layers
 
 
@@ -482,24 +482,41 @@ def _col2im(cols_t, n, h, w, c, kh, kw, stride, padding):
     return out[:, :, padding:padding + h, padding:padding + w]
 
 
-def _uses_taps(kernel_hw, stride):
-    """Forward and weight gradient by taps (space-to-depth, then row-shifted products) or
-    by im2col? Both are exact. A stride-s conv whose kernel is a multiple of s is a
-    stride-1 conv of the space-to-depth input (s*s*C channels) with (k/s)^2 taps, and on
-    the flattened padded image each tap is a contiguous slice of rows: no column matrix,
-    which is (k/s)^2 times larger than the input, is ever written. bench/ab_taps.py
-    (4c3f's 4x4 stride-2 layers, 2 threads): forward + gradients 0.71-0.86x the im2col
-    time, the masked Gram step 0.72-0.84x. Stride 1 keeps im2col: its taps would be k*k
-    products of only C terms each. The input gradient keeps the sub-pixel gather (its
-    tap form measured 3-9% slower)."""
+CONV_FORMS = ("im2col", "taps", "row taps")
+
+
+def _conv_form(kernel_hw, stride, in_channels, out_channels):
+    """How conv2d's forward and weight gradient are computed; every form is exact.
+
+    - "taps": a stride-s conv whose kernel is a multiple of s is a stride-1 conv of the
+      space-to-depth input (s*s*C channels) with (k/s)^2 taps, and on the flattened padded
+      image each tap is a contiguous slice of rows: (k/s)^2 products, no column matrix
+      (which is (k/s)^2 times larger than the input) is ever written.
+    - "row taps", for stride 1: the kw taps of a kernel row are merged into the columns (kw
+      copies of the flattened image, shifted by one pixel each), and the kh kernel rows are
+      row-shifted slices of that: kh products of kw*C terms, and a copy kw times the input
+      instead of im2col's kh*kw times. Not for few input channels (C < 8), where the
+      products are too thin, nor for more outputs than inputs (O > C), where adding up the
+      kh products' outputs costs more than the copy saves.
+    - "im2col": one product with the column matrix.
+
+    bench/ab_taps.py measured taps against im2col on 4c3f's 4x4 stride-2 layers (2 threads):
+    forward + gradients 0.67-0.86x the time, the masked Gram step 0.72-0.89x; row taps on
+    3x3 stride-1 forwards, C -> O at HxW: 8 -> 16 at 28x28 0.58x, 32 -> 32 at 32x32 0.63x,
+    64 -> 32 at 14x14 0.73x, 64 -> 64 at 16x16 0.87x, 32 -> 32 at 16x16 0.91x, but
+    32 -> 64 at 14x14 1.03x."""
     kh, kw = kernel_hw
-    return stride > 1 and kh % stride == 0 and kw % stride == 0
+    if stride > 1 and kh % stride == 0 and kw % stride == 0:
+        return "taps"
+    if stride == 1 and kw > 1 and in_channels >= 8 and out_channels <= in_channels:
+        return "row taps"
+    return "im2col"
 
 
 def _tap_weights(weight, stride):
     """(O, C, kh, kw) -> (th, tw, s*s*C, O): tap (u, v) maps the space-to-depth pixel
     (channels ordered (a, b, c)) to the output; entry [u, v, (a, b, c), o] is
-    W[o, c, s*u + a, s*v + b]. The kernel is a multiple of s (see _uses_taps)."""
+    W[o, c, s*u + a, s*v + b]. The kernel is a multiple of s."""
     xp = namespace(weight)
     o, c, kh, kw = weight.shape
     s = stride
@@ -508,65 +525,107 @@ def _tap_weights(weight, stride):
     return xp.reshape(xp.permute_dims(w6, (2, 4, 3, 5, 1, 0)), (th, tw, s * s * c, o))
 
 
+def _weight_from_taps(taps, weight_shape, stride):
+    """Inverse of _tap_weights: (th, tw, s*s*C, O) -> (O, C, kh, kw)."""
+    xp = namespace(taps)
+    o, c, kh, kw = weight_shape
+    th, tw = kh // stride, kw // stride
+    t6 = xp.reshape(taps, (th, tw, stride, stride, c, o))  # (u, v, a, b, c, o)
+    return xp.reshape(xp.permute_dims(t6, (5, 4, 0, 2, 1, 3)), (o, c, kh, kw))
+
+
 def _space_to_depth_rows(x_nhwc, stride, padding):
     """Zero-pad a channels-last block to a multiple of the stride, regroup each s x s cell
     into one pixel of s*s*C channels (ordered (a, b, c)), and flatten the pixels to rows:
-    (flat (n*gh*gw, s*s*C), gh, gw)."""
+    (flat (n*gh*gw, s*s*C), gh, gw). For stride 1 this is the padded image, flattened."""
     xp = namespace(x_nhwc)
     n, h, w, c = x_nhwc.shape
     s, p = stride, padding
     gh, gw = -(-(h + 2 * p) // s), -(-(w + 2 * p) // s)
     padded = xp.zeros((n, gh * s, gw * s, c), dtype=x_nhwc.dtype)
     padded[:, p:p + h, p:p + w, :] = x_nhwc
+    if s == 1:
+        return xp.reshape(padded, (n * gh * gw, c)), gh, gw
     grid = xp.permute_dims(xp.reshape(padded, (n, gh, s, gw, s, c)), (0, 1, 3, 2, 4, 5))
     return xp.reshape(grid, (n * gh * gw, s * s * c)), gh, gw
 
 
-def _forward_taps(x_nhwc, taps, stride, padding, out_hw):
-    """One block of conv2d (no bias) by taps: pad, space-to-depth to a (gh, gw) grid of
-    s*s*C channels, flatten to rows; output row r = a*gw + b is the sum over taps (u, v)
-    of input row r + u*gw + v times taps[u, v]. Rows with a >= OH or b >= OW (they
-    straddle the grid's edge) are computed and dropped; the last shift rows of the batch
-    are never valid outputs and are zero-filled, so every tap reads inside the array."""
+def _tap_slices(x_nhwc, stride, padding, th, tw, merge_width):
+    """The operands of the tap forms: ([(tap index, rows x K slice)], gh, gw, rows).
+
+    Output row r = a*gw + b of the flattened grid is the sum over taps (u, v) of input row
+    r + u*gw + v times tap (u, v)'s weights. Without merging, each tap's slice is the grid
+    shifted by u*gw + v (index (u, v)). Merged (row taps), the tw taps of a kernel row are
+    the columns of one `wide` matrix (tw copies, shifted by v), and kernel row u's slice
+    is `wide` shifted by u*gw (index (u,)). rows = the grid's size minus the largest shift:
+    every output that is not dropped (a < OH, b < OW) lies below it, and every slice lies
+    inside the array."""
+    xp = namespace(x_nhwc)
+    flat, gh, gw = _space_to_depth_rows(x_nhwc, stride, padding)
+    total, k = flat.shape
+    rows = total - (th - 1) * gw - (tw - 1)
+    if not merge_width:
+        return [((u, v), flat[u * gw + v:u * gw + v + rows, :]) for u in range(th) for v in range(tw)], gh, gw, rows
+    m = total - (tw - 1)
+    wide = xp.empty((m, tw * k), dtype=flat.dtype)
+    for v in range(tw):
+        wide[:, v * k:(v + 1) * k] = flat[v:v + m, :]
+    return [((u,), wide[u * gw:u * gw + rows, :]) for u in range(th)], gh, gw, rows
+
+
+def _forward_taps(x_nhwc, taps, stride, padding, out_hw, merge_width):
+    """One block of conv2d (no bias) in a tap form (see _conv_form, _tap_slices): the sum
+    of each tap's slice times its weights, on the whole grid; the rows past `rows` are
+    never outputs and are zero-filled, and the grid's rows with a >= OH or b >= OW
+    (straddling its edge) are dropped."""
     xp = namespace(x_nhwc)
     n = x_nhwc.shape[0]
     oh, ow = out_hw
-    th, tw, _, o = taps.shape
-    flat, gh, gw = _space_to_depth_rows(x_nhwc, stride, padding)
-    shift = (th - 1) * gw + (tw - 1)
-    rows = n * gh * gw - shift
-    acc = xp.matmul(flat[:rows, :], taps[0, 0, ...])
-    for u in range(th):
-        for v in range(tw):
-            if u or v:
-                off = u * gw + v
-                acc += xp.matmul(flat[off:off + rows, :], taps[u, v, ...])
-    if shift:
-        acc = xp.concat([acc, xp.zeros((shift, o), dtype=acc.dtype)], axis=0)
+    th, tw, k, o = taps.shape
+    weights = xp.reshape(taps, (th, tw * k, o)) if merge_width else taps
+    slices, gh, gw, rows = _tap_slices(x_nhwc, stride, padding, th, tw, merge_width)
+    acc = None
+    for index, operand in slices:
+        product = xp.matmul(operand, weights[index + (...,)])
+        if acc is None:
+            acc = product
+        else:
+            acc += product
+    if rows < n * gh * gw:
+        acc = xp.concat([acc, xp.zeros((n * gh * gw - rows, o), dtype=acc.dtype)], axis=0)
     return xp.reshape(acc, (n, gh, gw, o))[:, :oh, :ow, :]
 
 
-def _forward_of_block(weight, stride, padding, in_hw, taps=None):
+def _forward_of_block(weight, stride, padding, in_hw, form=None):
     """A function taking one block of x (channels-last, (n, H, W, C)) to that block of
-    conv2d(x, W) without bias (n, OH, OW, O), by taps or by im2col (see _uses_taps).
-    taps: None picks by _uses_taps; tests pass True / False to check each against the
-    other (True needs a kernel that is a multiple of the stride)."""
+    conv2d(x, W) without bias (n, OH, OW, O), in one of CONV_FORMS. form: None picks by
+    _conv_form; tests pass each form to check them against each other ("taps" needs a
+    kernel that is a multiple of the stride, "row taps" stride 1)."""
     xp = namespace(weight)
     o, c, kh, kw = weight.shape
     out_hw = conv_output_hw(in_hw[0], in_hw[1], kh, kw, stride, padding)
-    if taps is None:
-        taps = _uses_taps((kh, kw), stride)
-    if taps:
-        if kh % stride or kw % stride:
-            raise ValueError(f"conv2d taps: kernel {kh}x{kw} is not a multiple of stride {stride}")
+    form = _conv_form((kh, kw), stride, c, o) if form is None else form
+    _check_form(form, (kh, kw), stride)
+    if form != "im2col":
         tap_w = _tap_weights(weight, stride)
-        return lambda x_block: _forward_taps(x_block, tap_w, stride, padding, out_hw)
+        merge = form == "row taps"
+        return lambda x_block: _forward_taps(x_block, tap_w, stride, padding, out_hw, merge)
     wm_t = _weight_matrix(weight).T
 
     def by_im2col(x_block):
         y = xp.matmul(_im2col(x_block, kh, kw, stride, padding), wm_t)
         return xp.reshape(y, (x_block.shape[0],) + out_hw + (o,))
     return by_im2col
+
+
+def _check_form(form, kernel_hw, stride):
+    kh, kw = kernel_hw
+    if form not in CONV_FORMS:
+        raise ValueError(f"conv2d form must be one of {CONV_FORMS}, got {form!r}")
+    if form == "taps" and (kh % stride or kw % stride):
+        raise ValueError(f"conv2d taps: kernel {kh}x{kw} is not a multiple of stride {stride}")
+    if form == "row taps" and stride != 1:
+        raise ValueError(f"conv2d row taps: stride 1 only, got stride {stride}")
 
 
 def _nhwc(x):
@@ -577,18 +636,18 @@ def _nchw(x):
     return namespace(x).permute_dims(x, (0, 3, 1, 2))
 
 
-def _conv2d(x, weight, bias, stride, padding, taps=None):
+def _conv2d(x, weight, bias, stride, padding, form=None):
     """2-D cross-correlation (NCHW, weight (O, C, kh, kw)), zero padding, plus bias (O,) or None.
 
-    Per block of samples: im2col by strided slices and one matrix product, or for strided
-    layers the tap form (see _uses_taps; `taps` overrides the choice, for tests)."""
+    Per block of samples, in the form _conv_form picks (im2col by strided slices and one
+    matrix product, or a tap form); `form` overrides the choice, for tests."""
     xp = namespace(x, weight)
     o, c, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != c:
         raise ValueError(f"conv2d: input shape {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
     n, _, h, w = x.shape
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
-    forward = _forward_of_block(weight, stride, padding, (h, w), taps)
+    forward = _forward_of_block(weight, stride, padding, (h, w), form)
     xt = _nhwc(x)
     out = xp.empty((n, oh, ow, o), dtype=x.dtype)
     for b in _blocks(n, oh * ow * kh * kw * c):
@@ -648,15 +707,41 @@ def _gathers(weight, stride):
     return th * tw * o <= 4 * kh * kw * c
 
 
-def _input_grad_of_block(weight, stride, padding, in_hw, gather):
+INPUT_GRAD_METHODS = ("gather", "scatter", "row taps")
+
+
+def _input_grad_method(weight, stride, padding):
+    """How conv2d's input gradient is computed; every method is exact. Gather or scatter
+    by _gathers. Where a stride-1 layer would gather, its gradient is the stride-1 conv of
+    g with the flipped, transposed kernel and padding k-1-p, computed as a forward in the
+    row-tap form where _conv_form would pick that for it (O >= 8 input channels there, and
+    C <= O outputs; square kernel, p <= k-1)."""
+    o, c, kh, kw = weight.shape
+    if not _gathers(weight, stride):
+        return "scatter"
+    if stride == 1 and kh == kw and padding <= kh - 1 and _conv_form((kh, kw), 1, o, c) == "row taps":
+        return "row taps"
+    return "gather"
+
+
+def _input_grad_of_block(weight, stride, padding, in_hw, method=None):
     """A function taking one block of g (channels-last, (n, OH, OW, O)) to that block of
-    conv2d's input gradient (n, H, W, C), by gathering or by scattering (see _gathers)."""
+    conv2d's input gradient (n, H, W, C), by one of INPUT_GRAD_METHODS (None: by
+    _input_grad_method; tests pass each to check them against each other)."""
     xp = namespace(weight)
     o, c, kh, kw = weight.shape
     h, w = in_hw
-    if gather is None:
-        gather = _gathers(weight, stride)
-    if gather:
+    method = _input_grad_method(weight, stride, padding) if method is None else method
+    if method not in INPUT_GRAD_METHODS:
+        raise ValueError(f"conv2d input gradient method must be one of {INPUT_GRAD_METHODS}, got {method!r}")
+    if method == "row taps":
+        if stride != 1 or kh != kw or padding > kh - 1:
+            raise ValueError(f"conv2d input gradient by row taps: stride 1, a square kernel and padding <= k-1 "
+                             f"only, got stride {stride}, kernel {kh}x{kw}, padding {padding}")
+        flipped = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, k, k)
+        out_hw = conv_output_hw(h, w, kh, kw, 1, padding)
+        return _forward_of_block(flipped, 1, kh - 1 - padding, out_hw, "row taps")
+    if method == "gather":
         wsub, th, tw = _subpixel_weight(weight, stride)
         return lambda g_block: _input_grad_gather(g_block, wsub, th, tw, stride, padding, h, w)
     wm = _weight_matrix(weight)
@@ -668,16 +753,16 @@ def _input_grad_of_block(weight, stride, padding, in_hw, gather):
     return scatter
 
 
-def _conv2d_input_grad(g, weight, stride, padding, in_hw, gather=None):
+def _conv2d_input_grad(g, weight, stride, padding, in_hw, method=None):
     """The adjoint of conv2d in x: g (N, O, OH, OW) -> (N, C, H, W).
 
-    gather: None picks the faster of the two exact methods (see _gathers); tests pass
-    True / False to check each against the other."""
+    method: None picks the fastest of the exact methods (see _input_grad_method); tests pass
+    each of INPUT_GRAD_METHODS to check them against each other."""
     xp = namespace(g, weight)
     o, c, kh, kw = weight.shape
     n, _, oh, ow = g.shape
     h, w = in_hw
-    of_block = _input_grad_of_block(weight, stride, padding, in_hw, gather)
+    of_block = _input_grad_of_block(weight, stride, padding, in_hw, method)
     gt = _nhwc(g)
     out = xp.empty((n, h, w, c), dtype=g.dtype)
     for b in _blocks(n, oh * ow * kh * kw * c):
@@ -699,7 +784,7 @@ def conv2d_masked_gram(v, weight, stride, padding, row_mask, col_mask):
     n, _, h, w = v.shape
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
     forward = _forward_of_block(weight, stride, padding, (h, w))
-    input_grad = _input_grad_of_block(weight, stride, padding, (h, w), None)
+    input_grad = _input_grad_of_block(weight, stride, padding, (h, w))
     vt = _nhwc(v)
     rows = None if row_mask is None else _nhwc(row_mask)
     cols_mask = None if col_mask is None else _nhwc(col_mask)
@@ -713,34 +798,30 @@ def conv2d_masked_gram(v, weight, stride, padding, row_mask, col_mask):
     return _nchw(out)
 
 
-def _conv2d_weight_grad(g, x, weight_shape, stride, padding, taps=None):
-    """The gradient of <conv2d(x, W), g> in W: sum over samples of cols^T g, or in the tap
-    form (the forward's choice, see _uses_taps; `taps` overrides it, for tests) the sum of
-    shifted row slices^T times g placed on the space-to-depth grid."""
+def _conv2d_weight_grad(g, x, weight_shape, stride, padding, form=None):
+    """The gradient of <conv2d(x, W), g> in W, in the forward's form (_conv_form; `form`
+    overrides it, for tests): im2col's sum over samples of cols^T g, or each tap's slice^T
+    times g placed on the grid (zero where no output is)."""
     xp = namespace(g, x)
     o, c, kh, kw = weight_shape
     n = x.shape[0]
     oh, ow = g.shape[2], g.shape[3]
     gt, xt = _nhwc(g), _nhwc(x)
-    if taps is None:
-        taps = _uses_taps((kh, kw), stride)
-    if taps:
-        th, tw = kh // stride, kw // stride
-        total = xp.zeros((th, tw, stride * stride * c, o), dtype=g.dtype)
+    form = _conv_form((kh, kw), stride, c, o) if form is None else form
+    _check_form(form, (kh, kw), stride)
+    if form != "im2col":
+        th, tw, k = kh // stride, kw // stride, stride * stride * c
+        merge = form == "row taps"
+        total = xp.zeros((th, tw * k, o) if merge else (th, tw, k, o), dtype=g.dtype)
         for b in _blocks(n, oh * ow * kh * kw * c):
-            flat, gh, gw = _space_to_depth_rows(xt[b, ...], stride, padding)
+            slices, gh, gw, rows = _tap_slices(xt[b, ...], stride, padding, th, tw, merge)
             m = gt[b, ...].shape[0]
-            on_grid = xp.zeros((m, gh, gw, o), dtype=g.dtype)  # zero at rows that are not outputs
+            on_grid = xp.zeros((m, gh, gw, o), dtype=g.dtype)
             on_grid[:, :oh, :ow, :] = gt[b, ...]
-            rows = m * gh * gw - (th - 1) * gw - (tw - 1)
             g_rows = xp.reshape(on_grid, (m * gh * gw, o))[:rows, :]
-            for u in range(th):
-                for v in range(tw):
-                    off = u * gw + v
-                    total[u, v, ...] += xp.matmul(flat[off:off + rows, :].T, g_rows)
-        # [u, v, (a, b, c), o] -> W[o, c, s*u + a, s*v + b]
-        t6 = xp.reshape(total, (th, tw, stride, stride, c, o))
-        return xp.reshape(xp.permute_dims(t6, (5, 4, 0, 2, 1, 3)), (o, c, kh, kw))
+            for index, operand in slices:
+                total[index + (...,)] += xp.matmul(operand.T, g_rows)
+        return _weight_from_taps(xp.reshape(total, (th, tw, k, o)), weight_shape, stride)
     total = xp.zeros((kh * kw * c, o), dtype=g.dtype)
     for b in _blocks(n, oh * ow * kh * kw * c):
         cols = _im2col(xt[b, ...], kh, kw, stride, padding)

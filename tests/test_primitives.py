@@ -477,30 +477,39 @@ def test_conv2d_transpose_is_the_adjoint(seed, k, stride, padding, extra_h, extr
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 3),
        extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3), c=st.integers(1, 3),
        o=st.integers(1, 3))
-def test_conv2d_input_gradient_gather_equals_scatter(xp, seed, k, stride, padding, extra_h, extra_w, n, c, o):
-    """conv2d's input gradient has two exact implementations (sub-pixel gather, col2im
-    scatter) chosen by shape for speed; both must equal the written-out adjoint, on every
+def test_conv2d_input_gradient_methods_agree(xp, seed, k, stride, padding, extra_h, extra_w, n, c, o):
+    """conv2d's input gradient has three exact implementations (sub-pixel gather, col2im
+    scatter and, for stride 1 with padding <= k-1, the row-tap forward of the flipped
+    kernel) chosen by shape for speed; each must equal the written-out adjoint, on every
     backend, padding larger than the kernel included."""
     rng = numpy.random.default_rng(seed)
     h, w = max(1, k - 2 * padding) + extra_h, max(1, k - 2 * padding) + extra_w
     oh, ow = _out_hw(h, w, k, k, stride, padding)
     wt, y = rng.standard_normal((o, c, k, k)), rng.standard_normal((n, o, oh, ow))
     expected = ag_conv2d_transpose(y, wt, stride, padding, (h, w))
-    for gather in (True, False):
-        got = P._conv2d_input_grad(xp.asarray(y), xp.asarray(wt), stride, padding, (h, w), gather)
-        assert_backend_close(got, expected, xp, rtol=1e-12, atol=1e-12, what=f"input gradient (gather={gather})")
+    methods = ("gather", "scatter") + (("row taps",) if stride == 1 and padding <= k - 1 else ())
+    for method in methods:
+        got = P._conv2d_input_grad(xp.asarray(y), xp.asarray(wt), stride, padding, (h, w), method)
+        assert_backend_close(got, expected, xp, rtol=1e-12, atol=1e-12, what=f"input gradient ({method})")
+
+
+def _tap_forms(kh, kw, stride):
+    """The forms conv2d can take for this kernel and stride."""
+    return ("im2col",) + (("taps",) if kh % stride == 0 and kw % stride == 0 else ()) + \
+        (("row taps",) if stride == 1 else ())
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), taps_h=st.integers(1, 3), taps_w=st.integers(1, 3), stride=st.integers(2, 3),
+@given(seed=st.integers(0, 2**32 - 1), taps_h=st.integers(1, 3), taps_w=st.integers(1, 3), stride=st.integers(1, 3),
        padding=st.integers(0, 3), extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3),
        c=st.integers(1, 3), o=st.integers(1, 3), block=st.sampled_from([1, 200, 10 ** 9]))
-def test_conv2d_tap_form_equals_im2col(xp, monkeypatch, seed, taps_h, taps_w, stride, padding, extra_h, extra_w, n, c,
+def test_conv2d_tap_forms_equal_im2col(xp, monkeypatch, seed, taps_h, taps_w, stride, padding, extra_h, extra_w, n, c,
                                        o, block):
-    """A strided conv whose kernel is a multiple of the stride has a second exact form (taps
-    on the space-to-depth grid, see _uses_taps), chosen for speed. Its forward and weight
-    gradient must equal autograd's, and the im2col form, on every backend, for rectangular
-    kernels, padding up to the kernel's size and blocks of one sample or several."""
+    """Besides im2col, conv2d has two exact tap forms (taps on the space-to-depth grid for a
+    kernel that is a multiple of the stride, row taps for stride 1; see _conv_form), chosen
+    for speed. The forward and the weight gradient in every form must equal autograd's, on
+    every backend, for rectangular kernels (k = 1 included), padding up to the kernel's size
+    and blocks of one sample or several."""
     monkeypatch.setattr(P, "COLUMN_BLOCK", block)
     rng = numpy.random.default_rng(seed)
     kh, kw = taps_h * stride, taps_w * stride
@@ -508,25 +517,38 @@ def test_conv2d_tap_form_equals_im2col(xp, monkeypatch, seed, taps_h, taps_w, st
     oh, ow = _out_hw(h, w, kh, kw, stride, padding)
     x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o)
     g = rng.standard_normal((n, o, oh, ow))
-    assert P._uses_taps((kh, kw), stride)
     forward = ag_conv2d(x, wt, b, stride, padding)
     wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, stride, padding) * g))(wt)
     xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
-    for taps in (True, False):
-        assert_backend_close(P._conv2d(xs, ws, xp.asarray(b), stride, padding, taps), forward, xp, rtol=1e-12,
-                             atol=1e-12, what=f"forward (taps={taps})")
-        assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, stride, padding, taps), wgrad, xp, rtol=1e-12,
-                             atol=1e-12, what=f"weight gradient (taps={taps})")
+    forms = _tap_forms(kh, kw, stride)
+    assert len(forms) == (3 if stride == 1 else 2)  # stride 1: the unmerged taps apply too
+    for form in forms:
+        assert_backend_close(P._conv2d(xs, ws, xp.asarray(b), stride, padding, form), forward, xp, rtol=1e-12,
+                             atol=1e-12, what=f"forward ({form})")
+        assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, stride, padding, form), wgrad, xp, rtol=1e-12,
+                             atol=1e-12, what=f"weight gradient ({form})")
 
 
-def test_conv2d_tap_form_only_where_the_kernel_fits_the_stride():
-    """The rule and its refusal: stride 1 and kernels that are not a multiple of the stride
-    use im2col; asking for taps there is an error, not a wrong answer."""
-    assert P._uses_taps((4, 4), 2) and P._uses_taps((6, 3), 3)
-    assert not P._uses_taps((3, 3), 1) and not P._uses_taps((3, 3), 2) and not P._uses_taps((4, 3), 2)
+def test_conv2d_forms_are_chosen_by_rule_and_refused_where_they_do_not_apply():
+    """The rules (_conv_form, _input_grad_method) on the paper's layers, and the refusals:
+    asking for a form that does not apply is an error, not a wrong answer."""
+    assert P._conv_form((4, 4), 2, 32, 32) == "taps" and P._conv_form((6, 3), 3, 1, 8) == "taps"
+    assert P._conv_form((3, 3), 1, 32, 32) == "row taps" and P._conv_form((3, 3), 1, 64, 32) == "row taps"
+    assert P._conv_form((3, 3), 1, 32, 64) == "im2col"  # more outputs than inputs
+    assert P._conv_form((3, 3), 1, 3, 32) == "im2col"  # a first layer: products of 3 columns are too thin
+    assert P._conv_form((3, 3), 2, 32, 32) == "im2col" and P._conv_form((4, 3), 2, 32, 32) == "im2col"
+    assert P._input_grad_method(numpy.ones((64, 32, 3, 3)), 1, 1) == "row taps"
+    assert P._input_grad_method(numpy.ones((32, 32, 4, 4)), 2, 1) == "gather"
+    assert P._input_grad_method(numpy.ones((32, 1, 3, 3)), 1, 1) == "scatter"
     x, w = numpy.ones((1, 1, 5, 5)), numpy.ones((1, 1, 3, 3))
     with pytest.raises(ValueError, match="not a multiple of stride 2"):
-        P._conv2d(x, w, None, 2, 1, True)
+        P._conv2d(x, w, None, 2, 1, "taps")
+    with pytest.raises(ValueError, match="stride 1 only"):
+        P._conv2d(x, w, None, 2, 1, "row taps")
+    with pytest.raises(ValueError, match="must be one of"):
+        P._conv2d(x, w, None, 1, 1, "winograd")
+    with pytest.raises(ValueError, match="padding <= k-1"):
+        P._conv2d_input_grad(numpy.ones((1, 1, 7, 7)), w, 1, 3, (5, 5), "row taps")
 
 
 @pytest.mark.parametrize("block", [1, 500, 10 ** 9])
@@ -541,9 +563,9 @@ def test_conv2d_blocks_of_samples_give_the_same_numbers(xp, monkeypatch, block):
     assert len(P._blocks(5, 4 * 3 * 9 * 2)) == (5 if block == 1 else 3 if block == 500 else 1)
     xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
     assert_backend_close(P.conv2d(xs, ws, xp.asarray(b), 2, 1), expected[0], xp, rtol=1e-12, atol=1e-12, what="forward")
-    for gather in (True, False):
-        assert_backend_close(P._conv2d_input_grad(gs, ws, 2, 1, (7, 6), gather), expected[1], xp,
-                             rtol=1e-12, atol=1e-12, what=f"input gradient (gather={gather})")
+    for method in ("gather", "scatter"):
+        assert_backend_close(P._conv2d_input_grad(gs, ws, 2, 1, (7, 6), method), expected[1], xp,
+                             rtol=1e-12, atol=1e-12, what=f"input gradient ({method})")
     wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, 2, 1) * g))(wt)
     assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, 2, 1), wgrad, xp, rtol=1e-12, atol=1e-12,
                          what="weight gradient")

@@ -12,7 +12,7 @@ import sys
 
 import numpy
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'lipref[torch]'): "
@@ -73,11 +73,33 @@ def small_model(layout, kind, seed):
 @settings(max_examples=40, deadline=None)
 @given(layout=st.sampled_from(["dense", "adjacent", "conv"]), kind=st.sampled_from(["relu", "clipped_relu", "maxmin"]),
        seed=st.integers(0, 2**31 - 1), eps=st.floats(0.01, 0.5), n_iters=st.integers(0, 6), batch=st.integers(1, 3))
+@example(layout="conv", kind="relu", seed=271, eps=0.25, n_iters=1, batch=1)  # a gradient zero up to 1.7e-18
 def test_drawn_small_models_match_reference(layout, kind, seed, eps, n_iters, batch):
     model, rng = small_model(layout, kind, seed)
     x = rng.uniform(0.0, 1.0, (batch,) + model.input_shape)
     labels = rng.integers(0, model.n_classes, batch)
     assert_all_ok(C.check_against_torch(model, x, labels, eps, n_iters, rng, loss_names=("gloro", "bcp")))
+
+
+def test_comparison_ignores_rounding_noise_in_a_zero_gradient_but_not_real_differences():
+    """Seen on a drawn conv model (seed 271, BCP loss): lipref's gradient of the last
+    weight was 1.7e-18 in one entry and 0 elsewhere, torch's exactly 0, while the same
+    loss's bias gradient was about 0.3; a relative difference of 1.0 there is rounding, not
+    disagreement. A real difference in a small but nonzero gradient still fails."""
+    zero = numpy.zeros((3, 6))
+    noisy = zero.copy()
+    noisy[0, 5] = 1.7e-18
+    bias = numpy.array([0.26, -0.53, 0.26])
+    ok = C.compare({"bcp grad w": noisy, "bcp grad b": bias}, {"bcp grad w": zero, "bcp grad b": bias}, 1e-6)
+    assert all(r["ok"] for r in ok)
+    small = numpy.full((3, 6), 1e-3)
+    off = small.copy()
+    off[1, 2] *= 1 + 1e-3  # 1e-6 of the loss's gradient scale, 1e-3 of this block's
+    bad = C.compare({"bcp grad w": small, "bcp grad b": bias}, {"bcp grad w": off, "bcp grad b": bias}, 1e-6)
+    assert [r["quantity"] for r in bad if not r["ok"]] == ["bcp grad w"]
+    # values other than gradients keep the plain relative difference
+    logits = C.compare({"logits": noisy}, {"logits": zero}, 1e-6)
+    assert not logits[0]["ok"]
 
 
 def stale_mask_model():
