@@ -206,7 +206,6 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     cols = P._im2col(x[b0], k, k, s, p)
     rows = numpy.reshape(g[b0], (-1, o))
     m = rows.shape[0] // (oh * ow)
-    gather = P._gathers(weight, s)
     wsub, th, tw = P._subpixel_weight(weight, s)
     gcols_t = wm.T @ rows.T
     form = P._conv_form((k, k), s, c, o)
@@ -226,7 +225,7 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     if method == "row taps":
         input_grad = P._input_grad_of_block(weight, s, p, (h, w))
         pieces["dx: row taps of the flipped kernel"] = lambda: input_grad(g[b0])
-    elif gather:
+    elif method == "gather":
         pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     else:
         pieces["dx: W^T g^T"] = lambda: wm.T @ rows.T

@@ -135,6 +135,14 @@ def batches(images, labels, batch_size, xp, dtype):
         yield s, e, to_backend(images[s:e], xp, dtype), to_backend(labels[s:e], xp)
 
 
+def _sound_norms_once(model, mode, rng, sound_norms):
+    """Sound mode's certified global norms for every batch of a run: the given ones, or
+    computed here once per model (network_bounds would otherwise compute them per batch)."""
+    if mode == "sound" and sound_norms is None:
+        return sound_global_norms(model, rng)
+    return sound_norms
+
+
 def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100,
                       progress=None, sound_norms=None):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
@@ -144,8 +152,7 @@ def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     samples, global_vectors = [], None
-    if mode == "sound" and sound_norms is None:
-        sound_norms = sound_global_norms(model, rng)  # once per model
+    sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
     for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
         b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
                            sound_norms=sound_norms)
@@ -180,8 +187,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
     start = time.perf_counter()
     parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
     global_vectors = None
-    if mode == "sound" and sound_norms is None:
-        sound_norms = sound_global_norms(model, rng)  # once per model
+    sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
     for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
         out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
                                                               global_vectors, sound_norms)

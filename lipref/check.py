@@ -153,14 +153,19 @@ def relative_difference(a, b, floor=0.0):
     return 0.0 if scale == 0 else diff / scale
 
 
+def _loss_of_gradient(name):
+    """"bcp" for the quantity "bcp grad 7.weight"; None for a quantity that is no gradient."""
+    return name.split(" grad ")[0] if " grad " in name else None
+
+
 def _gradient_floors(ours, theirs):
     """{loss: GRADIENT_FLOOR * the largest gradient entry of that loss, either side}."""
     floors = {}
     for name, a in ours.items():
         b = theirs.get(name)
-        if " grad " not in name or b is None or a.size == 0 or a.shape != b.shape:
+        loss = _loss_of_gradient(name)
+        if loss is None or b is None or a.size == 0 or a.shape != b.shape:
             continue
-        loss = name.split(" grad ")[0]
         top = max(float(numpy.max(numpy.abs(a))), float(numpy.max(numpy.abs(b))))
         floors[loss] = max(floors.get(loss, 0.0), GRADIENT_FLOOR * top)
     return floors
@@ -181,7 +186,7 @@ def compare(ours, theirs, tolerance):
         if "mask" in name:
             results.append(_row(name, int(numpy.sum(a != b)) if fits else max(a.size, 1), 0, "entries"))
             continue
-        floor = floors.get(name.split(" grad ")[0], 0.0) if " grad " in name else 0.0
+        floor = floors.get(_loss_of_gradient(name), 0.0)
         results.append(_row(name, relative_difference(a, b, floor) if fits else float("inf"), tolerance))
     return results
 

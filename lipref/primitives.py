@@ -423,9 +423,9 @@ def conv_output_hw(h, w, kh, kw, stride, padding):
 # Blocking: the column matrix is kh*kw/stride^2 times larger than the input. Built for a
 # whole batch it leaves the cache between im2col and matmul, so the batch is processed in
 # blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
-# loop over a few blocks (ceil(N / block)), never over single samples or pixels. Strided
-# layers whose kernel is a multiple of the stride build no column matrix at all in the
-# forward and the weight gradient (the tap forms, see _conv_form); blocks keep their size.
+# loop over a few blocks (ceil(N / block)), never over single samples or pixels. The tap
+# forms (see _conv_form) build no column matrix (strided layers) or one kw times the input
+# instead of kh*kw times (stride 1, row taps); blocks keep the size im2col would use.
 COLUMN_BLOCK = 2 ** 19  # 2 MiB of float32; 2^18-2^20 measured best on the 4c3f layers
 
 
@@ -719,9 +719,16 @@ def _input_grad_method(weight, stride, padding):
     o, c, kh, kw = weight.shape
     if not _gathers(weight, stride):
         return "scatter"
-    if stride == 1 and kh == kw and padding <= kh - 1 and _conv_form((kh, kw), 1, o, c) == "row taps":
+    if _row_taps_fit_input_grad((kh, kw), stride, padding) and _conv_form((kh, kw), 1, o, c) == "row taps":
         return "row taps"
     return "gather"
+
+
+def _row_taps_fit_input_grad(kernel_hw, stride, padding):
+    """Can the input gradient be the row-tap forward of the flipped kernel? That conv has
+    padding k-1-p on both axes, so: stride 1, a square kernel, p <= k-1."""
+    kh, kw = kernel_hw
+    return stride == 1 and kh == kw and padding <= kh - 1
 
 
 def _input_grad_of_block(weight, stride, padding, in_hw, method=None):
@@ -735,7 +742,7 @@ def _input_grad_of_block(weight, stride, padding, in_hw, method=None):
     if method not in INPUT_GRAD_METHODS:
         raise ValueError(f"conv2d input gradient method must be one of {INPUT_GRAD_METHODS}, got {method!r}")
     if method == "row taps":
-        if stride != 1 or kh != kw or padding > kh - 1:
+        if not _row_taps_fit_input_grad((kh, kw), stride, padding):
             raise ValueError(f"conv2d input gradient by row taps: stride 1, a square kernel and padding <= k-1 "
                              f"only, got stride {stride}, kernel {kh}x{kw}, padding {padding}")
         flipped = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, k, k)
