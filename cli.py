@@ -107,6 +107,12 @@ gram_limit_option = click.option(
          "half a minute for 4c3f) when the layer's smaller side has at most this many entries; 0 uses the "
          "polyphase circulant bound only (seconds, 0.1-1% looser).")
 
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None,
+    help="Threads for the bounds on the CPU (blocks of samples in parallel; default: as many as NumPy's BLAS "
+         "uses, which is the CPUs available unless OPENBLAS_NUM_THREADS says otherwise). Results do not "
+         "depend on it.")
+
 engine_options = [
     click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
                  help="Array backend (cupy needs a CUDA GPU)."),
@@ -181,11 +187,12 @@ def main():
               help="Power-iteration steps in the per-epoch evaluation.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
               help="Floating-point type of the training.")
+@threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
-def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, as_json, quiet, **options):
+def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, as_json, quiet, **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
     from lipref.train import TrainConfig, train as run_training
     config = TrainConfig(eval_limit=eval_limit, **options)
@@ -194,7 +201,7 @@ def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, as
     eval_set = D.load_data(eval_spec, data_dir, eval_limit)
     reporter = _TrainProgress(not quiet, config.epochs)
     try:
-        history = run_training(config, train_set, eval_set, out_dir, resume, reporter)
+        history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
     finally:
         reporter.close()
     if as_json:
@@ -272,6 +279,7 @@ def _sound_norms(model, rng, verbose, gram_limit):
 @click.option("--pgd-restarts", type=click.IntRange(min=1), default=1, show_default=True, help="PGD restarts.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
 @gram_limit_option
+@threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True,
               help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
@@ -283,7 +291,7 @@ def _sound_norms(model, rng, verbose, gram_limit):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
-            gram_limit, backend, seed, as_json, samples_path, plot_path, quiet):
+            gram_limit, threads, backend, seed, as_json, samples_path, plot_path, quiet):
     """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy."""
     from lipref.certify import certify as run_certify
     from lipref.models import atomic_write_bytes
@@ -294,7 +302,8 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
     with _progress(n, "certifying", not quiet) as bar:
         result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                             pgd_steps, pgd_restarts, progress=bar.update, sound_norms=sound_norms)
+                             pgd_steps, pgd_restarts, progress=bar.update, sound_norms=sound_norms,
+                             threads=threads)
     summary = result.summary()
     summary.update({"model": model_path, "data": data_spec})
     if samples_path:
@@ -334,11 +343,13 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
               help="fast: power-iteration estimates; sound: upper bounds (float64).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
 @gram_limit_option
+@threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True,
               help="Print {samples: [{index, label, prediction, global, local, constant_fraction}]}.")
 @user_errors
-def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, gram_limit, backend, seed, as_json):
+def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, gram_limit, threads, backend, seed,
+          as_json):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
     from lipref.certify import bounds_per_sample
     model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
@@ -348,7 +359,7 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
     with _progress(n, "bounding", True) as bar:
         samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                                    progress=bar.update, sound_norms=sound_norms)
+                                    progress=bar.update, sound_norms=sound_norms, threads=threads)
     if as_json:
         _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
                     "samples": samples})

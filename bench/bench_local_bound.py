@@ -14,10 +14,13 @@ the same given start vectors on both sides), the global norms, and the product o
 
 Mode "values" times the bound alone (what certification runs). Mode "grad" times what a
 training step needs: lipref with record=True, the GloRo loss and the tape's `grad` for every
-parameter, against torch autograd (forward with grad, GloRo loss, backward).
+parameter, block by block as `lipref train` computes them (`train.blocked_gradients`),
+against torch autograd (forward with grad, GloRo loss, backward).
 
 Both libraries get the same number of threads (OpenBLAS / OpenMP environment variables set
-before NumPy loads, and torch.set_num_threads). Times are medians of --repeats runs after one
+before NumPy loads, and torch.set_num_threads). The last column checks that both sides
+computed the same thing: the largest relative difference of the bounds (values) or of a
+parameter's gradient (grad), float32. Times are medians of --repeats runs after one
 warm-up run, lipref and torch runs alternating. The table prints the ratio lipref / torch
 (above 1: lipref slower) and the 1-minute load average before and after (other processes
 on the machine distort the times; compare ratios from runs on an idle machine).
@@ -97,22 +100,22 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     from lipref.backend import get_backend
     from lipref.bounds.lipschitz import network_bounds
     from lipref.bounds.margins import one_hot
-    from lipref.tape import grad
+    from lipref.train import blocked_gradients
     xp = get_backend("numpy")
     onehot = one_hot(xp.asarray(labels), 10, xp.float32)
     params = list(model.parameters().values())
     last = model.layers[-1].params["weight"]
 
-    def bounds(record):
-        return network_bounds(model, x, eps, "local", "fast", n_iters, None, local_vectors, global_vectors,
-                              record=record)
-
     def values():
-        return bounds(False).lipschitz
+        return network_bounds(model, x, eps, "local", "fast", n_iters, None, local_vectors, global_vectors).lipschitz
 
-    def gradients():
-        loss = losses.gloro_loss(bounds(True), last, onehot)
-        return grad(loss, params)
+    def block_loss(s):
+        b = network_bounds(model, x[s, ...], eps, "local", "fast", n_iters, None,
+                           {k: v[s, ...] for k, v in local_vectors.items()}, global_vectors, record=True)
+        return losses.gloro_loss(b, last, onehot[s, ...]), None
+
+    def gradients():  # as a training step computes them: in blocks of samples, in threads
+        return blocked_gradients(xp, x.shape[0], params, block_loss)[1]
     return values if mode == "values" else gradients
 
 
@@ -138,14 +141,19 @@ def torch_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
     return values if mode == "values" else gradients
 
 
-def agreement(model, x, labels, eps, n_iters, global_vectors, local_vectors):
-    """max relative difference of the local bounds (float32 on both sides): a sanity check
-    that the two timed programs compute the same thing."""
+def agreement(model, x, labels, eps, n_iters, global_vectors, local_vectors, mode):
+    """float32 on both sides, a sanity check that the two timed programs compute the same
+    thing: mode values, the largest relative difference of the local bounds; mode grad, the
+    largest over parameters of ||g_lipref - g_torch|| / ||g_torch||."""
     import numpy
-    common = (model, x, labels, eps, n_iters, global_vectors, local_vectors, "values")
-    ours = numpy.asarray(lipref_runner(*common)())
-    theirs = torch_runner(*common)().numpy()
-    return float(numpy.max(numpy.abs(ours - theirs) / numpy.abs(theirs)))
+    common = (model, x, labels, eps, n_iters, global_vectors, local_vectors, mode)
+    if mode == "values":
+        ours = numpy.asarray(lipref_runner(*common)())
+        theirs = torch_runner(*common)().numpy()
+        return float(numpy.max(numpy.abs(ours - theirs) / numpy.abs(theirs)))
+    ours = [numpy.asarray(g) for g in lipref_runner(*common)()]
+    theirs = [g.numpy() for g in torch_runner(*common)()]
+    return max(float(numpy.linalg.norm(a - b) / numpy.linalg.norm(b)) for a, b in zip(ours, theirs, strict=True))
 
 
 # ---------------------------------------------------------------- main
@@ -161,15 +169,15 @@ def run(args):
             t_lipref, t_torch = median_seconds([lipref_runner(*common), torch_runner(*common)], args.repeats)
             rows.append({"mode": mode, "n_iters": n_iters, "lipref_s": t_lipref, "torch_s": t_torch,
                          "ratio": t_lipref / t_torch,
-                         "bound_rel_diff": agreement(model, x, labels, args.eps, n_iters, gv, lv)})
+                         "rel_diff": agreement(model, x, labels, args.eps, n_iters, gv, lv, mode)})
     return rows
 
 
 def table(rows):
-    lines = [f"{'mode':<7} {'iters':>5} {'lipref s':>10} {'torch s':>10} {'lipref/torch':>13} {'bound diff':>11}"]
+    lines = [f"{'mode':<7} {'iters':>5} {'lipref s':>10} {'torch s':>10} {'lipref/torch':>13} {'rel. diff':>10}"]
     for r in rows:
         lines.append(f"{r['mode']:<7} {r['n_iters']:>5} {r['lipref_s']:>10.3f} {r['torch_s']:>10.3f} "
-                     f"{r['ratio']:>13.2f} {r['bound_rel_diff']:>11.1e}")
+                     f"{r['ratio']:>13.2f} {r['rel_diff']:>10.1e}")
     return "\n".join(lines)
 
 

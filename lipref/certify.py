@@ -103,14 +103,14 @@ def gloro_radius(logits, last_weight, onehot, lipschitz):
     return xp.maximum(xp.min(ratio, axis=1), xp.zeros_like(z_y))
 
 
-def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, sound_norms):
+def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, sound_norms, threads):
     xp = namespace(x)
     weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
     onehot = M.one_hot(labels, model.n_classes, x.dtype)
     local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
-                           sound_norms=sound_norms)
+                           sound_norms=sound_norms, threads=threads)
     glob = network_bounds(model, x, eps, "global", mode, n_iters, rng, None, local.global_vectors,
-                          sound_norms=sound_norms)
+                          sound_norms=sound_norms, threads=threads)
     out = {}
     for name, b in (("local", local), ("global", glob)):
         worst = M.bcp_worst_logits(b.logits, weight, onehot, b.radius, b.penultimate, b.lower, b.upper)
@@ -144,18 +144,19 @@ def _sound_norms_once(model, mode, rng, sound_norms):
 
 
 def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100,
-                      progress=None, sound_norms=None):
+                      progress=None, sound_norms=None, threads=None):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
     x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
     layer. The global bound's power-iteration vectors carry over from batch to batch; in
-    sound mode the global norms are certified once (`sound_global_norms`, unless given)."""
+    sound mode the global norms are certified once (`sound_global_norms`, unless given).
+    threads: for network_bounds (None: the backend's default)."""
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     samples, global_vectors = [], None
     sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
     for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
         b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
-                           sound_norms=sound_norms)
+                           sound_norms=sound_norms, threads=threads)
         global_vectors = b.global_vectors
         preds, local = to_host(M.predictions(b.logits)), to_host(b.lipschitz)
         glob = float(to_host(b.global_lipschitz))
@@ -170,14 +171,14 @@ def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=
 
 
 def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
-            pgd_restarts=1, clip=(0.0, 1.0), progress=None, sound_norms=None):
+            pgd_restarts=1, clip=(0.0, 1.0), progress=None, sound_norms=None, threads=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
 
     mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
     bounds; the model must be float64; the global norms are certified once, by
     `sound_global_norms` unless given as sound_norms). pgd_steps > 0 also runs l2 PGD
     (step eps/4, random start, pgd_restarts restarts). progress(n_done) is called after
-    each batch."""
+    each batch. threads: for network_bounds (None: the backend's default)."""
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if rng is None:
@@ -190,7 +191,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
     sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
     for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
         out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
-                                                              global_vectors, sound_norms)
+                                                              global_vectors, sound_norms, threads)
         for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
             parts["l" + key].append(lip)
             parts["c" + key].append(cert)

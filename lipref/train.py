@@ -4,7 +4,9 @@ One step: walk the network over the eps-ball of each sample of the batch (interv
 bounds, masks, masked power iteration warm-started from the sample's stored vectors),
 build the loss kappa * CE + (1 - kappa) * robust + sparsity_weight * sparsity on the tape,
 take its gradient with respect to every parameter and apply Adam (thresholds projected to
->= 0). eps, kappa and the learning rate follow `schedules.py`.
+>= 0). eps, kappa and the learning rate follow `schedules.py`. On the CPU a step runs in
+blocks of samples (in threads; each loss term is a mean over samples, so the batch's
+gradient is the blocks' weighted sum).
 
 A run folder holds: checkpoint.npz (model, optimiser state, schedule position, history;
 written atomically after every epoch), best.npz (the model with the best certified accuracy
@@ -17,9 +19,10 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import losses
-from .backend import float_dtype, get_backend, host, to_backend, to_host
+from . import primitives as P
+from .backend import default_threads, float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
 from .bounds import margins as M
-from .bounds.lipschitz import BOUNDS, network_bounds
+from .bounds.lipschitz import BOUNDS, network_bounds, start_vectors
 from .certify import certify
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
@@ -84,6 +87,31 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def blocked_gradients(xp, n, params, block_loss, threads=None, sample_block=None):
+    """The loss of a batch of n samples and its gradients, computed block by block.
+
+    block_loss(s) takes a slice of the batch and returns (loss, extra): loss a scalar Var
+    that is a mean over the block's samples (so that the batch's loss is the sum over
+    blocks of share * loss, share the block's fraction of the batch, and its gradient the
+    same sum of gradients), extra anything the caller wants back. The blocks come from
+    backend.sample_blocks(xp, n, sample_block) and run in `threads` threads
+    (map_in_threads; None: backend.default_threads); the sums run in block order, so the
+    result does not depend on `threads`. Returns (loss value, [gradient per param],
+    [extra per block])."""
+    threads = default_threads(xp) if threads is None else threads
+
+    def one_block(s):
+        loss, extra = block_loss(s)
+        loss = P.multiply(loss, (s.stop - s.start) / n)
+        return loss.value, grad(loss, params), extra
+    parts = map_in_threads(xp, one_block, sample_blocks(xp, n, sample_block), threads)
+    value, grads = parts[0][0], list(parts[0][1])
+    for part_value, part_grads, _ in parts[1:]:
+        value = value + part_value
+        grads = [a + b for a, b in zip(grads, part_grads)]
+    return value, grads, [extra for _, _, extra in parts]
+
+
 def _rng(seed, *keys):
     return host.random.default_rng([seed, *keys])
 
@@ -94,13 +122,16 @@ def _affine_input_shapes(model):
 
 
 class Trainer:
-    def __init__(self, config, train_set, eval_set, run_dir, resume=False, progress=None):
+    def __init__(self, config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None,
+                 sample_block=None):
         self.config = config
+        self.sample_block = sample_block  # None: backend.sample_blocks' default
         self.train_set, self.eval_set = train_set, eval_set
         self.run_dir = Path(run_dir)
         self.progress = progress or (lambda event: None)
         self.xp = get_backend(config.backend)
         self.dtype = float_dtype(self.xp, config.dtype)
+        self.threads = default_threads(self.xp) if threads is None else threads
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
             raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
@@ -223,34 +254,41 @@ class Trainer:
         y = to_backend(self.train_set.labels[index], xp)
         onehot = M.one_hot(y, self.model.n_classes, self.dtype)
         params = self.model.parameters()
+        names = list(params)
+        n = len(index)
         stored = None
         if previous is not None:
             stored = {k: to_backend(v, xp, self.dtype) for k, v in previous.read(index).items()}
-        clean_only = kappa == 1.0 and c.sparsity == 0
-        if clean_only:
-            # warm-up: clean training; the stored vectors are carried over unchanged
-            loss = losses.clean_loss(self.model(x), onehot)
-            new_vectors = stored
-            lipschitz = None
-        else:
-            b = network_bounds(self.model, x, eps, c.bound, "fast", c.n_iters, rng, stored, self.global_vectors,
-                               record=True)
-            last = self.model.layers[-1].params["weight"]
-            loss = losses.mixed_loss(c.loss, b, last, onehot, kappa)
+        clean_only = kappa == 1.0 and c.sparsity == 0  # warm-up: clean training, stored vectors carried over
+        global_starts, local_starts = ({}, {}) if clean_only else \
+            start_vectors(self.model, n, c.bound, rng, stored, self.global_vectors)
+        last = self.model.layers[-1].params["weight"]
+
+        def block_loss(s):
+            if clean_only:
+                return losses.clean_loss(self.model(x[s, ...]), onehot[s, ...]), None
+            b = network_bounds(self.model, x[s, ...], eps, c.bound, "fast", c.n_iters, None,
+                               {k: v[s, ...] for k, v in local_starts.items()}, global_starts, record=True)
+            loss = losses.mixed_loss(c.loss, b, last, onehot[s, ...], kappa)
             if c.sparsity > 0:
                 loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
-            self.global_vectors = b.global_vectors
-            new_vectors = b.local_vectors
-            lipschitz = float(to_host(xp.mean(value_of(b.lipschitz))))
+            return loss, b
+        value, grads, bounds = blocked_gradients(xp, n, [params[k] for k in names], block_loss, self.threads,
+                                                 self.sample_block)
+        if clean_only:
+            new_vectors, lipschitz = stored, None
+        else:
+            self.global_vectors = bounds[0].global_vectors  # every block ran the same global power iteration
+            new_vectors = {k: xp.concat([b.local_vectors[k] for b in bounds], axis=0)
+                           for k in bounds[0].local_vectors}
+            lipschitz = float(to_host(xp.mean(xp.concat([value_of(b.lipschitz) for b in bounds], axis=0))))
         if current is not None:
             if new_vectors is None or any(k not in new_vectors for k in current.shapes):
-                new_vectors = self._fresh_vectors(len(index), rng, new_vectors or {})
+                new_vectors = self._fresh_vectors(n, rng, new_vectors or {})
             current.write(index, {k: to_host(xp.astype(new_vectors[k], xp.float32)) for k in current.shapes})
-        names = list(params)
-        grads = grad(loss, [params[k] for k in names])
         self.optimizer.lr = lr
         self.optimizer.step(dict(zip(names, grads)))
-        value = float(to_host(loss.value))
+        value = float(to_host(value))
         if value != value:
             raise FloatingPointError(f"training diverged: the loss is NaN at epoch {self.epoch}; lower --lr")
         return {"loss": value, "eps": eps, "kappa": kappa, "lr": lr, "lipschitz": lipschitz}
@@ -267,7 +305,7 @@ class Trainer:
         ev = self.eval_set
         n = min(int(ev.labels.shape[0]), c.eval_limit)
         result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps, "fast", c.eval_iters,
-                         _rng(c.seed, 0xE7A1, self.epoch), batch_size=100)
+                         _rng(c.seed, 0xE7A1, self.epoch), batch_size=100, threads=self.threads)
         s = result.summary()
         return {"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
                 "certified_accuracy_global": s["certified_accuracy_global"],
@@ -276,7 +314,10 @@ class Trainer:
                 "mean_constant_fraction": s["mean_constant_fraction"]}
 
 
-def train(config, train_set, eval_set, run_dir, resume=False, progress=None):
+def train(config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None, sample_block=None):
     """Train (or resume) a run in `run_dir`; returns the per-epoch history. Nothing is written
-    before the data, model and options have been checked."""
-    return Trainer(config, train_set, eval_set, run_dir, resume, progress).run()
+    before the data, model and options have been checked. threads: how many blocks of a
+    batch run at once on the CPU (None: backend.default_threads); the results do not
+    depend on it. sample_block: the most samples per block (None: backend.sample_blocks'
+    default; results depend on it only through rounding)."""
+    return Trainer(config, train_set, eval_set, run_dir, resume, progress, threads, sample_block).run()

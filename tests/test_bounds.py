@@ -297,3 +297,51 @@ def test_bad_arguments(xp):
         network_bounds(model, xp.astype(x, xp.float32), 0.1, "local", "sound", 5, rng)
     with pytest.raises(ValueError, match="record must be False"):
         network_bounds(model, x, 0.1, "local", "sound", 5, rng, record=True)
+
+
+def _same_bounds(a, b, xp):
+    """Every per-sample output of two network_bounds results agrees to rounding."""
+    pairs = [("logits", a.logits, b.logits), ("lipschitz", a.lipschitz, b.lipschitz),
+             ("radius", a.radius, b.radius), ("lower", a.lower, b.lower), ("upper", a.upper, b.upper),
+             ("penultimate", a.penultimate, b.penultimate)]
+    pairs += [(f"local norm {j}", p, q) for j, (p, q) in enumerate(zip(a.local_norms, b.local_norms, strict=True))]
+    for j, (p, q) in enumerate(zip(a.activations, b.activations, strict=True)):
+        pairs += [(f"activation {j} {name}", getattr(p, name), getattr(q, name))
+                  for name in ("lower", "upper", "row_mask", "output_mask", "constant_fraction")]
+    assert sorted(a.local_vectors) == sorted(b.local_vectors)
+    pairs += [(f"vector {k}", a.local_vectors[k], b.local_vectors[k]) for k in a.local_vectors]
+    for what, p, q in pairs:
+        assert_backend_close(p, to_host(q), xp, rtol=1e-10, atol=1e-12, what=what)
+
+
+@pytest.mark.parametrize("mode", ["fast", "sound"])
+@pytest.mark.parametrize("conv", [False, True])
+def test_sample_blocks_and_threads_do_not_change_the_bounds(xp, mode, conv):
+    """Bounding a batch in blocks of samples, in threads, gives what one pass gives (to
+    rounding), and draws the same random start vectors: the rng is left in the same state.
+    The thread count changes nothing at all."""
+    model, rng = small_model("clipped_relu", conv, xp, 21)
+    x = xp.asarray(_inputs(model, rng, 7))
+    results, next_draws = [], []
+    for threads, block in ((1, 7), (2, 2), (3, 3), (1, 3), (2, None)):
+        r = numpy.random.default_rng(5)
+        results.append(network_bounds(model, x, 0.4, "local", mode, 12, r, threads=threads, sample_block=block))
+        next_draws.append(r.standard_normal())
+    assert len(set(next_draws)) == 1
+    for other in results[1:]:
+        _same_bounds(results[0], other, xp)
+    for a, b in ((results[2].lipschitz, results[3].lipschitz), (results[2].lower, results[3].lower)):
+        assert numpy.array_equal(to_host(a), to_host(b)), "three threads and one differ"
+
+
+def test_sample_block_warm_start_is_per_sample(xp):
+    """Stored vectors are split with their samples: warm-starting from a blocked run's
+    vectors equals warm-starting a single pass from them."""
+    model, rng = small_model("relu", True, xp, 8)
+    x = xp.asarray(_inputs(model, rng, 5))
+    first = network_bounds(model, x, 0.2, "local", "fast", 3, numpy.random.default_rng(0), threads=2, sample_block=2)
+    one = network_bounds(model, x, 0.2, "local", "fast", 3, None, first.local_vectors, first.global_vectors,
+                         threads=1, sample_block=5)
+    blocked = network_bounds(model, x, 0.2, "local", "fast", 3, None, first.local_vectors, first.global_vectors,
+                             threads=2, sample_block=2)
+    _same_bounds(one, blocked, xp)

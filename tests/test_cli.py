@@ -54,6 +54,19 @@ def test_bound_json_contract(model_file):
         assert len(s["constant_fraction"]) == 3 and all(0 <= c <= 1 for c in s["constant_fraction"])
 
 
+def test_threads_option_changes_no_number(model_file):
+    """--threads sets how many blocks of samples run at once; the numbers stay the same."""
+    docs = []
+    for threads in ("1", "3"):
+        result = run(["bound", model_file, "--data", "embedded", "--eps", "0.3", "--limit", "70", "--iters", "5",
+                      "--threads", threads, "--json"])
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(result.stdout)["samples"])
+    assert docs[0] == docs[1]
+    bad = run(["bound", model_file, "--data", "embedded", "--eps", "0.3", "--threads", "0"])
+    assert bad.exit_code == 2 and "--threads" in bad.output
+
+
 def test_certify_json_contract_samples_and_plot(model_file, tmp_path):
     samples, plot = tmp_path / "samples.json", tmp_path / "curve.png"
     result = run(["certify", model_file, "--data", "embedded:test", "--eps", "0.1", "--limit", "8",
@@ -191,7 +204,7 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path):
 def test_info_names_the_blas_and_hints_at_misdetected_kernels(monkeypatch):
     """`lipref info` names NumPy's BLAS; where OpenBLAS runs its Haswell kernels on a CPU with
     AVX-512 (OpenBLAS 0.3.31 on AMD Zen 5) it says how to get the faster ones."""
-    import threadpoolctl  # in the test extra
+    import threadpoolctl
     from lipref import backend
     out = json.loads(run(["info", "--json"]).output)
     assert out["blas"] and "unknown" not in out["blas"]

@@ -98,3 +98,32 @@ def test_global_and_local_bound_training_both_run(tmp_path, loss):
     # the global-bound run keeps no per-sample vectors; the local one keeps those of its last epoch
     assert not (tmp_path / "global" / "vectors").exists()
     assert [p.name for p in (tmp_path / "local" / "vectors").iterdir()] == ["epoch-1"]
+
+
+def _small_run(tmp_path, name, threads, dtype="float32", epochs=2, sample_block=None):
+    from lipref.data import load_dataset
+    from lipref.train import TrainConfig, train
+    data = load_dataset("embedded:train", limit=128)
+    config = TrainConfig(arch="2c2f", activation="clipped_relu", epochs=epochs, batch_size=64, eps_train=0.3,
+                         warmup=0.5, ramp=0.5, sparsity=0.05, eval_limit=20, eval_iters=3, dtype=dtype)
+    history = train(config, data, data, tmp_path / name, threads=threads, sample_block=sample_block)
+    return _weights(tmp_path / name / "model.npz"), history
+
+
+def test_training_does_not_depend_on_threads(tmp_path):
+    """A step runs in blocks of samples, in threads; the blocks are fixed by the batch size,
+    so one thread and two give the same weights, bit for bit (warm-up and robust steps)."""
+    one, history_one = _small_run(tmp_path, "one", threads=1)
+    two, history_two = _small_run(tmp_path, "two", threads=2)
+    assert history_one == history_two
+    for k in one:
+        numpy.testing.assert_array_equal(one[k], two[k], err_msg=k)
+
+
+def test_blocked_training_step_equals_the_whole_batch(tmp_path):
+    """Summing the blocks' weighted gradients is the batch's gradient: in float64, a run whose
+    batches are split in blocks of 8 ends with the weights of a run that never splits them."""
+    blocked, _ = _small_run(tmp_path, "blocked", threads=2, dtype="float64", epochs=1, sample_block=8)
+    whole, _ = _small_run(tmp_path, "whole", threads=2, dtype="float64", epochs=1, sample_block=10 ** 6)
+    for k in whole:
+        numpy.testing.assert_allclose(blocked[k], whole[k], rtol=1e-9, atol=1e-12, err_msg=k)

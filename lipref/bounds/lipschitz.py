@@ -19,7 +19,7 @@ on them, including the radii that decide the masks, and needs float64.
 from dataclasses import dataclass, field
 
 from .. import primitives as P
-from ..backend import namespace
+from ..backend import default_threads, map_in_threads, namespace, sample_blocks
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
 from ..tape import value_of
 from . import spectral
@@ -165,29 +165,25 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
     return norms, new_vectors
 
 
-def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, rng, vectors, key, record, global_norm,
-                failure_prob):
+def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, v0, record, global_norm, failure_prob):
+    """(masked norm per sample, the vectors to store): power iteration from v0 (fast), or
+    an upper bound (sound: exact SVD for dense layers, v0 None; Lanczos from the random v0
+    for conv layers), never above the global norm."""
     wv = value_of(w)
     xp = namespace(wv)
-    n = row_mask.shape[0]
     if mode == "sound":
         if isinstance(layer, Linear):
-            upper = _chunked_dense_upper(wv, row_mask, col_mask)
-        else:
-            apply, apply_adjoint, _ = _operator(layer, wv, row_mask, col_mask)
-            v0 = _random_start(rng, (n,) + layer.in_shape, xp, wv.dtype)  # fresh: KW needs a random start
-            # stops early (upper = +inf) where the bound cannot beat the deterministic global norm
-            upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob,
-                                                       stop_above=global_norm)
-            vectors[key] = v
-        return xp.minimum(upper, global_norm), vectors
+            return xp.minimum(_chunked_dense_upper(wv, row_mask, col_mask), global_norm), None
+        apply, apply_adjoint, _ = _operator(layer, wv, row_mask, col_mask)
+        # stops early (upper = +inf) where the bound cannot beat the deterministic global norm
+        upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob,
+                                                   stop_above=global_norm)
+        return xp.minimum(upper, global_norm), v
     apply, apply_adjoint, gram = _operator(layer, wv, row_mask, col_mask)
-    v0 = _start(vectors, key, (n,) + layer.in_shape, rng, xp, wv.dtype)
     sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
-    vectors[key] = v
     if record:
         sigma = _norm_on_tape(layer, w, v, row_mask, col_mask)
-    return P.minimum(sigma, global_norm), vectors
+    return P.minimum(sigma, global_norm), v
 
 
 def _chunked_dense_upper(weight, row_mask, col_mask, chunk=32):
@@ -218,7 +214,8 @@ def _rounding_slack(layer, params, lower, upper, xp):
 
 
 def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
-                   global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None):
+                   global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None, threads=None,
+                   sample_block=None):
     """Logits at x and Lipschitz bounds of x -> penultimate over the l2 ball of radius eps.
 
     bound: "local" (masks and masked norms) or "global" (product of full norms; the box
@@ -229,6 +226,13 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     record: build the tape so that every output is differentiable in the parameters.
     sound_norms: sound mode's global norms from `sound_global_norms` (computed here when
     None; pass them when bounding many batches of one model).
+    threads, sample_block: every sample's bounds depend on that sample alone, so without
+    `record` the batch is bounded in blocks of at most `sample_block` samples, run in
+    `threads` threads (backend.sample_blocks / map_in_threads; None: the backend's
+    defaults, which on a GPU keep the batch whole). The global norms and every random start
+    vector are computed first, in the calling thread, in the order a single pass would
+    draw them, so the result does not depend on `threads` at all, nor on `sample_block`
+    beyond rounding. With `record` the tape is built in one piece, in the calling thread.
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
@@ -246,9 +250,87 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     n = xv.shape[0]
     if mode == "sound" and record:
         raise ValueError("sound mode gives bounds, not gradients: record must be False")
+    threads = default_threads(xp) if threads is None else threads
     gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
-    vectors = dict(local_vectors or {})
+    starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
+    if record:
+        result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob)
+    else:
+        def walk_block(s):
+            return _walk(model, x[s, ...], eps, bound, mode, n_iters, {k: v[s, ...] for k, v in starts.items()},
+                         gnorms, record, failure_prob)
+        parts = map_in_threads(xp, walk_block, sample_blocks(xp, n, sample_block), threads)
+        result = parts[0] if len(parts) == 1 else _concat_blocks(parts, xp)
+    glob = xp.ones((), dtype=xv.dtype)
+    for g in gnorms:
+        glob = P.multiply(glob, g)
+    result.global_lipschitz = glob
+    result.global_norms = [value_of(g) for g in gnorms]
+    result.global_vectors = gvectors
+    # the given vectors of layers that kept none (the global bound, sound mode's dense layers) carry over
+    result.local_vectors = {**dict(local_vectors or {}), **result.local_vectors}
+    return result
 
+
+def start_vectors(model, n, bound, rng, local_vectors=None, global_vectors=None):
+    """The start vectors a fast-mode network_bounds call on n samples would use, drawn from
+    rng now, in the order that call draws them: ({layer index: (1, ...)} for the global
+    norms, {layer index: (n, ...)} for the local ones), given vectors kept where their shape
+    fits. A caller that splits one batch into blocks itself (data-parallel training) draws
+    them once and passes each block its slice, with rng None, so no block draws anything."""
+    first = next(iter(model.parameters().values())).value
+    xp, dtype = namespace(first), first.dtype
+    given = dict(global_vectors or {})
+    glob = {i: _start(given, i, (1,) + layer.in_shape, rng, xp, dtype)
+            for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}
+    return glob, _local_starts(model, bound, "fast", n, rng, dict(local_vectors or {}), xp, dtype)
+
+
+def _local_starts(model, bound, mode, n, rng, vectors, xp, dtype):
+    """Each masked norm's start vectors, {affine layer index: (n, ...)}, in layer order: fast
+    mode's stored vectors where their shape fits, else a Gaussian draw from rng; sound
+    mode's conv layers always a fresh draw (the Kuczynski-Wozniakowski bound needs a random
+    start); none for the global bound or sound mode's dense layers (exact SVD)."""
+    starts = {}
+    if bound != "local":
+        return starts
+    for i, layer in enumerate(model.layers[:-1]):
+        if not layer.is_affine:
+            continue
+        shape = (n,) + layer.in_shape
+        if mode == "sound":
+            if not isinstance(layer, Linear):
+                starts[i] = _random_start(rng, shape, xp, dtype)
+        else:
+            starts[i] = _start(vectors, i, shape, rng, xp, dtype)
+    return starts
+
+
+def _concat_blocks(parts, xp):
+    """One NetworkBounds from those of consecutive blocks of samples (the global fields are
+    set by the caller)."""
+    def cat(arrays):
+        return xp.concat(list(arrays), axis=0)
+    first = parts[0]
+    merged = NetworkBounds(*(cat(getattr(p, name) for p in parts)
+                             for name in ("logits", "penultimate", "lower", "upper", "lipschitz", "radius")), None)
+    merged.local_norms = [cat(p.local_norms[j] for p in parts) for j in range(len(first.local_norms))]
+    for j, a in enumerate(first.activations):
+        blocks = [p.activations[j] for p in parts]
+        merged.activations.append(ActivationBounds(
+            a.layer_index, a.layer, a.params, cat(b.lower for b in blocks), cat(b.upper for b in blocks),
+            cat(b.row_mask for b in blocks), cat(b.output_mask for b in blocks),
+            cat(b.constant_fraction for b in blocks)))
+    merged.local_vectors = {k: cat(p.local_vectors[k] for p in parts) for k in first.local_vectors}
+    return merged
+
+
+def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob):
+    """network_bounds for one block of samples, given the global norms and the start vectors."""
+    xv = value_of(x)
+    xp = namespace(xv)
+    n = xv.shape[0]
+    vectors = {}
     h = x
     lower, upper = P.subtract(x, float(eps)), P.add(x, float(eps))
     lipschitz = xp.ones((n,), dtype=xv.dtype)
@@ -265,8 +347,10 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
         affine_count += 1
         if bound == "local":
             rows = row_mask if row_mask is not None else xp.ones((n,) + layer.out_shape, dtype=xv.dtype)
-            sigma, _ = _local_norm(layer, params["weight"], rows, col_mask, mode, n_iters, rng, vectors, idx,
+            sigma, v = _local_norm(layer, params["weight"], rows, col_mask, mode, n_iters, starts.get(idx),
                                    record, gnorm, failure_prob)
+            if v is not None:
+                vectors[idx] = v
         else:
             sigma = P.multiply(gnorm, xp.ones((n,), dtype=xv.dtype))
         result.local_norms.append(value_of(sigma))
@@ -316,10 +400,5 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     result.logits = P.linear(h, params["weight"], params["bias"])
     result.penultimate, result.lower, result.upper = h, lower, upper
     result.lipschitz, result.radius = lipschitz, radius
-    glob = xp.ones((), dtype=xv.dtype)
-    for g in gnorms:
-        glob = P.multiply(glob, g)
-    result.global_lipschitz = glob
-    result.global_norms = [value_of(g) for g in gnorms]
-    result.local_vectors, result.global_vectors = vectors, gvectors
+    result.local_vectors = vectors
     return result
