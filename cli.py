@@ -13,7 +13,7 @@ import time
 import click
 
 from lipref import data as D
-from lipref.backend import BackendError, float_dtype, get_backend, host, to_backend, to_host
+from lipref.backend import BackendError, float_dtype, get_backend, host, keep_freed_memory, to_backend, to_host
 
 EXIT_USAGE = 2
 EXIT_UNSOUND = 3
@@ -136,6 +136,7 @@ def main():
 
     Train a classifier whose predictions provably cannot change within an l2 ball, and
     certify it: `lipref train`, then `lipref certify`."""
+    keep_freed_memory()  # a process setting (glibc), fewer page faults; see lipref/backend.py
 
 
 # ------------------------------------------------------------------------------------- train

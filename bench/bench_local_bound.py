@@ -187,6 +187,8 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     import numpy
     import torch
+    from lipref.backend import keep_freed_memory
+    keep_freed_memory()  # as the CLI does (process-wide: torch's side gets it too)
     load_before = os.getloadavg()[0]
     rows = run(args)
     load = (load_before, os.getloadavg()[0])

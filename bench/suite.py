@@ -42,6 +42,9 @@ import numpy  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+if ARGS is not None:  # as the CLI does, in both sides' processes (a process setting; torch allocates with malloc too)
+    from lipref.backend import keep_freed_memory
+    keep_freed_memory()
 
 
 def median_seconds(fn, repeats, sync=lambda: None):

@@ -89,3 +89,37 @@ def test_map_in_threads_one_thread_stays_in_the_calling_thread(xp):
     if not backend.is_host_numpy(xp):
         idents = backend.map_in_threads(xp, lambda i: threading.get_ident(), range(4), 4)
         assert set(idents) == {threading.get_ident()}
+
+
+def test_keep_freed_memory_stops_page_faults_of_repeated_allocations():
+    """After keep_freed_memory (glibc), allocating and freeing the same large arrays again and
+    again no longer page-faults their memory in each time. Runs in a child process, since
+    the setting is process-wide and lasting."""
+    import platform
+    import subprocess
+    import sys
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip(f"keep_freed_memory tunes glibc's malloc; this C library is {platform.libc_ver()[0] or 'unknown'}")
+    code = """
+import resource, sys
+import numpy
+from lipref.backend import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def churn():
+    for _ in range(20):
+        a = numpy.ones(3_000_000)  # 24 MB, above glibc's default mmap threshold
+        b = a + 1.0
+        del a, b
+churn()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+churn()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+    faults = {}
+    for arg in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        faults[arg] = int(out.stdout)
+    pages = 20 * 2 * 24_000_000 // 4096  # what faulting every page of every array would cost
+    assert faults["keep"] < pages // 100 and faults["default"] > pages // 50, (faults, pages)
