@@ -109,9 +109,9 @@ gram_limit_option = click.option(
 
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
-    help="Threads for the bounds on the CPU (blocks of samples in parallel; default: as many as NumPy's BLAS "
-         "uses, which is the CPUs available unless OPENBLAS_NUM_THREADS says otherwise). Results do not "
-         "depend on it.")
+    help="Threads on the CPU: blocks of samples run in parallel (bounds, training steps, PGD; default: as "
+         "many as NumPy's BLAS uses, the CPUs available unless OPENBLAS_NUM_THREADS says otherwise). The "
+         "numbers do not depend on it.")
 
 engine_options = [
     click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
@@ -382,11 +382,12 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
 @click.option("--step-size", type=float, default=None, help="Step length (default eps/4).")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random restarts.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
 @user_errors
-def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, backend, seed,
-           as_json):
+def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, threads, backend,
+           seed, as_json):
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
     from lipref.attack import pgd_l2
     from lipref.bounds.margins import predictions
@@ -401,7 +402,7 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
         x = to_backend(dataset.images[s:e], xp, xp.float32)
         y = to_backend(dataset.labels[s:e], xp)
         ok = to_host(predictions(model(x, record=False)) == y)
-        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts)
+        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, threads=threads)
         correct += int(ok.sum())
         broken += int((to_host(result.success) & ok).sum())
     out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,

@@ -10,7 +10,7 @@ certificate; `lipref certify` checks exactly that.
 from dataclasses import dataclass
 
 from . import primitives as P
-from .backend import namespace
+from .backend import default_threads, map_in_threads, namespace, sample_blocks
 from .bounds.margins import one_hot, predictions
 from .tape import Var, grad
 
@@ -62,21 +62,38 @@ def input_gradient(model, x, onehot):
     return grad(loss, [xv])[0]
 
 
-def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, clip=(0.0, 1.0)):
-    """l2 PGD; step_size defaults to eps / 4. Returns an AttackResult."""
+def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, clip=(0.0, 1.0), threads=None,
+           sample_block=None):
+    """l2 PGD; step_size defaults to eps / 4. Returns an AttackResult.
+
+    Each sample is attacked on its own, so the batch runs in blocks of samples in threads
+    (backend.sample_blocks / map_in_threads; None: the backend's defaults). Every restart's
+    random start is drawn first, in the calling thread, so the result and what is left of
+    rng do not depend on `threads` or `sample_block`."""
     xp = namespace(x)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if n_steps < 0 or restarts < 1:
         raise ValueError(f"need n_steps >= 0 and restarts >= 1, got {n_steps}, {restarts}")
     step = eps / 4.0 if step_size is None else step_size
+    starts = [random_ball_points(x, eps, rng) for _ in range(restarts)] if eps > 0 else []
+    threads = default_threads(xp) if threads is None else threads
+
+    def attack_block(s):
+        return _pgd_block(model, x[s, ...], labels[s, ...], eps, [p[s, ...] for p in starts], n_steps, step, clip)
+    parts = map_in_threads(xp, attack_block, sample_blocks(xp, x.shape[0], sample_block), threads)
+    best, success = (xp.concat([p[i] for p in parts], axis=0) for i in (0, 1))
+    return AttackResult(best, success, _flat_norms(best - x))
+
+
+def _pgd_block(model, x, labels, eps, starts, n_steps, step, clip):
+    """(best, success) of PGD on one block of samples, one restart per start point."""
+    xp = namespace(x)
     onehot = one_hot(labels, model.n_classes, x.dtype)
     best = x
     success = predictions(model(x, record=False)) != labels
-    for _ in range(restarts):
-        if eps == 0:
-            break
-        delta = project(x, random_ball_points(x, eps, rng), eps, clip)
+    for start in starts:
+        delta = project(x, start, eps, clip)
         for _ in range(n_steps + 1):
             candidate = x + delta
             hit = (predictions(model(candidate, record=False)) != labels) & ~success
@@ -90,4 +107,4 @@ def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, 
             delta = project(x, delta + step * g_unit, eps, clip)
         if bool(xp.all(success)):
             break
-    return AttackResult(best, success, _flat_norms(best - x))
+    return best, success

@@ -178,7 +178,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
     bounds; the model must be float64; the global norms are certified once, by
     `sound_global_norms` unless given as sound_norms). pgd_steps > 0 also runs l2 PGD
     (step eps/4, random start, pgd_restarts restarts). progress(n_done) is called after
-    each batch. threads: for network_bounds (None: the backend's default)."""
+    each batch. threads: for network_bounds and PGD (None: the backend's default)."""
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if rng is None:
@@ -199,7 +199,7 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
         parts["pred"].append(preds)
         parts["frac"].append(fractions)
         if pgd_steps > 0:
-            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, clip)
+            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, clip, threads)
             parts["broken"].append(to_host(attack.success))
         if progress is not None:
             progress(e - s)
