@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .. import primitives as P
 from ..backend import default_threads, map_in_threads, namespace, sample_blocks
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
-from ..tape import value_of
+from ..tape import Var, value_of
 from . import spectral
 from .interval import activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect, row_norms
 from .masks import activation_masks, constant_fraction
@@ -232,7 +232,8 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     defaults, which on a GPU keep the batch whole). The global norms and every random start
     vector are computed first, in the calling thread, in the order a single pass would
     draw them, so the result does not depend on `threads` at all, nor on `sample_block`
-    beyond rounding. With `record` the tape is built in one piece, in the calling thread.
+    beyond rounding. With `record`, or an x on the tape, the tape is built in one piece, in
+    the calling thread.
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
@@ -253,7 +254,7 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     threads = default_threads(xp) if threads is None else threads
     gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
-    if record:
+    if record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
         result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob)
     else:
         def walk_block(s):
