@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy
 
-from lipref.backend import get_backend, to_host
+from lipref.backend import get_backend, keep_freed_memory, to_host
 from lipref.bounds import margins as M
 from lipref.bounds.lipschitz import network_bounds, sound_global_norms
 from lipref.certify import margin_slack
@@ -98,6 +98,7 @@ def main():
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--json")
     args = ap.parse_args()
+    keep_freed_memory()  # as the CLI does
     xp = get_backend("numpy")
     rng = numpy.random.default_rng(0)
     if args.model:

@@ -132,6 +132,8 @@ class Trainer:
         self.xp = get_backend(config.backend)
         self.dtype = float_dtype(self.xp, config.dtype)
         self.threads = default_threads(self.xp) if threads is None else threads
+        if self.threads < 1 or (sample_block is not None and sample_block < 1):
+            raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
             raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")

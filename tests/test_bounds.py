@@ -297,6 +297,10 @@ def test_bad_arguments(xp):
         network_bounds(model, xp.astype(x, xp.float32), 0.1, "local", "sound", 5, rng)
     with pytest.raises(ValueError, match="record must be False"):
         network_bounds(model, x, 0.1, "local", "sound", 5, rng, record=True)
+    with pytest.raises(ValueError, match="threads and sample_block"):
+        network_bounds(model, x, 0.1, "local", "fast", 5, rng, threads=0)
+    with pytest.raises(ValueError, match="threads and sample_block"):
+        network_bounds(model, x, 0.1, "local", "fast", 5, rng, sample_block=0)
 
 
 def _same_bounds(a, b, xp):

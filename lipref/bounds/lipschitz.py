@@ -252,6 +252,8 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     if mode == "sound" and record:
         raise ValueError("sound mode gives bounds, not gradients: record must be False")
     threads = default_threads(xp) if threads is None else threads
+    if threads < 1 or (sample_block is not None and sample_block < 1):
+        raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
     gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
     if record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
