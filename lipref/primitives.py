@@ -553,47 +553,54 @@ def _space_to_depth_rows(x_nhwc, stride, padding):
     return xp.reshape(grid, (n * gh * gw, s * s * c)), gh, gw
 
 
-def _tap_slices(x_nhwc, stride, padding, th, tw, merge_width):
-    """The operands of the tap forms: ([(tap index, rows x K slice)], gh, gw, rows).
+def _tap_operand(x_nhwc, stride, padding, th, tw, merge_width):
+    """The operand of the tap forms: (base, [(tap index, row shift)], gh, gw, rows).
 
     Output row r = a*gw + b of the flattened grid is the sum over taps (u, v) of input row
-    r + u*gw + v times tap (u, v)'s weights. Without merging, each tap's slice is the grid
-    shifted by u*gw + v (index (u, v)). Merged (row taps), the tw taps of a kernel row are
-    the columns of one `wide` matrix (tw copies, shifted by v), and kernel row u's slice
-    is `wide` shifted by u*gw (index (u,)). rows = the grid's size minus the largest shift:
-    every output that is not dropped (a < OH, b < OW) lies below it, and every slice lies
-    inside the array."""
+    r + u*gw + v times tap (u, v)'s weights. Without merging, base is the grid itself and
+    tap (u, v) (index (u, v)) reads it shifted by u*gw + v. Merged (row taps), the tw taps
+    of a kernel row are the columns of one `wide` base (tw copies, shifted by v), and
+    kernel row u (index (u,)) reads it shifted by u*gw. rows = the grid's size minus the
+    largest shift: every output that is not dropped (a < OH, b < OW) lies below it, and
+    every shifted slice of `rows` rows lies inside the base."""
     xp = namespace(x_nhwc)
     flat, gh, gw = _space_to_depth_rows(x_nhwc, stride, padding)
     total, k = flat.shape
     rows = total - (th - 1) * gw - (tw - 1)
     if not merge_width:
-        return [((u, v), flat[u * gw + v:u * gw + v + rows, :]) for u in range(th) for v in range(tw)], gh, gw, rows
+        return flat, [((u, v), u * gw + v) for u in range(th) for v in range(tw)], gh, gw, rows
     m = total - (tw - 1)
     wide = xp.empty((m, tw * k), dtype=flat.dtype)
     for v in range(tw):
         wide[:, v * k:(v + 1) * k] = flat[v:v + m, :]
-    return [((u,), wide[u * gw:u * gw + rows, :]) for u in range(th)], gh, gw, rows
+    return wide, [((u,), u * gw) for u in range(th)], gh, gw, rows
+
+
+def _tap_slices(x_nhwc, stride, padding, th, tw, merge_width):
+    """([(tap index, the base's rows x K slice that tap reads)], gh, gw, rows); see _tap_operand."""
+    base, shifts, gh, gw, rows = _tap_operand(x_nhwc, stride, padding, th, tw, merge_width)
+    return [(index, base[shift:shift + rows, :]) for index, shift in shifts], gh, gw, rows
 
 
 def _forward_taps(x_nhwc, taps, stride, padding, out_hw, merge_width):
-    """One block of conv2d (no bias) in a tap form (see _conv_form, _tap_slices): the sum
-    of each tap's slice times its weights, on the whole grid; the rows past `rows` are
+    """One block of conv2d (no bias) in a tap form (see _conv_form, _tap_operand): one
+    product of the base with every tap's weights side by side (T*O columns: wider products
+    run faster than T narrow ones, 10-14% on 4c3f's stride-2 forwards), then the sum over
+    taps of each tap's column block, shifted by its row shift. The rows past `rows` are
     never outputs and are zero-filled, and the grid's rows with a >= OH or b >= OW
-    (straddling its edge) are dropped."""
+    (straddling its edge) are dropped. The sum runs in tap order, as T products would."""
     xp = namespace(x_nhwc)
     n = x_nhwc.shape[0]
     oh, ow = out_hw
     th, tw, k, o = taps.shape
     weights = xp.reshape(taps, (th, tw * k, o)) if merge_width else taps
-    slices, gh, gw, rows = _tap_slices(x_nhwc, stride, padding, th, tw, merge_width)
-    acc = None
-    for index, operand in slices:
-        product = xp.matmul(operand, weights[index + (...,)])
-        if acc is None:
-            acc = product
-        else:
-            acc += product
+    base, shifts, gh, gw, rows = _tap_operand(x_nhwc, stride, padding, th, tw, merge_width)
+    side_by_side = xp.concat([weights[index + (...,)] for index, _ in shifts], axis=1)  # (K, T*O)
+    products = xp.matmul(base, side_by_side)
+    blocks = [products[shift:shift + rows, t * o:(t + 1) * o] for t, (_, shift) in enumerate(shifts)]
+    acc = blocks[0] if len(blocks) == 1 else blocks[0] + blocks[1]
+    for block in blocks[2:]:
+        acc += block
     if rows < n * gh * gw:
         acc = xp.concat([acc, xp.zeros((n * gh * gw - rows, o), dtype=acc.dtype)], axis=0)
     return xp.reshape(acc, (n, gh, gw, o))[:, :oh, :ow, :]
