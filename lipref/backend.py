@@ -163,7 +163,9 @@ def default_threads(xp):
     counts = [i.get("num_threads") for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
     if counts and counts[0]:
         return int(counts[0])
-    return len(os.sched_getaffinity(0))
+    if hasattr(os, "sched_getaffinity"):  # Linux: the CPUs this process may use
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def sample_blocks(xp, n, block):
