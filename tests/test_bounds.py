@@ -349,3 +349,19 @@ def test_sample_block_warm_start_is_per_sample(xp):
     blocked = network_bounds(model, x, 0.2, "local", "fast", 3, None, first.local_vectors, first.global_vectors,
                              threads=2, sample_block=2)
     _same_bounds(one, blocked, xp)
+
+
+@pytest.mark.parametrize("bound", ["local", "global"])
+def test_start_vectors_are_the_draws_network_bounds_makes(xp, bound):
+    """start_vectors draws what a fast-mode call would draw, in its order: passing them back
+    with rng None gives that call's bounds, and leaves rng where the call leaves it."""
+    from lipref.bounds.lipschitz import start_vectors
+    model, rng = small_model("relu", True, xp, 12)
+    x = xp.asarray(_inputs(model, rng, 4))
+    drawn, direct = numpy.random.default_rng(9), numpy.random.default_rng(9)
+    global_starts, local_starts = start_vectors(model, 4, bound, drawn)
+    given = network_bounds(model, x, 0.3, bound, "fast", 6, None, local_starts, global_starts)
+    expected = network_bounds(model, x, 0.3, bound, "fast", 6, direct)
+    assert drawn.standard_normal() == direct.standard_normal()
+    _same_bounds(expected, given, xp)
+    assert (bound == "local") == bool(local_starts)
