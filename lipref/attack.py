@@ -10,7 +10,7 @@ certificate; `lipref certify` checks exactly that.
 from dataclasses import dataclass
 
 from . import primitives as P
-from .backend import default_threads, map_in_threads, namespace, sample_blocks
+from .backend import map_in_threads, namespace, sample_blocks
 from .bounds.margins import one_hot, predictions
 from .tape import Var, grad
 
@@ -77,7 +77,6 @@ def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, 
         raise ValueError(f"need n_steps >= 0 and restarts >= 1, got {n_steps}, {restarts}")
     step = eps / 4.0 if step_size is None else step_size
     starts = [random_ball_points(x, eps, rng) for _ in range(restarts)] if eps > 0 else []
-    threads = default_threads(xp) if threads is None else threads
 
     def attack_block(s):
         return _pgd_block(model, x[s, ...], labels[s, ...], eps, [p[s, ...] for p in starts], n_steps, step, clip)

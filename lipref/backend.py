@@ -181,19 +181,20 @@ def sample_blocks(xp, n, block):
     return [slice(i * n // count, (i + 1) * n // count) for i in range(count)]
 
 
-def map_in_threads(xp, fn, items, threads):
+def map_in_threads(xp, fn, items, threads=None):
     """[fn(item) for item in items], in order. On host NumPy the calls run with NumPy's BLAS
     held at one thread (threadpoolctl; the setting is process-wide and restored after), in a
-    pool of `threads` threads when there is more than one item: BLAS may split a product's
-    sum between its threads, so a product computed with one BLAS thread everywhere rounds
-    the same whatever `threads` is. Called from inside one of those threads (nested), or on
+    pool of `threads` threads (None: `default_threads`, read before BLAS is held) when there
+    is more than one item: BLAS may split a product's sum between its threads, so a product
+    computed with one BLAS thread everywhere rounds the same whatever `threads` is. Called from inside one of those threads (nested), or on
     any other backend, the calls run one after another in the calling thread. An exception
     in a call is raised here."""
-    if threads < 1:
+    if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     items = list(items)
     if not is_host_numpy(xp) or getattr(_worker, "active", False):
         return [fn(item) for item in items]
+    threads = default_threads(xp) if threads is None else threads
 
     def run(item):
         _worker.active = True

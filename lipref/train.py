@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import losses
 from . import primitives as P
-from .backend import default_threads, float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
+from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
 from .bounds import margins as M
 from .bounds.lipschitz import BOUNDS, network_bounds, start_vectors
 from .certify import certify
@@ -98,8 +98,6 @@ def blocked_gradients(xp, n, params, block_loss, threads=None, sample_block=None
     (map_in_threads; None: backend.default_threads); the sums run in block order, so the
     result does not depend on `threads`. Returns (loss value, [gradient per param],
     [extra per block])."""
-    threads = default_threads(xp) if threads is None else threads
-
     def one_block(s):
         loss, extra = block_loss(s)
         loss = P.multiply(loss, (s.stop - s.start) / n)
@@ -131,8 +129,8 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.xp = get_backend(config.backend)
         self.dtype = float_dtype(self.xp, config.dtype)
-        self.threads = default_threads(self.xp) if threads is None else threads
-        if self.threads < 1 or (sample_block is not None and sample_block < 1):
+        self.threads = threads  # None: backend.default_threads
+        if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
             raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:

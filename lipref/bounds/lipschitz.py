@@ -19,7 +19,7 @@ on them, including the radii that decide the masks, and needs float64.
 from dataclasses import dataclass, field
 
 from .. import primitives as P
-from ..backend import default_threads, map_in_threads, namespace, sample_blocks
+from ..backend import map_in_threads, namespace, sample_blocks
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
 from ..tape import Var, value_of
 from . import spectral
@@ -151,15 +151,13 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
     if mode == "sound":
         return (sound_global_norms(model, rng) if sound_norms is None else list(sound_norms)), dict(vectors)
     norms, new_vectors = [], dict(vectors)
+    starts = _global_starts(model, rng, vectors)
     for i, layer in enumerate(model.layers[:-1]):
         if not layer.is_affine:
             continue
         w = layer.params["weight"]
-        wv = w.value
-        xp = namespace(wv)
-        apply, apply_adjoint, gram = _operator(layer, wv, None, None)
-        v0 = _start(vectors, i, (1,) + layer.in_shape, rng, xp, wv.dtype)
-        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
+        apply, apply_adjoint, gram = _operator(layer, w.value, None, None)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, starts[i], n_iters, gram)
         new_vectors[i] = v
         norms.append(P.reshape(_norm_on_tape(layer, w, v, None, None), ()) if record else sigma[0])
     return norms, new_vectors
@@ -251,8 +249,7 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     n = xv.shape[0]
     if mode == "sound" and record:
         raise ValueError("sound mode gives bounds, not gradients: record must be False")
-    threads = default_threads(xp) if threads is None else threads
-    if threads < 1 or (sample_block is not None and sample_block < 1):
+    if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
         raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
     gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
@@ -282,11 +279,19 @@ def start_vectors(model, n, bound, rng, local_vectors=None, global_vectors=None)
     fits. A caller that splits one batch into blocks itself (data-parallel training) draws
     them once and passes each block its slice, with rng None, so no block draws anything."""
     first = next(iter(model.parameters().values())).value
-    xp, dtype = namespace(first), first.dtype
-    given = dict(global_vectors or {})
-    glob = {i: _start(given, i, (1,) + layer.in_shape, rng, xp, dtype)
-            for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}
-    return glob, _local_starts(model, bound, "fast", n, rng, dict(local_vectors or {}), xp, dtype)
+    glob = _global_starts(model, rng, dict(global_vectors or {}))
+    return glob, _local_starts(model, bound, "fast", n, rng, dict(local_vectors or {}), namespace(first), first.dtype)
+
+
+def _global_starts(model, rng, vectors):
+    """The global power iteration's start vectors, {affine layer index: (1, ...)}, in layer
+    order: the stored vector where its shape fits, else a Gaussian draw from rng."""
+    starts = {}
+    for i, layer in enumerate(model.layers[:-1]):
+        if layer.is_affine:
+            wv = layer.params["weight"].value
+            starts[i] = _start(vectors, i, (1,) + layer.in_shape, rng, namespace(wv), wv.dtype)
+    return starts
 
 
 def _local_starts(model, bound, mode, n, rng, vectors, xp, dtype):
