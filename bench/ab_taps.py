@@ -12,10 +12,10 @@ faster). "im2col" is the code with `primitives._conv_form` answering "im2col" an
 before the tap forms existed.
 
 Cases: the forward, input gradient and weight gradient of each 4c3f conv layer (batch
-128, MNIST and CIFAR shapes; the first layers take no tap form and are a control); one
-masked Gram step of each 4c3f MNIST layer (batch 256, random 0/1 masks with 70% ones); the
+128, MNIST and CIFAR shapes; the first layers take no tap form and are a control); the
 local bound as bench/suite.py's local_bound_4c3f (batch 256, 5 power iterations); a train
-step as train_step_4c3f.
+step as train_step_4c3f. (The masked Gram step, timed here until 2026-12-02, no longer uses
+these forms: power iteration runs on the conv layer's grid, lipref/bounds/conv_grid.py.)
 """
 import argparse
 import json
@@ -54,21 +54,6 @@ def conv_cases(np, P):
                 P._conv2d_input_grad(g, wt, s, p, (x.shape[2], x.shape[3]))
                 P._conv2d_weight_grad(g, x, wt.shape, s, p)
             cases.append((f"conv {data} {c}->{o} k{k} s{s} fwd+bwd", step))
-    return cases
-
-
-def gram_cases(np, P):
-    from suite import conv_shapes
-    cases = []
-    for (c, h, w), o, k, s, p in conv_shapes("4c3f", (1, 28, 28)):
-        rng = np.random.default_rng([c, h, o])
-        oh, ow = P.conv_output_hw(h, w, k, k, s, p)
-        wt = rng.standard_normal((o, c, k, k), dtype=np.float32) * np.float32(0.1)
-        v = rng.standard_normal((256, c, h, w), dtype=np.float32)
-        rows = (rng.random((256, o, oh, ow)) < 0.7).astype(np.float32)
-        cols = (rng.random((256, c, h, w)) < 0.7).astype(np.float32)
-        cases.append((f"masked gram {c}->{o} k{k} s{s}",
-                      lambda v=v, wt=wt, s=s, p=p, rows=rows, cols=cols: P.conv2d_masked_gram(v, wt, s, p, rows, cols)))
     return cases
 
 
@@ -112,7 +97,7 @@ def main(argv=None):
 
     results = []
     try:
-        for name, fn in conv_cases(np, P) + gram_cases(np, P) + model_cases():
+        for name, fn in conv_cases(np, P) + model_cases():
             times = {"taps": [], "im2col": []}
             for form in ("taps", "im2col"):  # warm-up
                 set_form(form)

@@ -516,7 +516,7 @@ def _conv_form(kernel_hw, stride, in_channels, out_channels):
     return "im2col"
 
 
-def _tap_weights(weight, stride):
+def tap_weights(weight, stride):
     """(O, C, kh, kw) -> (th, tw, s*s*C, O): tap (u, v) maps the space-to-depth pixel
     (channels ordered (a, b, c)) to the output; entry [u, v, (a, b, c), o] is
     W[o, c, s*u + a, s*v + b]. The kernel is a multiple of s."""
@@ -529,7 +529,7 @@ def _tap_weights(weight, stride):
 
 
 def _weight_from_taps(taps, weight_shape, stride):
-    """Inverse of _tap_weights: (th, tw, s*s*C, O) -> (O, C, kh, kw)."""
+    """Inverse of tap_weights: (th, tw, s*s*C, O) -> (O, C, kh, kw)."""
     xp = namespace(taps)
     o, c, kh, kw = weight_shape
     th, tw = kh // stride, kw // stride
@@ -537,7 +537,7 @@ def _weight_from_taps(taps, weight_shape, stride):
     return xp.reshape(xp.permute_dims(t6, (5, 4, 0, 2, 1, 3)), (o, c, kh, kw))
 
 
-def _space_to_depth_rows(x_nhwc, stride, padding):
+def space_to_depth_rows(x_nhwc, stride, padding):
     """Zero-pad a channels-last block to a multiple of the stride, regroup each s x s cell
     into one pixel of s*s*C channels (ordered (a, b, c)), and flatten the pixels to rows:
     (flat (n*gh*gw, s*s*C), gh, gw). For stride 1 this is the padded image, flattened."""
@@ -564,7 +564,7 @@ def _tap_operand(x_nhwc, stride, padding, th, tw, merge_width):
     largest shift: every output that is not dropped (a < OH, b < OW) lies below it, and
     every shifted slice of `rows` rows lies inside the base."""
     xp = namespace(x_nhwc)
-    flat, gh, gw = _space_to_depth_rows(x_nhwc, stride, padding)
+    flat, gh, gw = space_to_depth_rows(x_nhwc, stride, padding)
     total, k = flat.shape
     rows = total - (th - 1) * gw - (tw - 1)
     if not merge_width:
@@ -617,7 +617,7 @@ def _forward_of_block(weight, stride, padding, in_hw, form=None):
     form = _conv_form((kh, kw), stride, c, o) if form is None else form
     _check_form(form, (kh, kw), stride)
     if form != "im2col":
-        tap_w = _tap_weights(weight, stride)
+        tap_w = tap_weights(weight, stride)
         merge = form == "row taps"
         return lambda x_block: _forward_taps(x_block, tap_w, stride, padding, out_hw, merge)
     wm_t = _weight_matrix(weight).T
@@ -659,8 +659,12 @@ def _conv2d(x, weight, bias, stride, padding, form=None):
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
     forward = _forward_of_block(weight, stride, padding, (h, w), form)
     xt = _nhwc(x)
+    blocks = _blocks(n, oh * ow * kh * kw * c)
+    if len(blocks) == 1:  # no output buffer to copy into (the tap forms' crop stays a view)
+        y = forward(xt)
+        return _nchw(y if bias is None else y + bias)
     out = xp.empty((n, oh, ow, o), dtype=x.dtype)
-    for b in _blocks(n, oh * ow * kh * kw * c):
+    for b in blocks:
         y = forward(xt[b, ...])
         out[b, ...] = y if bias is None else y + bias  # the bias while the block is in the cache
     return _nchw(out)
@@ -781,37 +785,12 @@ def _conv2d_input_grad(g, weight, stride, padding, in_hw, method=None):
     h, w = in_hw
     of_block = _input_grad_of_block(weight, stride, padding, in_hw, method)
     gt = _nhwc(g)
+    blocks = _blocks(n, oh * ow * kh * kw * c)
+    if len(blocks) == 1:
+        return _nchw(of_block(gt))
     out = xp.empty((n, h, w, c), dtype=g.dtype)
-    for b in _blocks(n, oh * ow * kh * kw * c):
+    for b in blocks:
         out[b, ...] = of_block(gt[b, ...])
-    return _nchw(out)
-
-
-def conv2d_masked_gram(v, weight, stride, padding, row_mask, col_mask):
-    """col_mask * conv2d_transpose(row_mask * conv2d(v, W)): one power-iteration step on the
-    masked operator rows * W * cols, for v already in its input range (col_mask * v == v).
-
-    Computed per block of samples, so that the intermediate (N, O, OH, OW) array and the
-    column matrices (im2col's, where the forward is not in the tap form, and the input
-    gradient's) stay in the cache; the result equals the three-call composition (the
-    same products in the same order). Masks: 0/1 arrays shaped like conv2d's output /
-    input, or None for no mask. Not on the tape (power iteration holds v fixed)."""
-    xp = namespace(v, weight)
-    o, c, kh, kw = weight.shape
-    n, _, h, w = v.shape
-    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
-    forward = _forward_of_block(weight, stride, padding, (h, w))
-    input_grad = _input_grad_of_block(weight, stride, padding, (h, w))
-    vt = _nhwc(v)
-    rows = None if row_mask is None else _nhwc(row_mask)
-    cols_mask = None if col_mask is None else _nhwc(col_mask)
-    out = xp.empty((n, h, w, c), dtype=v.dtype)
-    for b in _blocks(n, oh * ow * kh * kw * c):
-        u = forward(vt[b, ...])
-        if rows is not None:
-            u = u * rows[b, ...]
-        back = input_grad(u)
-        out[b, ...] = back if cols_mask is None else back * cols_mask[b, ...]
     return _nchw(out)
 
 

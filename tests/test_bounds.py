@@ -200,30 +200,34 @@ def test_local_norm_of_dense_layer_matches_masked_svd(xp):
         assert abs(float(to_host(res.local_norms[1])[s]) - min(exact, glob)) <= 1e-8 * max(glob, 1e-12)
 
 
-@pytest.mark.parametrize("stride, c, o", [(1, 2, 3), (2, 2, 3), (1, 1, 8)])
-def test_masked_gram_shortcut_changes_no_iterate(xp, monkeypatch, stride, c, o):
-    """Power iteration may use gram(v) = C W^T R W v (one product per mask, in blocks of
-    samples) once v is in the range of A^T; it must give the same iterates as
-    apply_adjoint(apply(v)), including from a stored start vector that ignores today's
-    column mask. (1, 1, 8) takes the scatter form of the adjoint, the others the gather."""
+@pytest.mark.parametrize("stride, c, o, k", [(1, 2, 3, 3), (2, 2, 3, 3), (1, 1, 8, 3), (2, 3, 2, 4), (3, 2, 2, 2)])
+def test_conv_power_iteration_on_the_grid_matches_the_layer_layout(xp, stride, c, o, k):
+    """Conv layers iterate on their padded space-to-depth grid (conv_grid) with the masked
+    Gram shortcut; that must give what power iteration on the layer's own layout gives
+    (apply_adjoint(apply(v)) every step): the same sigma and v, from a stored start vector
+    that ignores today's column mask, and from a zero start (the constant unit vector, on
+    the layer's entries), for 0 steps too; and never more than the exact masked norm."""
     from lipref.bounds import spectral
-    from lipref.bounds.lipschitz import _operator
-    monkeypatch.setattr(P, "COLUMN_BLOCK", 1000)  # several blocks, the last one shorter
+    from lipref.bounds.lipschitz import _operator, masked_power_iteration
     rng = numpy.random.default_rng(5)
-    layer = Conv2d((c, 7, 7), o, 3, stride, 1)
-    w = xp.asarray(rng.standard_normal((o, c, 3, 3)))
+    layer = Conv2d((c, 7, 7), o, k, stride, 1)
+    w = xp.asarray(rng.standard_normal((o, c, k, k)))
     rows = xp.asarray((rng.random((4,) + layer.out_shape) < 0.6).astype(numpy.float64))
     cols = xp.asarray((rng.random((4, c, 7, 7)) < 0.6).astype(numpy.float64))
-    apply, apply_adjoint, gram = _operator(layer, w, rows, cols)
-    v0 = xp.asarray(rng.standard_normal((4, c, 7, 7)))
-    assert P._gathers(to_host(w), stride) == (o != 8)
-    with_gram = spectral.power_iteration(apply, apply_adjoint, v0, 7, gram)
-    without = spectral.power_iteration(apply, apply_adjoint, v0, 7)
-    for a, b, what in zip(with_gram, without, ("sigma", "u", "v")):
-        assert_backend_close(a, to_host(b), xp, rtol=1e-12, atol=1e-12, what=what)
+    v0_host = rng.standard_normal((4, c, 7, 7))
+    v0_host[2] = 0.0
+    v0 = xp.asarray(v0_host)
+    apply, apply_adjoint, _ = _operator(layer, w, rows, cols)
+    for n_iters in (0, 1, 7):
+        on_grid = masked_power_iteration(layer, w, rows, cols, v0, n_iters)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters)
+        assert_backend_close(on_grid[0], to_host(sigma), xp, rtol=1e-12, atol=1e-12, what=f"sigma, {n_iters} steps")
+        assert_backend_close(on_grid[1], to_host(v), xp, rtol=1e-12, atol=1e-12, what=f"v, {n_iters} steps")
+        assert tuple(on_grid[1].shape) == (4, c, 7, 7)
     dense = numpy.stack([numpy.linalg.norm(_materialise(layer, to_host(w), to_host(rows)[s], to_host(cols)[s]), 2)
                          for s in range(4)])
-    assert numpy.all(to_host(with_gram[0]) <= dense * (1 + 1e-12))
+    assert numpy.all(to_host(on_grid[0]) <= dense * (1 + 1e-12))
+    assert numpy.all(to_host(on_grid[0]) >= 0.5 * dense)  # 7 steps from a random start: near, not equal
 
 
 def _materialise(layer, w, rows, cols):

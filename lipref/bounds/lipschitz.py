@@ -23,6 +23,7 @@ from ..backend import map_in_threads, namespace, sample_blocks
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
 from ..tape import Var, value_of
 from . import spectral
+from .conv_grid import ConvGrid
 from .interval import activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect, row_norms
 from .masks import activation_masks, constant_fraction
 
@@ -84,9 +85,9 @@ def _start(vectors, key, shape, rng, xp, dtype):
 
 
 def _operator(layer, weight, row_mask, col_mask):
-    """apply / apply_adjoint of A = rows(row_mask) * W * cols(col_mask), batched over samples,
-    and gram(v) = A^T A v for v already in A^T's range (cols * v == v): masks are 0/1, so
-    one product with each mask is enough there."""
+    """apply / apply_adjoint of A = rows(row_mask) * W * cols(col_mask) on the layer's own
+    layout, batched over samples, and gram(v) = A^T A v for v already in A^T's range
+    (cols * v == v): masks are 0/1, so one product with each mask is enough there."""
     def apply(v):
         v = v if col_mask is None else v * col_mask
         out = value_of(affine(layer, v, weight, None))
@@ -98,12 +99,55 @@ def _operator(layer, weight, row_mask, col_mask):
         return out if col_mask is None else out * col_mask
 
     def gram(v):
-        if isinstance(layer, Conv2d):  # in blocks of samples that stay in the cache
-            return P.conv2d_masked_gram(v, weight, layer.stride, layer.padding, row_mask, col_mask)
         out = value_of(affine(layer, v, weight, None))
         out = value_of(affine_adjoint(layer, out if row_mask is None else out * row_mask, weight))
         return out if col_mask is None else out * col_mask
     return apply, apply_adjoint, gram
+
+
+def _grid_operator(grid, rows, cols):
+    """apply / apply_adjoint / gram of the masked conv operator on its grid (conv_grid):
+    rows and cols are the grid's masks (ConvGrid.masks), which also zero the entries that
+    are not the layer's."""
+    def apply(v):
+        out = grid.forward(v * cols)
+        out *= rows  # in place: forward returns a new array
+        return out
+
+    def apply_adjoint(u):
+        out = grid.adjoint(u * rows)
+        out *= cols
+        return out
+
+    def gram(v):
+        out = grid.forward(v)
+        out *= rows
+        out = grid.adjoint(out)
+        out *= cols
+        return out
+    return apply, apply_adjoint, gram
+
+
+def masked_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters):
+    """Fast mode's estimate of ||rows * W * cols||_2 per sample: (sigma (B,), v (B, ...)),
+    `spectral.power_iteration` from v0 (the layer's input layout), v for warm starts.
+    Masks: 0/1 arrays shaped like the layer's output / input, or None. Conv layers iterate
+    on their padded space-to-depth grid (conv_grid: no padding, regrouping or cropping per
+    step); v0 goes there once and v comes back once."""
+    if not isinstance(layer, Conv2d):
+        apply, apply_adjoint, gram = _operator(layer, weight, row_mask, col_mask)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
+        return sigma, v
+    xp = namespace(weight)
+    n = v0.shape[0]
+    grid = ConvGrid(weight, layer.stride, layer.padding, layer.in_shape[1:])
+    rows, cols = grid.masks(row_mask, col_mask, n, v0.dtype, xp)
+    # a zero start becomes power_iteration's constant unit vector here, on the layer's
+    # entries only (on the grid it would spread onto the padding)
+    start = grid.to_grid(spectral.unit_start(v0))
+    apply, apply_adjoint, gram = _grid_operator(grid, rows, cols)
+    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, start, n_iters, gram)
+    return sigma, grid.from_grid(v)
 
 
 def _norm_on_tape(layer, weight, v, row_mask, col_mask):
@@ -156,8 +200,7 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
         if not layer.is_affine:
             continue
         w = layer.params["weight"]
-        apply, apply_adjoint, gram = _operator(layer, w.value, None, None)
-        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, starts[i], n_iters, gram)
+        sigma, v = masked_power_iteration(layer, w.value, None, None, starts[i], n_iters)
         new_vectors[i] = v
         norms.append(P.reshape(_norm_on_tape(layer, w, v, None, None), ()) if record else sigma[0])
     return norms, new_vectors
@@ -177,8 +220,7 @@ def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, v0, record, global_
         upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob,
                                                    stop_above=global_norm)
         return xp.minimum(upper, global_norm), v
-    apply, apply_adjoint, gram = _operator(layer, wv, row_mask, col_mask)
-    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
+    sigma, v = masked_power_iteration(layer, wv, row_mask, col_mask, v0, n_iters)
     if record:
         sigma = _norm_on_tape(layer, w, v, row_mask, col_mask)
     return P.minimum(sigma, global_norm), v

@@ -144,10 +144,7 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None):
     if n_iters < 0:
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     xp = namespace(v0)
-    v, norms = _normalise(v0)
-    if bool(xp.any(norms == 0)):
-        fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
-        v = xp.where(_per_sample(norms, v) > 0, v, fallback)
+    v = unit_start(v0)
     in_range = False  # is v in the range of A^T (so that gram may be used)?
     for _ in range(n_iters):
         w = gram(v) if (gram is not None and in_range) else apply_adjoint(apply(v))
@@ -163,6 +160,17 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None):
         in_range = True
     u, sigma = _normalise(apply(v))
     return sigma, u, v
+
+
+def unit_start(v0):
+    """v0 / ||v0|| per sample, and the constant unit vector where v0 is exactly zero: the
+    start power_iteration uses (deterministic, never NaN)."""
+    xp = namespace(v0)
+    v, norms = _normalise(v0)
+    if bool(xp.any(norms == 0)):
+        fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
+        v = xp.where(_per_sample(norms, v) > 0, v, fallback)
+    return v
 
 
 def global_norm_power_iteration(apply, apply_adjoint, v0, n_iters):

@@ -1,0 +1,203 @@
+"""A conv layer as a linear operator on its padded space-to-depth grid, for power iteration.
+
+Power iteration applies a masked conv layer and its adjoint dozens of times per call. On the
+layer's own layout (N, C, H, W) every application pads its operand, regroups it and crops
+the result: copies as large as the products' inputs, paid again at each step. Here the
+iterate lives on the grid instead, for the whole iteration:
+
+- The grid of an input is `primitives.space_to_depth_rows`: zero-padded by p and up to a
+  multiple of the stride s, each s x s cell one pixel of K = s*s*C channels, (n, gh*gw, K).
+  The products treat all samples' pixels as the rows of one (n*gh*gw, K) matrix.
+- The kernel, padded with zeros to th x tw cells of s x s (th = ceil(kh/s)), is a set of
+  taps (u, v) with weights W_t (K, O) (`primitives.tap_weights`). Output (a, b), a < OH and
+  b < OW, is sum_t x[a + u, b + v] @ W_t: on the grid's flattened rows, row r = a*gw + b
+  reads row r + shift_t, shift_t = u*gw + v, every tap a row shift of the same grid, and
+  a + u < gh, b + v < gw always (the grid is padded far enough). The adjoint is
+  g[r] = sum_t y[r - shift_t] @ W_t^T.
+- Nothing is padded or cropped per application. Entries that are not the layer's (the
+  grid's padding; in the scatter form, output rows with a >= OH or b >= OW, which may read
+  the next sample's rows) are zeros of the column and row masks
+  (`masks`), so the masked operator on the grid is the layer's masked operator with zero
+  rows and columns added: the same nonzero singular values, and iterates that start in the
+  masks' range keep zeros there (their norms are the layer-layout norms).
+
+Two forms, both exact (only the order of the sums' rounding differs from conv2d's):
+
+- "gather", for layers whose grid input is no wider than their output (K <= O: a first
+  layer, 3x3 stride-1 layers that widen): the forward copies each tap's (OH, OW) window of
+  the grid side by side, (n*OH*OW, T*K) -- an im2col whose padding is already in place --
+  and makes one product with the taps' weights stacked. Its outputs are compact,
+  (n, OH*OW, O). The adjoint makes one product with the taps' weights side by side,
+  (n*OH*OW, T*K), and adds each tap's block into the grid at its window.
+- "scatter", for layers whose grid input is wider (stride-2 layers, after space-to-depth):
+  the forward makes one product of the grid's rows with the taps' weights side by side,
+  (n*gh*gw, T*O), and adds each tap's column block shifted by its row shift; its outputs
+  stay on the grid's rows, (n, gh*gw, O), rows that are no output holding partial sums that
+  the row mask removes. The adjoint copies y's rows shifted by each tap side by side
+  (T*O columns) and makes one product with the taps' weights stacked.
+
+Each form copies the narrower side (T*K or T*O numbers per row) and computes no output row
+that is not one (gather) or few (scatter: the grid's rows). Against the layer-layout
+masked Gram step (pad, im2col or taps, crop, sub-pixel gather, interleave), one step on
+4c3f's conv layers at 32 samples and one thread took 0.64-0.77x the time on the stride-2
+layers, and the grid's gather form 0.86-0.93x the row-shift gather on the stride-1 layers
+(BENCHMARKS.md).
+"""
+from .. import primitives as P
+from ..backend import namespace
+
+GRID_FORMS = ("gather", "scatter")
+
+
+def grid_form(in_channels, out_channels, stride):
+    """"gather" where the grid's input (s*s*C channels) is no wider than the output, else "scatter"."""
+    return "gather" if stride * stride * in_channels <= out_channels else "scatter"
+
+
+class ConvGrid:
+    """conv2d(., weight, stride, padding) on inputs of spatial size in_hw, as a map from the
+    input grid to the form's output layout (see the module docstring). form: one of
+    GRID_FORMS, None to pick by `grid_form` (tests pass each)."""
+
+    def __init__(self, weight, stride, padding, in_hw, form=None):
+        xp = namespace(weight)
+        o, c, kh, kw = weight.shape
+        s = stride
+        self.stride, self.padding, self.in_hw, self.channels = s, padding, tuple(in_hw), (c, o)
+        self.out_hw = P.conv_output_hw(in_hw[0], in_hw[1], kh, kw, s, padding)
+        th, tw = -(-kh // s), -(-kw // s)
+        if (th * s, tw * s) != (kh, kw):  # zero taps past the kernel make it a multiple of s
+            padded = xp.zeros((o, c, th * s, tw * s), dtype=weight.dtype)
+            padded[:, :, :kh, :kw] = weight
+            weight = padded
+        self.gh, self.gw = -(-(in_hw[0] + 2 * padding) // s), -(-(in_hw[1] + 2 * padding) // s)
+        self.width = s * s * c
+        self.taps = [(u, v) for u in range(th) for v in range(tw)]  # (0, 0) first: shift 0
+        self.form = grid_form(c, o, s) if form is None else form
+        if self.form not in GRID_FORMS:
+            raise ValueError(f"grid form must be one of {GRID_FORMS}, got {self.form!r}")
+        tap_w = P.tap_weights(weight, s)  # (th, tw, K, O)
+        per_tap = [tap_w[u, v, ...] for u, v in self.taps]
+        stacked, side_by_side = xp.concat(per_tap, axis=0), xp.concat([w.T for w in per_tap], axis=1)
+        if self.form == "scatter":  # the forward scatters, the adjoint gathers
+            stacked, side_by_side = xp.concat(per_tap, axis=1), xp.concat([w.T for w in per_tap], axis=0)
+        self.forward_weights, self.adjoint_weights = stacked, side_by_side
+
+    # ---------------------------------------------------------------- layouts
+
+    def output_pixels(self):
+        """Rows per sample of the output layout: OH*OW (gather) or gh*gw (scatter)."""
+        return self.out_hw[0] * self.out_hw[1] if self.form == "gather" else self.gh * self.gw
+
+    def to_grid(self, x):
+        """(n, C, H, W) -> the input grid (n, gh*gw, s*s*C), zeros on the padding."""
+        xp = namespace(x)
+        flat = P.space_to_depth_rows(P._nhwc(x), self.stride, self.padding)[0]
+        return xp.reshape(flat, (x.shape[0], self.gh * self.gw, self.width))
+
+    def from_grid(self, g):
+        """Inverse of to_grid on the layer's entries: (n, gh*gw, s*s*C) -> (n, C, H, W)."""
+        xp = namespace(g)
+        n = g.shape[0]
+        s, p, (c, _), (h, w) = self.stride, self.padding, self.channels, self.in_hw
+        cells = xp.permute_dims(xp.reshape(g, (n, self.gh, self.gw, s, s, c)), (0, 1, 3, 2, 4, 5))
+        image = xp.reshape(cells, (n, self.gh * s, self.gw * s, c))[:, p:p + h, p:p + w, :]
+        return P._nchw(image)
+
+    def to_outputs(self, y):
+        """(n, O, OH, OW) -> the output layout (n, output_pixels(), O); in the scatter form
+        zeros on the grid's rows that are no output."""
+        xp = namespace(y)
+        n, o = y.shape[0], y.shape[1]
+        oh, ow = self.out_hw
+        if self.form == "gather":
+            return xp.reshape(P._nhwc(y), (n, oh * ow, o))
+        grid = xp.zeros((n, self.gh, self.gw, o), dtype=y.dtype)
+        grid[:, :oh, :ow, :] = P._nhwc(y)
+        return xp.reshape(grid, (n, self.gh * self.gw, o))
+
+    def masks(self, row_mask, col_mask, n, dtype, xp):
+        """(row mask (n, output_pixels(), O), column mask (n, gh*gw, s*s*C)) for the layer's
+        0/1 masks (None: every entry of the layer). Beyond the layer's masks they zero
+        entries that are not the layer's: the grid's padding, rows that are no output."""
+        c, o = self.channels
+        if row_mask is None:
+            row_mask = xp.ones((n, o) + tuple(self.out_hw), dtype=dtype)
+        if col_mask is None:
+            col_mask = xp.ones((n, c) + self.in_hw, dtype=dtype)
+        return self.to_outputs(row_mask), self.to_grid(col_mask)
+
+    # ---------------------------------------------------------------- the map and its adjoint
+
+    def forward(self, x):
+        """Input grid (n, gh*gw, K) -> output layout (n, output_pixels(), O). In the scatter
+        form, rows that are no output hold partial sums (finite): the row mask removes them."""
+        xp = namespace(x)
+        n, oh, ow = x.shape[0], self.out_hw[0], self.out_hw[1]
+        if self.form == "scatter":
+            return _shifted_sum(_rows_times(x, self.forward_weights), self._shifts(), 1)
+        image = xp.reshape(x, (n, self.gh, self.gw, self.width))
+        windows = [image[:, u:u + oh, v:v + ow, :] for u, v in self.taps]
+        cols = xp.reshape(xp.stack(windows, axis=3), (n, oh * ow, len(self.taps) * self.width))
+        return _rows_times(cols, self.forward_weights)
+
+    def adjoint(self, y):
+        """Output layout -> input grid. y must be zero on rows that are no output (row-masked)."""
+        xp = namespace(y)
+        n, oh, ow, k = y.shape[0], self.out_hw[0], self.out_hw[1], self.width
+        if self.form == "scatter":
+            return _rows_times(_shifted_columns(y, self._shifts(), -1), self.adjoint_weights)
+        products = xp.reshape(_rows_times(y, self.adjoint_weights), (n, oh, ow, len(self.taps) * k))
+        grid = xp.zeros((n, self.gh, self.gw, k), dtype=y.dtype)
+        for t, (u, v) in enumerate(self.taps):
+            grid[:, u:u + oh, v:v + ow, :] += products[..., t * k:(t + 1) * k]
+        return xp.reshape(grid, (n, self.gh * self.gw, k))
+
+    def _shifts(self):
+        return [u * self.gw + v for u, v in self.taps]
+
+
+def _rows_times(x, weights):
+    """(n, pixels, a) @ (a, b) as one product of all samples' rows (not n small ones)."""
+    xp = namespace(x, weights)
+    n, pixels, width = x.shape
+    out = xp.matmul(xp.reshape(x, (n * pixels, width)), weights)
+    return xp.reshape(out, (n, pixels, weights.shape[1]))
+
+
+def _shifted_columns(x, shifts, direction):
+    """Columns block t = x's rows shifted by direction*shift_t (zeros past either end), over
+    the samples' rows taken together: (n, pixels, w) -> (n, pixels, T*w)."""
+    xp = namespace(x)
+    n, pixels, width = x.shape
+    rows = n * pixels
+    flat = xp.reshape(x, (rows, width))
+    wide = xp.empty((rows, len(shifts) * width), dtype=x.dtype)
+    for t, shift in enumerate(shifts):
+        cols = slice(t * width, (t + 1) * width)
+        if direction > 0:
+            wide[:rows - shift, cols] = flat[shift:, :]
+            wide[rows - shift:, cols] = 0
+        else:
+            wide[shift:, cols] = flat[:rows - shift, :]
+            wide[:shift, cols] = 0
+    return xp.reshape(wide, (n, pixels, len(shifts) * width))
+
+
+def _shifted_sum(products, shifts, direction):
+    """sum_t of column block t of products read at row r + direction*shift_t, over the
+    samples' rows taken together (rows past either end read zeros): (n, pixels, T*w) ->
+    (n, pixels, w)."""
+    xp = namespace(products)
+    n, pixels, total = products.shape
+    rows, width = n * pixels, total // len(shifts)
+    flat = xp.reshape(products, (rows, total))
+    acc = xp.empty((rows, width), dtype=products.dtype)
+    acc[...] = flat[:, :width]  # shift 0
+    for t in range(1, len(shifts)):
+        shift, cols = shifts[t], slice(t * width, (t + 1) * width)
+        if direction > 0:
+            acc[:rows - shift, :] += flat[shift:, cols]
+        else:
+            acc[shift:, :] += flat[:rows - shift, cols]
+    return xp.reshape(acc, (n, pixels, width))
