@@ -63,17 +63,27 @@ def _sample_dim(x):
 def _norms(x):
     """Per-sample Euclidean norm, (B,).
 
-    Fast path: the plain sum of squares (two passes over x). Where a sum is so small that
-    underflowed squares could matter (below tiny * n / eps), or not finite (overflow), all
-    norms are recomputed with the largest entry scaled out first, so that vectors with
+    Fast path: the plain sum of squares, as one dot product per sample (`vecdot`: one pass
+    over x and no temporary, 4x faster than summing x * x on 4c3f's iterates; any order of
+    summation keeps the gamma_n error bound docs/soundness.md uses). Where a sum is so small
+    that underflowed squares could matter (below tiny * n / eps), or not finite (overflow),
+    all norms are recomputed with the largest entry scaled out first, so that vectors with
     entries near 1e-160 (float64) or 1e-20 (float32) keep an accurate norm."""
     xp = namespace(x)
-    axes = tuple(range(1, x.ndim))
-    squares = xp.sum(x * x, axis=axes)
+    flat = xp.reshape(x, (x.shape[0], _sample_dim(x)))
+    squares = xp.vecdot(flat, flat, axis=-1)
     info = xp.finfo(x.dtype)
     floor = float(info.smallest_normal) * _sample_dim(x) / float(info.eps)
     if bool(xp.all(xp.isfinite(squares) & (squares > floor))):
         return xp.sqrt(squares)
+    return _scaled_norms(x)
+
+
+def _scaled_norms(x):
+    """Per-sample Euclidean norm with each sample's largest entry scaled out first: no
+    overflow or underflow in the squares, at the price of two more passes over x."""
+    xp = namespace(x)
+    axes = tuple(range(1, x.ndim))
     scale = xp.max(xp.abs(x), axis=axes)
     scaled = x / _per_sample(_safe(scale), x)
     return scale * xp.sqrt(xp.sum(scaled * scaled, axis=axes))
@@ -375,7 +385,7 @@ def gram_iteration_upper(matrix, n_iters):
     u = _unit_roundoff(xp, w.dtype)
     p = min(m, n)
 
-    frob = _norms  # scaled by the largest entry: no overflow or underflow in the squares
+    frob = _scaled_norms  # G_t's entries may be far out of range before the rescaling
 
     # step t: X_t (computed), r_t = fl(||X_t||_F), H_t = fl(X_t / r_t)
     # kappa_t: ||X_t||_F <= r_t kappa_t;  H_t = X_t / r_t + D_t with ||D_t||_F <= u kappa_t
