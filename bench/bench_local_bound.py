@@ -14,7 +14,8 @@ the same given start vectors on both sides), the global norms, and the product o
 
 Mode "values" times the bound alone (what certification runs). Mode "grad" times what a
 training step needs: lipref with record=True, the GloRo loss and the tape's `grad` for every
-parameter, block by block as `lipref train` computes them (`train.blocked_gradients`),
+parameter, as `lipref train` computes them (the global power iteration once, then block by
+block with `train.blocked_gradients`),
 against torch autograd (forward with grad, GloRo loss, backward).
 
 Both libraries get the same number of threads (OpenBLAS / OpenMP environment variables set
@@ -98,7 +99,7 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     """A no-argument function running lipref's walk (and, in mode grad, loss + gradients)."""
     from lipref import losses
     from lipref.backend import get_backend
-    from lipref.bounds.lipschitz import network_bounds
+    from lipref.bounds.lipschitz import global_norms, network_bounds
     from lipref.bounds.margins import one_hot
     from lipref.train import blocked_gradients
     xp = get_backend("numpy")
@@ -109,12 +110,14 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     def values():
         return network_bounds(model, x, eps, "local", "fast", n_iters, None, local_vectors, global_vectors).lipschitz
 
-    def block_loss(s):
-        b = network_bounds(model, x[s, ...], eps, "local", "fast", n_iters, None,
-                           {k: v[s, ...] for k, v in local_vectors.items()}, global_vectors, record=True)
-        return losses.gloro_loss(b, last, onehot[s, ...]), None
+    def gradients():  # as a training step computes them: the global iteration once, then blocks in threads
+        converged = global_norms(model, "fast", n_iters, None, global_vectors, False)[1]
 
-    def gradients():  # as a training step computes them: in blocks of samples, in threads
+        def block_loss(s):
+            b = network_bounds(model, x[s, ...], eps, "local", "fast", n_iters, None,
+                               {k: v[s, ...] for k, v in local_vectors.items()}, converged, record=True,
+                               global_iters=0)
+            return losses.gloro_loss(b, last, onehot[s, ...]), None
         return blocked_gradients(xp, x.shape[0], params, block_loss)[1]
     return values if mode == "values" else gradients
 

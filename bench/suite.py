@@ -253,7 +253,7 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
     else:
         import array_api_compat.numpy as xp
         from lipref import losses
-        from lipref.bounds.lipschitz import network_bounds
+        from lipref.bounds.lipschitz import global_norms, network_bounds
         from lipref.bounds.margins import one_hot
         from lipref.optim import Adam
         from lipref.train import blocked_gradients
@@ -264,12 +264,14 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
         glv = {k: xp.asarray(v) for k, v in gv.items()}
         names = list(params)
 
-        def block_loss(s):
-            b = network_bounds(model, xv[s, ...], eps, "local", "fast", n_iters, None,
-                               {k: v[s, ...] for k, v in lv.items()}, glv, record=True)
-            return losses.gloro_loss(b, model.layers[-1].params["weight"], onehot[s, ...]), None
+        def run():  # as `lipref train` computes a step: the global iteration once, then blocks in threads
+            global_vectors = global_norms(model, "fast", n_iters, None, glv, False)[1]
 
-        def run():  # as `lipref train` computes a step: in blocks of samples, in threads
+            def block_loss(s):
+                b = network_bounds(model, xv[s, ...], eps, "local", "fast", n_iters, None,
+                                   {k: v[s, ...] for k, v in lv.items()}, global_vectors, record=True,
+                                   global_iters=0)
+                return losses.gloro_loss(b, model.layers[-1].params["weight"], onehot[s, ...]), None
             value, grads, _ = blocked_gradients(xp, batch, [params[k] for k in names], block_loss)
             opt.step(dict(zip(names, grads)))
             return float(value)

@@ -22,7 +22,7 @@ from . import losses
 from . import primitives as P
 from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
 from .bounds import margins as M
-from .bounds.lipschitz import BOUNDS, network_bounds, start_vectors
+from .bounds.lipschitz import BOUNDS, global_norms, network_bounds, start_vectors
 from .certify import certify
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
@@ -260,15 +260,19 @@ class Trainer:
         if previous is not None:
             stored = {k: to_backend(v, xp, self.dtype) for k, v in previous.read(index).items()}
         clean_only = kappa == 1.0 and c.sparsity == 0  # warm-up: clean training, stored vectors carried over
-        global_starts, local_starts = ({}, {}) if clean_only else \
-            start_vectors(self.model, n, c.bound, rng, stored, self.global_vectors)
+        global_vectors, local_starts = {}, {}
+        if not clean_only:
+            global_starts, local_starts = start_vectors(self.model, n, c.bound, rng, stored, self.global_vectors)
+            # the global power iteration once, here; each block only puts its norms on the tape
+            global_vectors = global_norms(self.model, "fast", c.n_iters, None, global_starts, False)[1]
         last = self.model.layers[-1].params["weight"]
 
         def block_loss(s):
             if clean_only:
                 return losses.clean_loss(self.model(x[s, ...]), onehot[s, ...]), None
             b = network_bounds(self.model, x[s, ...], eps, c.bound, "fast", c.n_iters, None,
-                               {k: v[s, ...] for k, v in local_starts.items()}, global_starts, record=True)
+                               {k: v[s, ...] for k, v in local_starts.items()}, global_vectors, record=True,
+                               global_iters=0)
             loss = losses.mixed_loss(c.loss, b, last, onehot[s, ...], kappa)
             if c.sparsity > 0:
                 loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
@@ -278,7 +282,7 @@ class Trainer:
         if clean_only:
             new_vectors, lipschitz = stored, None
         else:
-            self.global_vectors = bounds[0].global_vectors  # every block ran the same global power iteration
+            self.global_vectors = bounds[0].global_vectors  # every block put the same vectors on the tape
             new_vectors = {k: xp.concat([b.local_vectors[k] for b in bounds], axis=0)
                            for k in bounds[0].local_vectors}
             lipschitz = float(to_host(xp.mean(xp.concat([value_of(b.lipschitz) for b in bounds], axis=0))))

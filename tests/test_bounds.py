@@ -305,6 +305,8 @@ def test_bad_arguments(xp):
         network_bounds(model, x, 0.1, "local", "fast", 5, rng, threads=0)
     with pytest.raises(ValueError, match="threads and sample_block"):
         network_bounds(model, x, 0.1, "local", "fast", 5, rng, sample_block=0)
+    with pytest.raises(ValueError, match="global_iters"):
+        network_bounds(model, x, 0.1, "local", "fast", 5, rng, global_iters=-1)
 
 
 def _same_bounds(a, b, xp):
@@ -369,3 +371,27 @@ def test_start_vectors_are_the_draws_network_bounds_makes(xp, bound):
     assert drawn.standard_normal() == direct.standard_normal()
     _same_bounds(expected, given, xp)
     assert (bound == "local") == bool(local_starts)
+
+
+@pytest.mark.parametrize("bound", ["local", "global"])
+def test_global_iteration_once_then_only_on_the_tape(xp, bound):
+    """Training runs the global power iteration once per step (global_norms) and gives every
+    block its vectors with global_iters=0: the bounds and their gradients are those of a
+    call that runs the iteration itself."""
+    from lipref.bounds.lipschitz import global_norms, start_vectors
+    model, rng = small_model("clipped_relu", True, xp, 14)
+    x = xp.asarray(_inputs(model, rng, 4))
+    global_starts, local_starts = start_vectors(model, 4, bound, numpy.random.default_rng(2))
+    itself = network_bounds(model, x, 0.3, bound, "fast", 9, None, local_starts, global_starts, record=True)
+    converged = global_norms(model, "fast", 9, None, global_starts, False)[1]
+    once = network_bounds(model, x, 0.3, bound, "fast", 9, None, local_starts, converged, record=True,
+                          global_iters=0)
+    params = list(model.parameters().values())
+    expected = grad(P.sum(itself.lipschitz, None, False), params)
+    got = grad(P.sum(once.lipschitz, None, False), params)
+    for j, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert_backend_close(a, to_host(b), xp, rtol=1e-10, atol=1e-12, what=f"gradient {j}")
+    assert_backend_close(once.lipschitz.value, to_host(itself.lipschitz.value), xp, rtol=1e-12, what="bound")
+    for k in converged:
+        assert_backend_close(once.global_vectors[k], to_host(itself.global_vectors[k]), xp, rtol=1e-12, atol=1e-14,
+                             what=f"global vector {k}")

@@ -255,7 +255,7 @@ def _rounding_slack(layer, params, lower, upper, xp):
 
 def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
                    global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None, threads=None,
-                   sample_block=None):
+                   sample_block=None, global_iters=None):
     """Logits at x and Lipschitz bounds of x -> penultimate over the l2 ball of radius eps.
 
     bound: "local" (masks and masked norms) or "global" (product of full norms; the box
@@ -274,6 +274,10 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     draw them, so the result does not depend on `threads` at all, nor on `sample_block`
     beyond rounding. With `record`, or an x on the tape, the tape is built in one piece, in
     the calling thread.
+    global_iters: fast mode's power-iteration steps for the global norms (None: n_iters). A
+    caller that bounds one batch in blocks (training) runs the global iteration once
+    (`global_norms`) and passes its vectors to every block with global_iters=0: the blocks
+    then only put the norms on the tape, instead of each repeating the same iteration.
     """
     if bound not in BOUNDS:
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
@@ -293,7 +297,10 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
         raise ValueError("sound mode gives bounds, not gradients: record must be False")
     if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
         raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
-    gnorms, gvectors = global_norms(model, mode, n_iters, rng, global_vectors or {}, record, sound_norms)
+    if global_iters is not None and global_iters < 0:
+        raise ValueError(f"global_iters must be >= 0, got {global_iters}")
+    gnorms, gvectors = global_norms(model, mode, n_iters if global_iters is None else global_iters, rng,
+                                    global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
     if record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
         result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob)
