@@ -186,9 +186,9 @@ def map_in_threads(xp, fn, items, threads=None):
     held at one thread (threadpoolctl; the setting is process-wide and restored after), in a
     pool of `threads` threads (None: `default_threads`, read before BLAS is held) when there
     is more than one item: BLAS may split a product's sum between its threads, so a product
-    computed with one BLAS thread everywhere rounds the same whatever `threads` is. Called from inside one of those threads (nested), or on
-    any other backend, the calls run one after another in the calling thread. An exception
-    in a call is raised here."""
+    computed with one BLAS thread everywhere rounds the same whatever `threads` is. Called
+    from inside one of those threads (nested), or on any other backend, the calls run one
+    after another in the calling thread. An exception in a call is raised here."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     items = list(items)

@@ -15,16 +15,17 @@ def activation_masks(layer, params, lower, upper):
 
     output_mask: outputs that can change on the ball (the next layer's columns).
     row_mask: pre-activations whose change can reach the output (the previous affine
-    layer's rows). They agree for ReLU and clipped ReLU. For MaxMin a pair's two inputs feed
-    both outputs, so a pair's rows go only when both its outputs are constant."""
+    layer's rows). They agree for ReLU and clipped ReLU, which return one array as both
+    (callers never write into masks). For MaxMin a pair's two inputs feed both outputs, so a
+    pair's rows go only when both its outputs are constant."""
     xp = namespace(lower)
     if isinstance(layer, ReLU):
-        moving = upper > 0
-        return _f(moving, lower), _f(moving, lower)
+        moving = _f(upper > 0, lower)
+        return moving, moving
     if isinstance(layer, ClippedReLU):
         theta = params["threshold"]
-        moving = (upper > 0) & (lower < theta)
-        return _f(moving, lower), _f(moving, lower)
+        moving = _f((upper > 0) & (lower < theta), lower)
+        return moving, moving
     if isinstance(layer, ClampedMaxMin):
         h = lower.shape[1] // 2
         max_lower = xp.maximum(lower[:, :h, ...], lower[:, h:, ...])
