@@ -381,9 +381,21 @@ softmax_cross_entropy = primitive(_softmax_cross_entropy, _softmax_cross_entropy
 
 # ---------------------------------------------------------------- linear maps
 
+def _product(a, b):
+    """a @ b for 2-D arrays, computed as (b^T a^T)^T when a has fewer rows than b has
+    columns: OpenBLAS runs a product with few rows (a block of 32 samples against a dense
+    layer) slower than the same product transposed. Measured on 4c3f's dense layers, 32
+    samples, one thread (Xeon, AVX-512): x W^T 0.65-0.70x the time, u W 0.79-0.97x; from 512
+    rows on, either way within 2-4%. Only the rounding of the sums can differ."""
+    xp = namespace(a, b)
+    if a.shape[0] < b.shape[1]:
+        return xp.matmul(b.T, a.T).T
+    return xp.matmul(a, b)
+
+
 def _matmul(a, b):
     """Matrix product of 2-D arrays."""
-    return namespace(a, b).matmul(a, b)
+    return _product(a, b)
 
 
 matmul = primitive(_matmul,
@@ -393,13 +405,12 @@ matmul = primitive(_matmul,
 
 def _linear(x, weight, bias):
     """x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
-    xp = namespace(x, weight)
-    out = xp.matmul(x, weight.T)
+    out = _product(x, weight.T)
     return out if bias is None else out + bias
 
 
 linear = primitive(_linear,
-                   lambda g, ans, x, w, b: namespace(g).matmul(g, w),
+                   lambda g, ans, x, w, b: _product(g, w),
                    lambda g, ans, x, w, b: namespace(g).matmul(g.T, x),
                    lambda g, ans, x, w, b: namespace(g).sum(g, axis=0))
 
