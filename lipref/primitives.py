@@ -393,6 +393,15 @@ def _product(a, b):
     return xp.matmul(a, b)
 
 
+def _add_in_place(new, b):
+    """new + b, written into `new` (an array this primitive just made, never an input)
+    where that keeps its dtype: half the time of a fresh sum on 4c3f's first layer."""
+    if new.dtype != b.dtype:
+        return new + b
+    new += b
+    return new
+
+
 def _matmul(a, b):
     """Matrix product of 2-D arrays."""
     return _product(a, b)
@@ -406,7 +415,7 @@ matmul = primitive(_matmul,
 def _linear(x, weight, bias):
     """x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
     out = _product(x, weight.T)
-    return out if bias is None else out + bias
+    return out if bias is None else _add_in_place(out, bias)
 
 
 linear = primitive(_linear,
@@ -673,7 +682,9 @@ def _conv2d(x, weight, bias, stride, padding, form=None):
     blocks = _blocks(n, oh * ow * kh * kw * c)
     if len(blocks) == 1:  # no output buffer to copy into (the tap forms' crop stays a view)
         y = forward(xt)
-        return _nchw(y if bias is None else y + bias)
+        if bias is not None:
+            y = _add_in_place(y, bias)
+        return _nchw(y)
     out = xp.empty((n, oh, ow, o), dtype=x.dtype)
     for b in blocks:
         y = forward(xt[b, ...])
