@@ -307,6 +307,8 @@ def test_bad_arguments(xp):
         network_bounds(model, x, 0.1, "local", "fast", 5, rng, sample_block=0)
     with pytest.raises(ValueError, match="global_iters"):
         network_bounds(model, x, 0.1, "local", "fast", 5, rng, global_iters=-1)
+    with pytest.raises(ValueError, match=r"global_iters=0 takes .* layers \[0, 2\]"):
+        network_bounds(model, x, 0.1, "local", "fast", 5, rng, global_iters=0)
 
 
 def _same_bounds(a, b, xp):

@@ -304,6 +304,12 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
         raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
     if global_iters is not None and global_iters < 0:
         raise ValueError(f"global_iters must be >= 0, got {global_iters}")
+    if global_iters == 0 and mode == "fast":  # the norms would come from random vectors
+        unfit = [i for i, layer in enumerate(model.layers[:-1]) if layer.is_affine and
+                 tuple(getattr((global_vectors or {}).get(i), "shape", ())) != (1,) + layer.in_shape]
+        if unfit:
+            raise ValueError(f"global_iters=0 takes the global norms from given global_vectors (those of a "
+                             f"finished global power iteration); none of shape (1, *input shape) for layers {unfit}")
     gnorms, gvectors = global_norms(model, mode, n_iters if global_iters is None else global_iters, rng,
                                     global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
