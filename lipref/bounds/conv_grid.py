@@ -78,10 +78,13 @@ class ConvGrid:
             raise ValueError(f"grid form must be one of {GRID_FORMS}, got {self.form!r}")
         tap_w = P.tap_weights(weight, s)  # (th, tw, K, O)
         per_tap = [tap_w[u, v, ...] for u, v in self.taps]
-        stacked, side_by_side = xp.concat(per_tap, axis=0), xp.concat([w.T for w in per_tap], axis=1)
-        if self.form == "scatter":  # the forward scatters, the adjoint gathers
-            stacked, side_by_side = xp.concat(per_tap, axis=1), xp.concat([w.T for w in per_tap], axis=0)
-        self.forward_weights, self.adjoint_weights = stacked, side_by_side
+        transposed = [w.T for w in per_tap]
+        # a gathering direction stacks its taps' weights (T*in, out), a scattering one puts
+        # them side by side (in, T*out); the adjoint does the opposite of the forward
+        if self.form == "gather":
+            self.forward_weights, self.adjoint_weights = xp.concat(per_tap, axis=0), xp.concat(transposed, axis=1)
+        else:
+            self.forward_weights, self.adjoint_weights = xp.concat(per_tap, axis=1), xp.concat(transposed, axis=0)
 
     # ---------------------------------------------------------------- layouts
 
