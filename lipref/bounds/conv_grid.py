@@ -40,7 +40,7 @@ Each form copies the narrower side (T*K or T*O numbers per row) and computes no 
 that is not one (gather) or few (scatter: the grid's rows). Against the layer-layout
 masked Gram step (pad, im2col or taps, crop, sub-pixel gather, interleave), one step on
 4c3f's conv layers at 32 samples and one thread took 0.64-0.77x the time on the stride-2
-layers, and the grid's gather form 0.86-0.93x the row-shift gather on the stride-1 layers
+layers, and the grid's gather form 0.86-0.91x a row-shift gather on the stride-1 layers
 (BENCHMARKS.md).
 """
 from .. import primitives as P
