@@ -169,38 +169,18 @@ def _rows_times(x, weights):
 
 
 def _shifted_columns(x, shifts, direction):
-    """Columns block t = x's rows shifted by direction*shift_t (zeros past either end), over
-    the samples' rows taken together: (n, pixels, w) -> (n, pixels, T*w)."""
+    """primitives.shifted_columns over the samples' rows taken together: (n, pixels, w) ->
+    (n, pixels, T*w)."""
     xp = namespace(x)
     n, pixels, width = x.shape
-    rows = n * pixels
-    flat = xp.reshape(x, (rows, width))
-    wide = xp.empty((rows, len(shifts) * width), dtype=x.dtype)
-    for t, shift in enumerate(shifts):
-        cols = slice(t * width, (t + 1) * width)
-        if direction > 0:
-            wide[:rows - shift, cols] = flat[shift:, :]
-            wide[rows - shift:, cols] = 0
-        else:
-            wide[shift:, cols] = flat[:rows - shift, :]
-            wide[:shift, cols] = 0
+    wide = P.shifted_columns(xp.reshape(x, (n * pixels, width)), shifts, direction)
     return xp.reshape(wide, (n, pixels, len(shifts) * width))
 
 
 def _shifted_sum(products, shifts, direction):
-    """sum_t of column block t of products read at row r + direction*shift_t, over the
-    samples' rows taken together (rows past either end read zeros): (n, pixels, T*w) ->
+    """primitives.shifted_sum over the samples' rows taken together: (n, pixels, T*w) ->
     (n, pixels, w)."""
     xp = namespace(products)
     n, pixels, total = products.shape
-    rows, width = n * pixels, total // len(shifts)
-    flat = xp.reshape(products, (rows, total))
-    acc = xp.empty((rows, width), dtype=products.dtype)
-    acc[...] = flat[:, :width]  # shift 0
-    for t in range(1, len(shifts)):
-        shift, cols = shifts[t], slice(t * width, (t + 1) * width)
-        if direction > 0:
-            acc[:rows - shift, :] += flat[shift:, cols]
-        else:
-            acc[shift:, :] += flat[:rows - shift, cols]
-    return xp.reshape(acc, (n, pixels, width))
+    acc = P.shifted_sum(xp.reshape(products, (n * pixels, total)), shifts, direction)
+    return xp.reshape(acc, (n, pixels, total // len(shifts)))
