@@ -16,7 +16,6 @@ Modes (see docs/soundness.md): "fast" estimates norms by power iteration (under-
 what the paper's code does); "sound" uses upper bounds everywhere a certificate depends
 on them, including the radii that decide the masks, and needs float64.
 """
-import math
 from dataclasses import dataclass, field
 
 from .. import primitives as P
@@ -143,13 +142,9 @@ def masked_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters):
     n = v0.shape[0]
     grid = ConvGrid(weight, layer.stride, layer.padding, layer.in_shape[1:])
     rows, cols = grid.masks(row_mask, col_mask, n, v0.dtype, xp)
-    # a zero start must become power_iteration's constant unit vector here, on the layer's
-    # entries only (on the grid it would spread onto the padding); other starts are
-    # normalised on the grid, by power_iteration
-    flat = xp.reshape(v0, (n, math.prod(v0.shape[1:])))
-    if bool(xp.any(xp.vecdot(flat, flat, axis=-1) == 0)):
-        v0 = spectral.unit_start(v0)
-    start = grid.to_grid(v0)
+    # normalised here, so that a zero start becomes power_iteration's constant unit vector
+    # on the layer's entries only (on the grid it would spread onto the padding)
+    start = grid.to_grid(spectral.unit_start(v0))
     apply, apply_adjoint, gram = _grid_operator(grid, rows, cols)
     sigma, _, v = spectral.power_iteration(apply, apply_adjoint, start, n_iters, gram)
     return sigma, grid.from_grid(v)
