@@ -77,10 +77,15 @@ def _random_start(rng, shape, xp, dtype):
     return xp.asarray(rng.standard_normal(shape), dtype=dtype)
 
 
-def _start(vectors, key, shape, rng, xp, dtype):
+def _fits(vectors, key, shape):
+    """Is there a stored vector under key, of this shape?"""
     v = vectors.get(key)
-    if v is not None and tuple(v.shape) == tuple(shape):
-        return v
+    return v is not None and tuple(v.shape) == tuple(shape)
+
+
+def _start(vectors, key, shape, rng, xp, dtype):
+    if _fits(vectors, key, shape):
+        return vectors[key]
     return _random_start(rng, shape, xp, dtype)
 
 
@@ -300,8 +305,8 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     if global_iters is not None and global_iters < 0:
         raise ValueError(f"global_iters must be >= 0, got {global_iters}")
     if global_iters == 0 and mode == "fast":  # the norms would come from random vectors
-        unfit = [i for i, layer in enumerate(model.layers[:-1]) if layer.is_affine and
-                 tuple(getattr((global_vectors or {}).get(i), "shape", ())) != (1,) + layer.in_shape]
+        unfit = [i for i, layer in enumerate(model.layers[:-1])
+                 if layer.is_affine and not _fits(global_vectors or {}, i, (1,) + layer.in_shape)]
         if unfit:
             raise ValueError(f"global_iters=0 takes the global norms from given global_vectors (those of a "
                              f"finished global power iteration); none of shape (1, *input shape) for layers {unfit}")
