@@ -555,3 +555,65 @@ def test_cholesky_or_none_reports_breakdown_on_every_backend(xp):
                          what="L L^T")
     for bad in ([[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.0], [0.0, 0.0]], [[-1.0, 0.0], [0.0, 5.0]]):
         assert cholesky_or_none(xp, xp.asarray(numpy.array(bad))) is None, bad
+
+
+# ---------------------------------------------------------------- scaling between steps
+
+@pytest.mark.parametrize("dtype_name, log2_norm", [("float64", 40), ("float64", -40), ("float32", 20),
+                                                   ("float32", -20), ("float32", 5), ("float64", 0)])
+def test_power_iteration_rescales_iterates_that_leave_the_safe_range(xp, dtype_name, log2_norm):
+    """Iterates are divided by their norms only when those leave [2^-32, 2^32]: operators
+    whose A^T A scales by 2^80 (2^-80) per step would overflow (underflow) float64 within
+    13 steps, float32 ones at 2^40 within 4, so 30 steps pass only if rescaling happens;
+    the estimate still equals exact-arithmetic power iteration, and v is unit."""
+    rng = numpy.random.default_rng(5)
+    weight = rng.standard_normal((7, 6)) * 2.0 ** log2_norm
+    m_in, m_out = masks(rng, (3, 6), 0.8), masks(rng, (3, 7), 0.8)
+    m_in[:, 0] = m_out[:, 0] = 1.0  # no zero operator
+    dtype = getattr(xp, dtype_name)
+    w, mi, mo = (xp.asarray(a, dtype=dtype) for a in (weight, m_in, m_out))
+
+    def apply(v):
+        return mo * xp.matmul(mi * v, w.T)
+
+    def apply_adjoint(u):
+        return mi * xp.matmul(mo * u, w)
+    v0 = rng.standard_normal((3, 6))
+    sigma, u, v = S.power_iteration(apply, apply_adjoint, xp.asarray(v0, dtype=dtype), 30)
+    rtol = 1e-10 if dtype_name == "float64" else 1e-4
+    assert_backend_close(sigma, exact_power_sigma(weight, m_in, m_out, v0, 30), xp, rtol=rtol, atol=0,
+                         what=f"sigma at ||W|| ~ 2^{log2_norm}")
+    assert_backend_close(xp.sqrt(xp.sum(v * v, axis=1)), numpy.ones(3), xp, rtol=rtol, what="v is unit")
+    assert_backend_close(xp.sqrt(xp.sum(u * u, axis=1)), numpy.ones(3), xp, rtol=rtol, what="u is unit")
+
+
+def test_safe_start(xp):
+    """A start keeps its values where its norm is in range (only its direction matters), is
+    scaled to unit where it is not, and becomes the constant unit vector where it is zero."""
+    rng = numpy.random.default_rng(2)
+    v0 = rng.standard_normal((4, 3, 5))
+    v0[1] = 0.0
+    v0[2] *= 1e12  # norm beyond 2^32: the whole batch is scaled to unit
+    start = S.safe_start(xp.asarray(v0))
+    norms = numpy.linalg.norm(v0.reshape(4, -1), axis=1)
+    expected = v0 / numpy.where(norms > 0, norms, 1.0).reshape(4, 1, 1)
+    expected[1] = 1.0 / math.sqrt(15)
+    assert_backend_close(start, expected, xp, rtol=1e-14, atol=0, what="out of range: unit")
+    in_range = numpy.delete(v0, (1, 2), axis=0)
+    assert numpy.array_equal(to_numpy(S.safe_start(xp.asarray(in_range))), in_range), "in range: unchanged"
+
+
+@pytest.mark.parametrize("batch, dim", [(1, 7), (3, 4096), (32, 28800), (32, 900), (32, 97), (600, 130), (0, 5)])
+def test_norms_in_pieces_and_their_range(xp, batch, dim):
+    """Per-sample norms, summed over pieces where that lets NumPy drop the interpreter lock,
+    equal numpy.linalg.norm, and the range reported is theirs."""
+    pieces = S._pieces_per_sample(batch, dim)
+    assert dim % pieces == 0 and (pieces == 1 or (dim // pieces >= 64 and batch * pieces >= 512))
+    rng = numpy.random.default_rng(batch + dim)
+    x = rng.standard_normal((batch, dim))
+    norms, smallest, largest = S._norms_and_range(xp.asarray(x))
+    expected = numpy.linalg.norm(x, axis=1)
+    assert_backend_close(norms, expected, xp, rtol=1e-13, what="norms")
+    if batch:
+        assert smallest == pytest.approx(expected.min(), rel=1e-13)
+        assert largest == pytest.approx(expected.max(), rel=1e-13)

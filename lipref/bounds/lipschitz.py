@@ -24,7 +24,8 @@ from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
 from ..tape import Var, value_of
 from . import spectral
 from .conv_grid import ConvGrid
-from .interval import activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect, row_norms
+from .interval import (activation_interval, affine, affine_adjoint, affine_interval, ball_interval, intersect,
+                       row_norms, uniform_box_interval, weight_forms)
 from .masks import activation_masks, constant_fraction
 
 MODES = ("fast", "sound")
@@ -141,17 +142,17 @@ def masked_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters):
     step); v0 goes there once and v comes back once."""
     if not isinstance(layer, Conv2d):
         apply, apply_adjoint, gram = _operator(layer, weight, row_mask, col_mask)
-        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram)
+        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram, left=False)
         return sigma, v
     xp = namespace(weight)
     n = v0.shape[0]
     grid = ConvGrid(weight, layer.stride, layer.padding, layer.in_shape[1:])
     rows, cols = grid.masks(row_mask, col_mask, n, v0.dtype, xp)
-    # normalised here, so that a zero start becomes power_iteration's constant unit vector
-    # on the layer's entries only (on the grid it would spread onto the padding)
-    start = grid.to_grid(spectral.unit_start(v0))
+    # a zero start becomes power_iteration's constant unit vector here, on the layer's
+    # entries only (on the grid it would spread onto the padding)
+    start = grid.to_grid(spectral.safe_start(v0))
     apply, apply_adjoint, gram = _grid_operator(grid, rows, cols)
-    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, start, n_iters, gram)
+    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, start, n_iters, gram, left=False)
     return sigma, grid.from_grid(v)
 
 
@@ -167,7 +168,8 @@ def _norm_on_tape(layer, weight, v, row_mask, col_mask):
 
 
 def _dense_masked_matrices(weight, row_mask, col_mask):
-    return weight[None, :, :] * row_mask[:, :, None] * col_mask[:, None, :]
+    rows = weight[None, :, :] * row_mask[:, :, None]
+    return rows if col_mask is None else rows * col_mask[:, None, :]
 
 
 def sound_global_norms(model, rng, max_dense=8192):
@@ -237,7 +239,7 @@ def _chunked_dense_upper(weight, row_mask, col_mask, chunk=32):
     n = row_mask.shape[0]
     for s in range(0, n, chunk):
         e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
-        m = _dense_masked_matrices(weight, row_mask[s:e, ...], col_mask[s:e, ...])
+        m = _dense_masked_matrices(weight, row_mask[s:e, ...], None if col_mask is None else col_mask[s:e, ...])
         parts.append(spectral.dense_spectral_norm_upper(m))
     return xp.concat(parts, axis=0)
 
@@ -314,11 +316,14 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
                                     global_vectors or {}, record, sound_norms)
     starts = _local_starts(model, bound, mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
     if record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
-        result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob)
+        result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob, None)
     else:
+        forms = {i: weight_forms(_params(layer, False)) for i, layer in enumerate(model.layers[:-1])
+                 if layer.is_affine}  # once for all blocks
+
         def walk_block(s):
             return _walk(model, x[s, ...], eps, bound, mode, n_iters, {k: v[s, ...] for k, v in starts.items()},
-                         gnorms, record, failure_prob)
+                         gnorms, record, failure_prob, forms)
         parts = map_in_threads(xp, walk_block, sample_blocks(xp, n, sample_block), threads)
         result = parts[0] if len(parts) == 1 else _concat_blocks(parts, xp, threads)
     glob = xp.ones((), dtype=xv.dtype)
@@ -411,8 +416,9 @@ def _stack_blocks(arrays):
     return namespace(arrays[0]).concat(arrays, axis=0)
 
 
-def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob):
-    """network_bounds for one block of samples, given the global norms and the start vectors."""
+def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob, forms):
+    """network_bounds for one block of samples, given the global norms, the start vectors
+    and the affine layers' `weight_forms` (None: computed here, on the tape if recording)."""
     xv = value_of(x)
     xp = namespace(xv)
     n = xv.shape[0]
@@ -421,7 +427,8 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
     lower, upper = P.subtract(x, float(eps)), P.add(x, float(eps))
     lipschitz = xp.ones((n,), dtype=xv.dtype)
     radius = xp.full((n,), float(eps), dtype=xv.dtype)
-    in_mask = xp.ones_like(xv)
+    in_mask = None  # the current activations' mask, 1 = can move; None: all can
+    box_radius = float(eps)  # the box is h +- box_radius on every coordinate; None once not
     result = NetworkBounds(None, None, None, None, None, None, None)
     pending = None  # (index, layer, params, input mask) of an affine layer awaiting its row mask
     affine_count = 0
@@ -450,15 +457,20 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
                 flush(None)
             z = affine(layer, h, params["weight"], params["bias"])
             slack = _rounding_slack(layer, params, lower, upper, xp) if mode == "sound" else None
-            lo_i, up_i = affine_interval(layer, params, lower, upper)
-            lo_b, up_b = ball_interval(z, radius, row_norms(layer, params, in_mask))
-            lower, upper = intersect(lo_i, up_i, lo_b, up_b)
+            w_forms = weight_forms(params) if forms is None else forms[i]
+            norms = row_norms(layer, w_forms, in_mask)
+            if box_radius is not None:
+                lower, upper = uniform_box_interval(layer, w_forms, z, box_radius, radius, norms)
+            else:
+                lo_i, up_i = affine_interval(layer, w_forms, params["bias"], lower, upper)
+                lo_b, up_b = ball_interval(z, radius, norms)
+                lower, upper = intersect(lo_i, up_i, lo_b, up_b)
             if slack is not None:  # computed from this layer's input box, before the update
                 lower, upper = P.subtract(lower, slack), P.add(upper, slack)
             h = z
             pending = (i, layer, params, in_mask)
             # every output of an affine layer can move; only an activation makes some constant
-            in_mask = xp.ones((n,) + layer.out_shape, dtype=xv.dtype)
+            in_mask, box_radius = None, None
         elif layer.is_activation:
             row_mask, out_mask = activation_masks(layer, {k: value_of(v) for k, v in params.items()},
                                                   value_of(lower), value_of(upper))
@@ -471,14 +483,14 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
             h = layer(h, params)
             r = P.reshape(radius, (n,) + (1,) * (len(layer.out_shape)))
             lower, upper = intersect(lower, upper, P.subtract(h, r), P.add(h, r))
-            in_mask = out_mask
+            in_mask, box_radius = out_mask, None
         elif isinstance(layer, Flatten):
             if pending is not None:
                 flush(None)
                 pending = None
             shape = (n,) + layer.out_shape
             h, lower, upper = P.reshape(h, shape), P.reshape(lower, shape), P.reshape(upper, shape)
-            in_mask = xp.reshape(in_mask, shape)
+            in_mask = None if in_mask is None else xp.reshape(in_mask, shape)
     if pending is not None:
         flush(None)
     last = model.layers[-1]

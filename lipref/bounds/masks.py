@@ -46,5 +46,6 @@ def _f(mask, like):
 def constant_fraction(output_mask):
     """Per sample, the fraction of an activation's outputs that are constant on the ball."""
     xp = namespace(output_mask)
-    flat = xp.reshape(output_mask, (output_mask.shape[0], -1))
-    return 1.0 - xp.mean(flat, axis=1)
+    # a mean over the feature axes, not over a flattened copy: conv masks are NCHW views of
+    # channels-last memory, which a reshape would copy
+    return 1.0 - xp.mean(output_mask, axis=tuple(range(1, output_mask.ndim)))

@@ -21,6 +21,7 @@ What each function guarantees (the arguments are in docs/soundness.md, "Spectral
 No host NumPy here: small dense eigenproblems go to xp.linalg; only a namespace without a
 linalg extension falls back to the host (see `_eigh`).
 """
+import functools
 import math
 
 from .. import primitives as P
@@ -63,20 +64,65 @@ def _sample_dim(x):
 def _norms(x):
     """Per-sample Euclidean norm, (B,).
 
-    Fast path: the plain sum of squares, as one dot product per sample (`vecdot`: one pass
-    over x and no temporary, 4x faster than summing x * x on 4c3f's iterates; any order of
-    summation keeps the gamma_n error bound docs/soundness.md uses). Where a sum is so small
-    that underflowed squares could matter (below tiny * n / eps), or not finite (overflow),
-    all norms are recomputed with the largest entry scaled out first, so that vectors with
-    entries near 1e-160 (float64) or 1e-20 (float32) keep an accurate norm."""
+    Fast path: the plain sum of squares, as dot products (`vecdot`: one pass over x and no
+    temporary, 4x faster than summing x * x on 4c3f's iterates) over pieces of each sample,
+    then summed (`_pieces_per_sample`; any order of summation keeps the gamma_n error bound
+    docs/soundness.md uses). Where a sum is so small that underflowed squares could matter
+    (below tiny * n / eps), or not finite (overflow), all norms are recomputed with the
+    largest entry scaled out first, so that vectors with entries near 1e-160 (float64) or
+    1e-20 (float32) keep an accurate norm."""
+    return _norms_and_range(x)[0]
+
+
+def _norms_and_range(x):
+    """(`_norms(x)`, its smallest and its largest entry as Python floats): the extremes
+    come from the checks the norms need anyway, so callers that test the range (power
+    iteration, at every step) need no more array calls for it. NaN if a norm is NaN."""
     xp = namespace(x)
-    flat = xp.reshape(x, (x.shape[0], _sample_dim(x)))
-    squares = xp.vecdot(flat, flat, axis=-1)
-    info = xp.finfo(x.dtype)
-    floor = float(info.smallest_normal) * _sample_dim(x) / float(info.eps)
-    if bool(xp.all(xp.isfinite(squares) & (squares > floor))):
-        return xp.sqrt(squares)
-    return _scaled_norms(x)
+    n, dim = x.shape[0], _sample_dim(x)
+    if n == 0:
+        return xp.zeros((0,), dtype=x.dtype), math.nan, math.nan
+    pieces = _pieces_per_sample(n, dim)
+    parts = xp.reshape(x, (n * pieces, dim // pieces))
+    squares = xp.sum(xp.reshape(xp.vecdot(parts, parts, axis=-1), (n, pieces)), axis=1)
+    smallest, largest = float(xp.min(squares)), float(xp.max(squares))
+    if smallest > _underflow_floor(xp, x.dtype, dim) and largest < math.inf:  # NaN fails both
+        return xp.sqrt(squares), math.sqrt(smallest), math.sqrt(largest)
+    norms = _scaled_norms(x)
+    return norms, float(xp.min(norms)), float(xp.max(norms))
+
+
+_FLOAT_INFO = {}  # (namespace, dtype name) -> (smallest normal, eps), asked once each
+
+
+def _underflow_floor(xp, dtype, dim):
+    """Below this sum of dim squares, underflowed squares could matter: tiny * dim / eps."""
+    # keyed by names: dtypes of different libraries must not be compared with each other
+    key = (xp.__name__, str(dtype))
+    if key not in _FLOAT_INFO:
+        info = xp.finfo(dtype)
+        _FLOAT_INFO[key] = (float(info.smallest_normal), float(info.eps))
+    tiny, eps = _FLOAT_INFO[key]
+    return tiny * dim / eps
+
+
+# NumPy runs a gufunc's loop (vecdot's) without the interpreter lock only when it has more
+# than 500 iterations; one dot per sample of a block of 32 kept the lock, and the threads
+# bounding other blocks queued behind it (a sixth of all lock-holding time measured in the
+# 4c3f local bound). Cut into pieces, the same sums run without it, as fast.
+_GUFUNC_LOOP_WITHOUT_LOCK = 512
+_SHORTEST_PIECE = 64
+
+
+@functools.lru_cache(maxsize=256)
+def _pieces_per_sample(n, dim):
+    """The fewest pieces (a divisor of dim, each at least _SHORTEST_PIECE long) that give
+    n samples at least _GUFUNC_LOOP_WITHOUT_LOCK dot products; 1 where none does."""
+    want = -(-_GUFUNC_LOOP_WITHOUT_LOCK // max(n, 1))
+    for pieces in range(max(want, 1), dim // _SHORTEST_PIECE + 1):
+        if dim % pieces == 0:
+            return pieces
+    return 1
 
 
 def _scaled_norms(x):
@@ -135,7 +181,14 @@ def _eigh(a, values_only):
 
 # ---------------------------------------------------------------- power iteration
 
-def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None):
+# Power iteration needs only the direction of each iterate. Dividing by the norm at every
+# step is a pass over the iterate; it is done only when some norm leaves [2^-32, 2^32]
+# (then the next product can neither overflow nor underflow in float32 unless ||A||^2 is
+# beyond 2^90 or below 2^-90), and once at the end.
+_RESCALE_ABOVE, _RESCALE_BELOW = 2.0 ** 32, 2.0 ** -32
+
+
+def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None, left=True):
     """Batched power iteration on A^T A, one operator per sample.
 
     v0: (B, ...) start vectors in A's input shape; callers draw them at random (Gaussian)
@@ -146,41 +199,66 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None):
     every iterate is in that range, so a masked operator can skip the mask products the
     iterate already satisfies. The first product always uses apply_adjoint(apply(v)):
     a stored start vector need not fit today's masks.
+    left: also return u (False: u is None, saving a pass over A v).
 
     Returns (sigma, u, v): v (B, ...) unit per sample, sigma (B,) = ||A v|| (a lower
     estimate of ||A||_2, exact only in the limit), u = A v / sigma (0 where sigma == 0, so
     a zero operator gives sigma 0 and u 0, not NaN).
+
+    Between products the iterates are scaled only when their norms leave a safe range
+    (see _RESCALE_ABOVE): the same directions as dividing at every step, up to rounding.
     """
     if n_iters < 0:
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     xp = namespace(v0)
-    v = unit_start(v0)
+    v = safe_start(v0)
     in_range = False  # is v in the range of A^T (so that gram may be used)?
     for _ in range(n_iters):
         w = gram(v) if (gram is not None and in_range) else apply_adjoint(apply(v))
-        w_unit, w_norms = _normalise(w)
-        zero = w_norms == 0
-        if bool(xp.any(zero)):
+        w_norms, smallest, largest = _norms_and_range(w)
+        if smallest == 0:
             # w == 0: v lies in A's null space (or A == 0); keep v rather than divide by
             # zero. That v may be outside A^T's range, so gram is off from here on.
-            v = xp.where(_per_sample(zero, v), v, w_unit)
+            v = xp.where(_per_sample(w_norms == 0, v), v, w)
             gram = None
+            rescale = _out_of_range(w_norms)
         else:
-            v = w_unit
+            v = w
+            rescale = largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
+        if rescale:
+            v = _normalise(v)[0]
         in_range = True
-    u, sigma = _normalise(apply(v))
+    v = _normalise(v)[0]
+    out = apply(v)
+    if not left:
+        return _norms(out), None, v
+    u, sigma = _normalise(out)
     return sigma, u, v
 
 
-def unit_start(v0):
-    """v0 / ||v0|| per sample, and the constant unit vector where v0 is exactly zero: the
-    start power_iteration uses (deterministic, never NaN)."""
+def safe_start(v0):
+    """The start power_iteration uses, from v0 (B, ...): v0 itself where its norm is in the
+    rescaling range (only its direction matters), scaled to unit where it is not, and the
+    constant unit vector where v0 is exactly zero (deterministic, never NaN)."""
     xp = namespace(v0)
-    v, norms = _normalise(v0)
-    if bool(xp.any(norms == 0)):
+    norms, smallest, largest = _norms_and_range(v0)
+    if smallest == 0:
+        zero = norms == 0
         fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
-        v = xp.where(_per_sample(norms, v) > 0, v, fallback)
-    return v
+        v0 = xp.where(_per_sample(zero, v0), fallback, v0)
+        norms = xp.where(zero, xp.ones_like(norms), norms)
+        rescale = _out_of_range(norms)
+    else:
+        rescale = largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
+    if rescale:
+        v0 = v0 / _per_sample(norms, v0)
+    return v0
+
+
+def _out_of_range(norms):
+    """Does some nonzero norm lie outside [_RESCALE_BELOW, _RESCALE_ABOVE]?"""
+    xp = namespace(norms)
+    return bool(xp.any((norms > _RESCALE_ABOVE) | ((norms < _RESCALE_BELOW) & (norms != 0))))
 
 
 def global_norm_power_iteration(apply, apply_adjoint, v0, n_iters):
