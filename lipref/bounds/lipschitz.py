@@ -134,26 +134,36 @@ def _grid_operator(grid, rows, cols):
     return apply, apply_adjoint, gram
 
 
-def masked_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters):
+def masked_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters, grid=None, estimate=True):
     """Fast mode's estimate of ||rows * W * cols||_2 per sample: (sigma (B,), v (B, ...)),
     `spectral.power_iteration` from v0 (the layer's input layout), v for warm starts.
+    estimate False: sigma is None, for callers that take the norm at v on the tape.
     Masks: 0/1 arrays shaped like the layer's output / input, or None. Conv layers iterate
     on their padded space-to-depth grid (conv_grid: no padding, regrouping or cropping per
-    step); v0 goes there once and v comes back once."""
+    step); v0 goes there once and v comes back once. grid: the layer's ConvGrid for this
+    weight, if the caller made it already (None: made here)."""
     if not isinstance(layer, Conv2d):
         apply, apply_adjoint, gram = _operator(layer, weight, row_mask, col_mask)
-        sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram, left=False)
-        return sigma, v
+        return _iterate(apply, apply_adjoint, v0, n_iters, gram, estimate)
     xp = namespace(weight)
     n = v0.shape[0]
-    grid = ConvGrid(weight, layer.stride, layer.padding, layer.in_shape[1:])
+    if grid is None:
+        grid = ConvGrid(weight, layer.stride, layer.padding, layer.in_shape[1:])
     rows, cols = grid.masks(row_mask, col_mask, n, v0.dtype, xp)
     # a zero start becomes power_iteration's constant unit vector here, on the layer's
     # entries only (on the grid it would spread onto the padding)
     start = grid.to_grid(spectral.safe_start(v0))
     apply, apply_adjoint, gram = _grid_operator(grid, rows, cols)
-    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, start, n_iters, gram, left=False)
+    sigma, v = _iterate(apply, apply_adjoint, start, n_iters, gram, estimate)
     return sigma, grid.from_grid(v)
+
+
+def _iterate(apply, apply_adjoint, v0, n_iters, gram, estimate):
+    """(sigma or None, v) of spectral.power_iteration (no u)."""
+    if not estimate:
+        return None, spectral.power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram)
+    sigma, _, v = spectral.power_iteration(apply, apply_adjoint, v0, n_iters, gram, left=False)
+    return sigma, v
 
 
 def _norm_on_tape(layer, weight, v, row_mask, col_mask):
@@ -207,13 +217,13 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
         if not layer.is_affine:
             continue
         w = layer.params["weight"]
-        sigma, v = masked_power_iteration(layer, w.value, None, None, starts[i], n_iters)
+        sigma, v = masked_power_iteration(layer, w.value, None, None, starts[i], n_iters, None, not record)
         new_vectors[i] = v
         norms.append(P.reshape(_norm_on_tape(layer, w, v, None, None), ()) if record else sigma[0])
     return norms, new_vectors
 
 
-def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, v0, record, global_norm, failure_prob):
+def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, v0, record, global_norm, failure_prob, grid):
     """(masked norm per sample, the vectors to store): power iteration from v0 (fast), or
     an upper bound (sound: exact SVD for dense layers, v0 None; Lanczos from the random v0
     for conv layers), never above the global norm."""
@@ -227,7 +237,7 @@ def _local_norm(layer, w, row_mask, col_mask, mode, n_iters, v0, record, global_
         upper, _, v = spectral.lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob,
                                                    stop_above=global_norm)
         return xp.minimum(upper, global_norm), v
-    sigma, v = masked_power_iteration(layer, wv, row_mask, col_mask, v0, n_iters)
+    sigma, v = masked_power_iteration(layer, wv, row_mask, col_mask, v0, n_iters, grid, not record)
     if record:
         sigma = _norm_on_tape(layer, w, v, row_mask, col_mask)
     return P.minimum(sigma, global_norm), v
@@ -318,12 +328,11 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     if record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
         result = _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob, None)
     else:
-        forms = {i: weight_forms(_params(layer, False)) for i, layer in enumerate(model.layers[:-1])
-                 if layer.is_affine}  # once for all blocks
+        prepared = _prepare_layers(model)  # once for all blocks
 
         def walk_block(s):
             return _walk(model, x[s, ...], eps, bound, mode, n_iters, {k: v[s, ...] for k, v in starts.items()},
-                         gnorms, record, failure_prob, forms)
+                         gnorms, record, failure_prob, prepared)
         parts = map_in_threads(xp, walk_block, sample_blocks(xp, n, sample_block), threads)
         result = parts[0] if len(parts) == 1 else _concat_blocks(parts, xp, threads)
     glob = xp.ones((), dtype=xv.dtype)
@@ -416,9 +425,23 @@ def _stack_blocks(arrays):
     return namespace(arrays[0]).concat(arrays, axis=0)
 
 
-def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob, forms):
+def _prepare_layers(model):
+    """What every block of one call shares, per affine layer index: (its `weight_forms`,
+    its ConvGrid for masked power iteration, None for a dense layer), from the values."""
+    prepared = {}
+    for i, layer in enumerate(model.layers[:-1]):
+        if layer.is_affine:
+            params = _params(layer, False)
+            grid = (ConvGrid(params["weight"], layer.stride, layer.padding, layer.in_shape[1:])
+                    if isinstance(layer, Conv2d) else None)
+            prepared[i] = (weight_forms(params), grid)
+    return prepared
+
+
+def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_prob, prepared):
     """network_bounds for one block of samples, given the global norms, the start vectors
-    and the affine layers' `weight_forms` (None: computed here, on the tape if recording)."""
+    and `_prepare_layers` (None: the weight forms are computed here, on the tape if
+    recording)."""
     xv = value_of(x)
     xp = namespace(xv)
     n = xv.shape[0]
@@ -435,13 +458,13 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
 
     def flush(row_mask):
         nonlocal lipschitz, radius, affine_count
-        idx, layer, params, col_mask = pending
+        idx, layer, params, col_mask, grid = pending
         gnorm = gnorms[affine_count]
         affine_count += 1
         if bound == "local":
             rows = row_mask if row_mask is not None else xp.ones((n,) + layer.out_shape, dtype=xv.dtype)
             sigma, v = _local_norm(layer, params["weight"], rows, col_mask, mode, n_iters, starts.get(idx),
-                                   record, gnorm, failure_prob)
+                                   record, gnorm, failure_prob, grid)
             if v is not None:
                 vectors[idx] = v
         else:
@@ -457,7 +480,7 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
                 flush(None)
             z = affine(layer, h, params["weight"], params["bias"])
             slack = _rounding_slack(layer, params, lower, upper, xp) if mode == "sound" else None
-            w_forms = weight_forms(params) if forms is None else forms[i]
+            w_forms, grid = (weight_forms(params), None) if prepared is None else prepared[i]
             norms = row_norms(layer, w_forms, in_mask)
             if box_radius is not None:
                 lower, upper = uniform_box_interval(layer, w_forms, z, box_radius, radius, norms)
@@ -468,7 +491,7 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
             if slack is not None:  # computed from this layer's input box, before the update
                 lower, upper = P.subtract(lower, slack), P.add(upper, slack)
             h = z
-            pending = (i, layer, params, in_mask)
+            pending = (i, layer, params, in_mask, grid)
             # every output of an affine layer can move; only an activation makes some constant
             in_mask, box_radius = None, None
         elif layer.is_activation:

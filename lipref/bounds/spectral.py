@@ -84,7 +84,9 @@ def _norms_and_range(x):
         return xp.zeros((0,), dtype=x.dtype), math.nan, math.nan
     pieces = _pieces_per_sample(n, dim)
     parts = xp.reshape(x, (n * pieces, dim // pieces))
-    squares = xp.sum(xp.reshape(xp.vecdot(parts, parts, axis=-1), (n, pieces)), axis=1)
+    squares = xp.vecdot(parts, parts, axis=-1)
+    if pieces > 1:
+        squares = xp.sum(xp.reshape(squares, (n, pieces)), axis=1)
     smallest, largest = float(xp.min(squares)), float(xp.max(squares))
     if smallest > _underflow_floor(xp, x.dtype, dim) and largest < math.inf:  # NaN fails both
         return xp.sqrt(squares), math.sqrt(smallest), math.sqrt(largest)
@@ -92,18 +94,19 @@ def _norms_and_range(x):
     return norms, float(xp.min(norms)), float(xp.max(norms))
 
 
-_FLOAT_INFO = {}  # (namespace, dtype name) -> (smallest normal, eps), asked once each
+_FLOAT_INFO = {}  # (id(namespace), id(dtype)) -> (dtype, smallest normal, eps)
 
 
 def _underflow_floor(xp, dtype, dim):
     """Below this sum of dim squares, underflowed squares could matter: tiny * dim / eps."""
-    # keyed by names: dtypes of different libraries must not be compared with each other
-    key = (xp.__name__, str(dtype))
-    if key not in _FLOAT_INFO:
+    # keyed by identity: dtypes of different libraries must not be compared with each other
+    # (array-api-strict warns), and naming a NumPy dtype costs more than asking finfo
+    key = (id(xp), id(dtype))
+    entry = _FLOAT_INFO.get(key)
+    if entry is None or entry[0] is not dtype:
         info = xp.finfo(dtype)
-        _FLOAT_INFO[key] = (float(info.smallest_normal), float(info.eps))
-    tiny, eps = _FLOAT_INFO[key]
-    return tiny * dim / eps
+        entry = _FLOAT_INFO[key] = (dtype, float(info.smallest_normal), float(info.eps))
+    return entry[1] * dim / entry[2]
 
 
 # NumPy runs a gufunc's loop (vecdot's) without the interpreter lock only when it has more
@@ -208,6 +211,17 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None, left=True):
     Between products the iterates are scaled only when their norms leave a safe range
     (see _RESCALE_ABOVE): the same directions as dividing at every step, up to rounding.
     """
+    v = power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram)
+    out = apply(v)
+    if not left:
+        return _norms(out), None, v
+    u, sigma = _normalise(out)
+    return sigma, u, v
+
+
+def power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram=None):
+    """power_iteration's v alone (unit per sample, same arguments), without the product
+    A v that sigma needs: for callers that take ||A v|| on a tape themselves."""
     if n_iters < 0:
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     xp = namespace(v0)
@@ -228,12 +242,7 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None, left=True):
         if rescale:
             v = _normalise(v)[0]
         in_range = True
-    v = _normalise(v)[0]
-    out = apply(v)
-    if not left:
-        return _norms(out), None, v
-    u, sigma = _normalise(out)
-    return sigma, u, v
+    return _normalise(v)[0]
 
 
 def safe_start(v0):
