@@ -221,7 +221,7 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
                                       not record)
     # in one thread with a one-thread BLAS (map_in_threads' limit): with the whole BLAS,
     # its threads, once woken by the large layers' products, spin for a while afterwards
-    # on the cores that the bounds' blocks need next (4c3f's local bound: 0.87 -> 0.815 s
+    # on the cores that the bounds' blocks need next (4c3f's local bound: 0.87 -> 0.82 s
     # at 5 iterations); iterating the layers in two threads was slower still (a batch of
     # one is small operations, serialised by the interpreter lock)
     results = map_in_threads(namespace(starts[layers[0]]), iterate, layers, 1) if layers else []
