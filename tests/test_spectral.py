@@ -617,3 +617,24 @@ def test_norms_in_pieces_and_their_range(xp, batch, dim):
     if batch:
         assert smallest == pytest.approx(expected.min(), rel=1e-13)
         assert largest == pytest.approx(expected.max(), rel=1e-13)
+
+
+def test_norms_of_exactly_zero_samples_stay_on_the_fast_path(xp, monkeypatch):
+    """A sample that is exactly zero (a masked operator with nothing left) has norm 0 on
+    the plain sum-of-squares path; only squares that may have underflowed need scaling."""
+    rng = numpy.random.default_rng(4)
+    x = rng.standard_normal((3, 40))
+    x[1] = 0.0
+    scaled = []
+    real = S._scaled_norms
+    monkeypatch.setattr(S, "_scaled_norms", lambda a: scaled.append(1) or real(a))
+    norms, smallest, largest = S._norms_and_range(xp.asarray(x))
+    assert_backend_close(norms, numpy.linalg.norm(x, axis=1), xp, rtol=1e-14, atol=0, what="norms")
+    assert smallest == 0.0 and not scaled, "zero samples took the scaled path"
+    x[2] = 1e-200  # squares underflow to a zero sum, but the sample is not zero
+    norms, smallest, _ = S._norms_and_range(xp.asarray(x))
+    assert scaled, "underflowing squares must take the scaled path"
+    expected = numpy.linalg.norm(x, axis=1)
+    expected[2] = 1e-200 * math.sqrt(40)  # numpy.linalg.norm itself underflows to 0 here
+    assert_backend_close(norms, expected, xp, rtol=1e-14, atol=0, what="tiny norms")
+    assert smallest == 0.0

@@ -88,10 +88,21 @@ def _norms_and_range(x):
     if pieces > 1:
         squares = xp.sum(xp.reshape(squares, (n, pieces)), axis=1)
     smallest, largest = float(xp.min(squares)), float(xp.max(squares))
-    if smallest > _underflow_floor(xp, x.dtype, dim) and largest < math.inf:  # NaN fails both
-        return xp.sqrt(squares), math.sqrt(smallest), math.sqrt(largest)
+    floor = _underflow_floor(xp, x.dtype, dim)
+    if largest < math.inf and (smallest > floor or (smallest == 0 and _zero_or_above(parts, squares, floor))):
+        return xp.sqrt(squares), math.sqrt(smallest), math.sqrt(largest)  # NaN fails both tests
     norms = _scaled_norms(x)
     return norms, float(xp.min(norms)), float(xp.max(norms))
+
+
+def _zero_or_above(parts, squares, floor):
+    """Is every sample either exactly zero (a masked operator with no entry left: its norm
+    is exactly 0, no scaling needed) or of squares above floor? A zero sum of squares alone
+    does not say the first: squares of 1e-200 underflow to 0 in float64."""
+    xp = namespace(parts)
+    n = squares.shape[0]
+    largest_entry = xp.max(xp.reshape(xp.abs(parts), (n, -1)), axis=1)
+    return bool(xp.all((largest_entry == 0) | (squares > floor)))
 
 
 _FLOAT_INFO = {}  # (id(namespace), id(dtype)) -> (dtype, smallest normal, eps)
@@ -246,9 +257,9 @@ def power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram=None):
 
 
 def safe_start(v0):
-    """The start power_iteration uses, from v0 (B, ...): v0 itself where its norm is in the
-    rescaling range (only its direction matters), scaled to unit where it is not, and the
-    constant unit vector where v0 is exactly zero (deterministic, never NaN)."""
+    """The start power_iteration uses, from v0 (B, ...): v0 itself while every sample's
+    norm is in the rescaling range (only its direction matters), else every sample scaled
+    to unit; the constant unit vector where v0 is exactly zero (deterministic, never NaN)."""
     xp = namespace(v0)
     norms, smallest, largest = _norms_and_range(v0)
     if smallest == 0:
