@@ -72,8 +72,8 @@ def uniform_box_interval(layer, forms, center, box_radius, ball_radius, norms):
     The interval's centre is then `center` itself and its radius |W| box_radius is the
     same for every sample (computed once, (1, ...)); both bounds share the centre, so the
     intersection keeps the smaller radius: center -+ min(|W| box_radius, r * norms). That
-    is intersect(affine_interval(...), ball_interval(...)) in exact arithmetic, without
-    three per-sample products; in floating point it is the more exact of the two (the
+    is intersect(affine_interval(...), ball_interval(...)) in exact arithmetic, without the
+    interval's two per-sample products; in floating point it is the more exact of the two (the
     plain form's centre is computed from ((x + eps) + (x - eps)) / 2, not x)."""
     # |W| box_radius as (|W| / 2)(2 box_radius): the same product, both factors exact
     spread = affine(layer, _constant_input(layer, forms, 2 * box_radius), forms["abs_half"], None)
