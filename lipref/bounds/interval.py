@@ -77,8 +77,8 @@ def uniform_box_interval(layer, forms, center, box_radius, ball_radius, norms):
     plain form's centre is computed from ((x + eps) + (x - eps)) / 2, not x)."""
     # |W| box_radius as (|W| / 2)(2 box_radius): the same product, both factors exact
     spread = affine(layer, _constant_input(layer, forms, 2 * box_radius), forms["abs_half"], None)
-    r = P.reshape(ball_radius, (ball_radius.shape[0],) + (1,) * (len(value_of(center).shape) - 1))
-    radius = P.minimum(spread, P.multiply(norms, r))  # a tie goes to the interval, as in intersect
+    # a tie goes to the interval, as in intersect
+    radius = P.minimum(spread, _ball_spread(center, ball_radius, norms))
     return P.subtract(center, radius), P.add(center, radius)
 
 
@@ -90,9 +90,14 @@ def _constant_input(layer, forms, value):
 
 def ball_interval(center, radius, norms):
     """[center - radius*norms, center + radius*norms], radius per sample (N,)."""
-    r = P.reshape(radius, (radius.shape[0],) + (1,) * (len(center.shape) - 1))
-    spread = P.multiply(norms, r)
+    spread = _ball_spread(center, radius, norms)
     return P.subtract(center, spread), P.add(center, spread)
+
+
+def _ball_spread(center, radius, norms):
+    """norms * radius, the radius per sample (N,) spread over center's feature axes."""
+    r = P.reshape(radius, (radius.shape[0],) + (1,) * (len(value_of(center).shape) - 1))
+    return P.multiply(norms, r)
 
 
 def intersect(lower_a, upper_a, lower_b, upper_b):

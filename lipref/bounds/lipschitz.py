@@ -213,7 +213,7 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
     if mode == "sound":
         return (sound_global_norms(model, rng) if sound_norms is None else list(sound_norms)), dict(vectors)
     starts = _global_starts(model, rng, vectors)
-    layers = [i for i in starts]  # the affine layers but the last, in order
+    layers = list(starts)  # the affine layers but the last, in order
 
     def iterate(i):
         layer = model.layers[i]
@@ -228,8 +228,8 @@ def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
     norms, new_vectors = [], dict(vectors)
     for i, (sigma, v) in zip(layers, results):
         new_vectors[i] = v
-        w = model.layers[i].params["weight"]
-        norms.append(P.reshape(_norm_on_tape(model.layers[i], w, v, None, None), ()) if record else sigma[0])
+        layer = model.layers[i]
+        norms.append(P.reshape(_norm_on_tape(layer, layer.params["weight"], v, None, None), ()) if record else sigma[0])
     return norms, new_vectors
 
 
@@ -463,7 +463,7 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
     in_mask = None  # the current activations' mask, 1 = can move; None: all can
     box_radius = float(eps)  # the box is h +- box_radius on every coordinate; None once not
     result = NetworkBounds(None, None, None, None, None, None, None)
-    pending = None  # (index, layer, params, input mask) of an affine layer awaiting its row mask
+    pending = None  # (index, layer, params, input mask, ConvGrid or None) of an affine layer awaiting its row mask
     affine_count = 0
 
     def flush(row_mask):

@@ -246,11 +246,9 @@ def power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram=None):
             # zero. That v may be outside A^T's range, so gram is off from here on.
             v = xp.where(_per_sample(w_norms == 0, v), v, w)
             gram = None
-            rescale = _out_of_range(w_norms)
         else:
             v = w
-            rescale = largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
-        if rescale:
+        if _rescale_needed(w_norms, smallest, largest):
             v = _normalise(v)[0]
         in_range = True
     return _normalise(v)[0]
@@ -266,17 +264,18 @@ def safe_start(v0):
         zero = norms == 0
         fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
         v0 = xp.where(_per_sample(zero, v0), fallback, v0)
-        norms = xp.where(zero, xp.ones_like(norms), norms)
-        rescale = _out_of_range(norms)
-    else:
-        rescale = largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
-    if rescale:
+        norms = xp.where(zero, xp.ones_like(norms), norms)  # the fallback's norm
+    if _rescale_needed(norms, smallest, largest):
         v0 = v0 / _per_sample(norms, v0)
     return v0
 
 
-def _out_of_range(norms):
-    """Does some nonzero norm lie outside [_RESCALE_BELOW, _RESCALE_ABOVE]?"""
+def _rescale_needed(norms, smallest, largest):
+    """Does some nonzero norm lie outside [_RESCALE_BELOW, _RESCALE_ABOVE]? From the
+    extremes (`_norms_and_range`) when none is zero; else the smallest nonzero norm is not
+    known, and the norms themselves are asked. NaN extremes say no, as NaN norms do."""
+    if smallest != 0:
+        return largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
     xp = namespace(norms)
     return bool(xp.any((norms > _RESCALE_ABOVE) | ((norms < _RESCALE_BELOW) & (norms != 0))))
 
