@@ -22,8 +22,8 @@ module is nn.Linear:
   intersected with h +- r.
 - `gloro_worst_logits`, `gloro_bottom_logit`, `gloro_loss`, `bcp_worst_logits`, `bcp_loss`:
   worst-case logits over the ball from R = eps * L (GloRo: z_j + R ||w_j - w_y||; BCP:
-  z_j + max c.d over the ball ||d|| <= R intersected with the penultimate box, solved exactly
-  by sorting the breakpoints of d(lam) = clip(lam c, lo, hi)).
+  z_j + max c.d over the ball ||d|| <= R intersected with the penultimate box, as the dual
+  value at a multiplier found by bisection: not lipref's sorted-breakpoint solver).
 
 Conventions chosen to match lipref's, where a kink or a tie has to pick one side: at a tie
 of an elementwise max/min (intersections, the cap by the global norm, clamps) the gradient
@@ -441,42 +441,42 @@ def gloro_loss(logits, weight, labels, radius):
     return F.cross_entropy(augmented, labels)
 
 
-def ball_box_support(c, lo, hi, radius):
-    """max c.d subject to ||d|| <= R and lo <= d <= hi (lo <= 0 <= hi), per row, exactly.
+def ball_box_support(c, lo, hi, radius, n_steps=200):
+    """max c.d subject to ||d|| <= R and lo <= d <= hi (lo <= 0 <= hi), per row.
 
-    c, lo, hi: (M, D); radius: (M,), positive. The maximiser is d(lam) = clip(lam c, lo, hi)
-    for the lam >= 0 where ||d(lam)|| = R, or the box corner when the box lies in the ball.
-    Coordinate i is clipped once lam >= t_i (t_i = hi_i / c_i for c_i > 0, lo_i / c_i for
-    c_i < 0, never for c_i = 0). With the t_i sorted, on the k-th interval the first k
-    coordinates sit at their corner b and ||d||^2 = S_k + lam^2 C_k (S_k: sum of their b^2,
-    C_k: sum of the others' c^2); the first k whose interval end reaches R^2 gives
-    lam = sqrt((R^2 - S_k) / C_k). Differentiable by autograd with the active set fixed,
-    which is the gradient of the maximum."""
-    positive, negative = c > 0, c < 0
-    corner = torch.where(positive, hi, torch.where(negative, lo, torch.zeros_like(c)))
-    safe_c = torch.where(c != 0, c, torch.ones_like(c))
-    t = torch.where(c != 0, corner / safe_c, torch.full_like(c, math.inf))
-    order = torch.argsort(t.detach(), dim=1)
-    t_sorted = torch.gather(t, 1, order)
-    corner_sq = torch.gather(corner * corner, 1, order)
-    c_sq = torch.gather(c * c, 1, order)
-    clipped_sq = torch.cumsum(corner_sq, dim=1) - corner_sq  # S_k, before coordinate k clips
-    free_sq = torch.flip(torch.cumsum(torch.flip(c_sq, [1]), dim=1), [1])  # C_k
-    has_free = free_sq > 0
-    t_finite = torch.where(has_free, t_sorted, torch.zeros_like(t_sorted))
-    norm_sq_at_end = clipped_sq + torch.where(has_free, t_finite * t_finite * free_sq, torch.zeros_like(free_sq))
-    r_sq = (radius * radius).unsqueeze(1)
-    reached = norm_sq_at_end >= r_sq
-    inside = ~reached.any(dim=1)
-    k = torch.argmax(reached.to(torch.int8), dim=1, keepdim=True)  # first reached interval
-    s_k = torch.gather(clipped_sq, 1, k)[:, 0]
-    c_k = torch.gather(free_sq, 1, k)[:, 0]
-    safe_ck = torch.where(c_k > 0, c_k, torch.ones_like(c_k))
-    lam = safe_sqrt(torch.clamp(r_sq[:, 0] - s_k, min=0) / safe_ck)
-    d = torch.minimum(torch.maximum(lam.unsqueeze(1) * c, lo), hi)
-    on_sphere = (c * d).sum(dim=1)
+    c, lo, hi: (M, D); radius: (M,). For mu = 1/lam >= 0, weak duality gives
+    max <= g(lam) = R^2 / (2 lam) + sum_i max_(lo_i <= d_i <= hi_i) (c_i d_i - d_i^2 / (2 lam)),
+    the inner maxima at d_i = clip(lam c_i, lo_i, hi_i), with equality at the lam where
+    ||d|| = R (or at mu = 0, the box corner, when the box lies in the ball). lam is found by
+    bisection (geometric, on the problem scaled to max |c| = 1, R = 1; ||clip(lam c)|| grows
+    with lam) and detached: g is stationary in lam there, so autograd through g with lam
+    fixed gives the gradient of the maximum (envelope theorem). An algorithm independent of
+    lipref's sorted breakpoints."""
+    with torch.no_grad():
+        top = c.abs().amax(dim=1)
+        degenerate = (top == 0) | (radius == 0)
+        s = torch.where(degenerate, torch.ones_like(top), top).unsqueeze(1)
+        r = torch.where(degenerate, torch.ones_like(radius), radius).unsqueeze(1)
+        cs = c / s
+        los, his = (lo / r).clamp(-1, 0), (hi / r).clamp(0, 1)
+        corner = torch.where(cs > 0, his, torch.where(cs < 0, los, torch.zeros_like(cs)))
+        inside = (corner * corner).sum(dim=1) <= 1
+        t = torch.where(cs != 0, corner / torch.where(cs != 0, cs, torch.ones_like(cs)), torch.zeros_like(cs))
+        below = 1 / torch.where(degenerate, torch.ones_like(top), cs.norm(dim=1))
+        above = torch.maximum(torch.where(torch.isfinite(t), t, torch.zeros_like(t)).amax(dim=1), below)
+        for _ in range(n_steps):
+            mid = below.sqrt() * above.sqrt()
+            short = (torch.minimum(torch.maximum(mid.unsqueeze(1) * cs, los), his) ** 2).sum(dim=1) <= 1
+            below, above = torch.where(short, mid, below), torch.where(short, above, mid)
+        lam = (above * r[:, 0] / s[:, 0]).unsqueeze(1)  # back in the problem's units
+        use_box = inside | degenerate
+        lam = torch.where(use_box.unsqueeze(1), torch.ones_like(lam), lam)
+    d = torch.minimum(torch.maximum(lam * c, lo), hi)
+    dual = radius * radius / (2 * lam[:, 0]) + (c * d - d * d / (2 * lam)).sum(dim=1)
+    corner = torch.where(c > 0, hi, torch.where(c < 0, lo, torch.zeros_like(c)))
     at_corner = (c * corner).sum(dim=1)
-    return torch.where(inside, at_corner, on_sphere)
+    value = torch.where(inside & ~degenerate, at_corner, dual)
+    return torch.where(degenerate, torch.zeros_like(value), value)
 
 
 def bcp_worst_logits(logits, weight, labels, radius, penultimate, lower, upper):
