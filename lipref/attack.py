@@ -2,16 +2,19 @@
 
 Each step moves the perturbation delta by `step_size` along the normalised gradient of the
 cross-entropy with respect to the input, then projects back onto the ball ||delta|| <= eps
-and (optionally) onto the data box [lo, hi]. It starts from a uniformly random point of the
-ball and keeps, per sample, the first point found that changes the prediction. A point
-inside the ball of a certified sample that changes the prediction would disprove the
-certificate; `lipref certify` checks exactly that.
+and (optionally) onto the data domain [lo, hi], which must contain x: scaling into the ball
+first and clipping to the domain second keeps the point in both, since clipping moves each
+coordinate towards x. It starts from a uniformly random point of the ball and keeps, per
+sample, the first point found inside the ball whose (finite) logits change the prediction.
+A point inside the ball of a certified sample that changes the prediction would disprove
+the certificate; `lipref certify` checks exactly that.
 """
 from dataclasses import dataclass
 
 from . import primitives as P
 from .backend import map_in_threads, namespace, sample_blocks
 from .bounds.margins import one_hot, predictions
+from .errors import InputError
 from .tape import Var, grad
 
 
@@ -32,7 +35,8 @@ def _per_sample(v, like):
 
 
 def project(x, delta, eps, clip):
-    """delta scaled into the ball of radius eps, then x + delta clipped to the box."""
+    """delta scaled into the ball of radius eps, then x + delta clipped to the domain `clip`
+    ((lo, hi) or None), which contains x: the result lies in both."""
     xp = namespace(delta)
     norms = _flat_norms(delta)
     scale = xp.where(norms > eps, eps / xp.where(norms > 0, norms, xp.ones_like(norms)), xp.ones_like(norms))
@@ -40,6 +44,19 @@ def project(x, delta, eps, clip):
     if clip is not None:
         delta = xp.clip(x + delta, clip[0], clip[1]) - x
     return delta
+
+
+def check_domain(x, clip):
+    """PGD's domain must contain the data: clipping a point outside it would leave the ball."""
+    if clip is None:
+        return
+    xp = namespace(x)
+    outside = (x < clip[0]) | (x > clip[1])
+    if bool(xp.any(outside)):
+        flat = xp.reshape(outside, (x.shape[0], -1))
+        first = int(xp.argmax(xp.astype(xp.any(flat, axis=1), xp.int8)))
+        raise InputError(f"the data lie outside the domain [{clip[0]:g}, {clip[1]:g}] (sample {first} of the "
+                         "batch); give the data's domain (--domain LO,HI) or none (--domain none)")
 
 
 def random_ball_points(x, eps, rng):
@@ -62,24 +79,28 @@ def input_gradient(model, x, onehot):
     return grad(loss, [xv])[0]
 
 
-def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, clip=(0.0, 1.0), threads=None,
+def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, domain=None, threads=None,
            sample_block=None):
     """l2 PGD; step_size defaults to eps / 4. Returns an AttackResult.
 
     Each sample is attacked on its own, so the batch runs in blocks of samples in threads
     (backend.sample_blocks / map_in_threads; None: the backend's defaults). Every restart's
     random start is drawn first, in the calling thread, so the result and what is left of
-    rng do not depend on `threads` or `sample_block`."""
+    rng do not depend on `threads` or `sample_block`. domain: (lo, hi) holding x, which
+    every point stays in, or None (unbounded)."""
     xp = namespace(x)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not 0 <= eps < float("inf"):
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
     if n_steps < 0 or restarts < 1:
-        raise ValueError(f"need n_steps >= 0 and restarts >= 1, got {n_steps}, {restarts}")
+        raise InputError(f"need n_steps >= 0 and restarts >= 1, got {n_steps}, {restarts}")
+    if step_size is not None and not 0 < step_size < float("inf"):
+        raise InputError(f"step size must be finite and > 0, got {step_size}")
+    check_domain(x, domain)
     step = eps / 4.0 if step_size is None else step_size
     starts = [random_ball_points(x, eps, rng) for _ in range(restarts)] if eps > 0 else []
 
     def attack_block(s):
-        return _pgd_block(model, x[s, ...], labels[s, ...], eps, [p[s, ...] for p in starts], n_steps, step, clip)
+        return _pgd_block(model, x[s, ...], labels[s, ...], eps, [p[s, ...] for p in starts], n_steps, step, domain)
     parts = map_in_threads(xp, attack_block, sample_blocks(xp, x.shape[0], sample_block), threads)
     best, success = (xp.concat([p[i] for p in parts], axis=0) for i in (0, 1))
     return AttackResult(best, success, _flat_norms(best - x))
@@ -95,7 +116,9 @@ def _pgd_block(model, x, labels, eps, starts, n_steps, step, clip):
         delta = project(x, start, eps, clip)
         for _ in range(n_steps + 1):
             candidate = x + delta
-            hit = (predictions(model(candidate, record=False)) != labels) & ~success
+            logits = model(candidate, record=False)
+            valid = xp.all(xp.isfinite(logits), axis=1) & (_flat_norms(candidate - x) <= eps)
+            hit = (predictions(logits) != labels) & valid & ~success
             best = xp.where(_per_sample(hit, x), candidate, best)
             success = success | hit
             if bool(xp.all(success)):

@@ -19,6 +19,7 @@ from .attack import pgd_l2
 from .backend import host, namespace, to_backend, to_host
 from .bounds import margins as M
 from .bounds.lipschitz import network_bounds, sound_global_norms
+from .errors import InputError
 
 
 @dataclass
@@ -74,37 +75,84 @@ class Certification:
         return rows
 
 
-def margin_slack(bounds, last_weight, last_bias):
-    """Sound mode: a bound on the rounding error of the last layer and the margin arithmetic
-    (float64), per sample: 4 gamma (max_j (|W||h| + |b|)_j + max_j ||w_j - w_y|| (R + ||u - l||)),
-    gamma = (D + 10) u / (1 - (D + 10) u). See docs/soundness.md for what it covers."""
+def _gamma(d):
+    unit = 2.0 ** -53  # sound mode is float64
+    return (d + 10) * unit / (1 - (d + 10) * unit)
+
+
+def logit_slack(bounds, last_weight, last_bias):
+    """Sound mode: a bound on the rounding of the logits and of their differences at h,
+    per sample: 4 gamma max_j (|W||h| + |b|)_j, gamma = (D + 10) u / (1 - (D + 10) u)."""
     xp = namespace(last_weight)
-    d = last_weight.shape[1]
-    unit = 2.0 ** -53
-    gamma = (d + 10) * unit / (1 - (d + 10) * unit)
     h = bounds.penultimate
     logit_mag = xp.max(xp.abs(h) @ xp.matrix_transpose(xp.abs(last_weight)) + xp.abs(last_bias)[None, :], axis=1)
+    return 4 * _gamma(last_weight.shape[1]) * logit_mag
+
+
+def margin_slack(bounds, last_weight, last_bias):
+    """Sound mode: a bound on the rounding error of the last layer and the margin arithmetic
+    (float64), per sample: `logit_slack` + 4 gamma max_j ||w_j - w_y|| (R + ||u - l||), which
+    covers the worst-case translation's rounding. See docs/soundness.md for what it covers."""
+    xp = namespace(last_weight)
     row_norms = xp.sqrt(xp.sum(last_weight * last_weight, axis=1))
     widest = 2 * xp.max(row_norms)
     box = xp.sqrt(xp.sum((bounds.upper - bounds.lower) ** 2, axis=1))
-    return 4 * gamma * (logit_mag + widest * (bounds.radius + box))
+    support = 4 * _gamma(last_weight.shape[1]) * widest * (support_radius(bounds) + box)
+    return logit_slack(bounds, last_weight, last_bias) + support
 
 
-def gloro_radius(logits, last_weight, onehot, lipschitz):
-    """min_j (z_y - z_j) / (L ||w_y - w_j||) per sample (0 where the prediction is wrong)."""
+def support_radius(bounds):
+    """The radius of the ball that holds h(x') - h for every x' of the eps-ball: R, and in
+    sound mode R + ||forward error|| (h is the computed penultimate, not the exact one)."""
+    if bounds.forward_error is None:
+        return bounds.radius
+    xp = namespace(bounds.forward_error)
+    return bounds.radius + xp.sqrt(xp.sum(bounds.forward_error * bounds.forward_error, axis=1))
+
+
+def gloro_radius(logits, last_weight, onehot, lipschitz, gap_slack=None, forward_norm=None):
+    """min_j (z_y - z_j) / (L ||w_y - w_j||) per sample (0 where the prediction is wrong), a
+    little below it, since a tie is never certified. Sound mode: the gap is reduced by the
+    logits' rounding (`gap_slack`, per sample) and by ||w_y - w_j|| ||forward error||, and
+    the norms are rounded up."""
     xp = namespace(logits)
     diff = M.class_differences(last_weight, onehot)  # (N, K, D) w_j - w_y
     norms = xp.sqrt(xp.sum(diff * diff, axis=2))
     z_y = xp.sum(logits * onehot, axis=1)
     gap = z_y[:, None] - logits
+    if gap_slack is not None:
+        norms = norms * (1 + _gamma(last_weight.shape[1]))
+        gap = gap - gap_slack[:, None] - norms * forward_norm[:, None]
     denom = norms * lipschitz[:, None]
-    ratio = xp.where((onehot > 0) | (denom <= 0), xp.full_like(gap, xp.inf), gap / xp.where(denom > 0, denom, xp.ones_like(denom)))
+    ratio = xp.where((onehot > 0) | (denom <= 0), xp.full_like(gap, xp.inf),
+                     gap / xp.where(denom > 0, denom, xp.ones_like(denom)) * (1 - 2.0 ** -48))
     ratio = xp.where((onehot == 0) & (denom <= 0) & (gap <= 0), xp.zeros_like(gap), ratio)
     return xp.maximum(xp.min(ratio, axis=1), xp.zeros_like(z_y))
 
 
+def certify_bounds(bounds, last_weight, last_bias, onehot, eps, mode, cap_at_eps):
+    """(certified, radius) per sample from one `network_bounds` result: the ball-and-box
+    certificate at eps (`bcp_worst_logits_upper`, with `margin_slack` in sound mode) and the
+    certified radius (GloRo's margin form; capped at eps for a local bound, which holds on
+    the eps-ball only; eps itself where the ball-and-box certificate holds)."""
+    xp = namespace(last_weight)
+    radius = support_radius(bounds)
+    worst = M.bcp_worst_logits_upper(bounds.logits, last_weight, onehot, radius, bounds.penultimate,
+                                     bounds.lower, bounds.upper)
+    sound = mode == "sound"
+    slack = margin_slack(bounds, last_weight, last_bias) if sound else 0.0
+    cert = M.certified(worst, bounds.logits, onehot, slack)
+    forward_norm = radius - bounds.radius if sound else None
+    gap_slack = logit_slack(bounds, last_weight, last_bias) if sound else None
+    r = gloro_radius(bounds.logits, last_weight, onehot, bounds.lipschitz, gap_slack, forward_norm)
+    if cap_at_eps:
+        r = xp.minimum(r, xp.full_like(r, float(eps)))
+    if eps > 0:
+        r = xp.where(cert, xp.maximum(r, xp.full_like(r, float(eps))), r)
+    return cert, r
+
+
 def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, sound_norms, threads):
-    xp = namespace(x)
     weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
     onehot = M.one_hot(labels, model.n_classes, x.dtype)
     local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
@@ -113,14 +161,7 @@ def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, so
                           sound_norms=sound_norms, threads=threads)
     out = {}
     for name, b in (("local", local), ("global", glob)):
-        worst = M.bcp_worst_logits(b.logits, weight, onehot, b.radius, b.penultimate, b.lower, b.upper)
-        slack = margin_slack(b, weight, bias) if mode == "sound" else 0.0
-        cert = M.certified(worst, b.logits, onehot, slack)
-        radius = gloro_radius(b.logits, weight, onehot, b.lipschitz)
-        if name == "local":
-            radius = xp.minimum(radius, xp.full_like(radius, float(eps)))
-        if eps > 0:
-            radius = xp.where(cert, xp.maximum(radius, xp.full_like(radius, float(eps))), radius)
+        cert, radius = certify_bounds(b, weight, bias, onehot, eps, mode, cap_at_eps=name == "local")
         out[name] = (to_host(b.lipschitz), to_host(cert), to_host(radius))
     preds = to_host(M.predictions(local.logits))
     fractions = [to_host(a.constant_fraction) for a in local.activations]
@@ -128,11 +169,25 @@ def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, so
 
 
 def batches(images, labels, batch_size, xp, dtype):
-    """(start, stop, x, y) for consecutive batches of host arrays, moved to the backend."""
+    """(start, stop, x, y) for consecutive batches of host arrays, moved to the backend. The
+    images must be exact in `dtype` (what is certified is the input as given): a value the
+    cast would change (a float64 pixel float32 cannot hold, or one beyond its range) is an
+    error, never a silent rounding."""
     n = int(labels.shape[0])
     for s in range(0, n, batch_size):
         e = min(s + batch_size, n)
-        yield s, e, to_backend(images[s:e], xp, dtype), to_backend(labels[s:e], xp)
+        x = to_backend(images[s:e], xp, dtype)
+        _check_exact(images[s:e], to_host(x), s, dtype)
+        yield s, e, x, to_backend(labels[s:e], xp)
+
+
+def _check_exact(given, cast, offset, dtype):
+    changed = host.asarray(given, dtype=host.float64) != host.asarray(cast, dtype=host.float64)
+    if changed.any():
+        where = host.argwhere(changed)[0]
+        value = given[tuple(where)]
+        raise InputError(f"sample {offset + int(where[0])} has the value {value!r}, which {dtype} does not hold "
+                         "exactly; certify in float64 (--dtype float64, or --mode sound)")
 
 
 def _sound_norms_once(model, mode, rng, sound_norms):
@@ -171,18 +226,23 @@ def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=
 
 
 def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
-            pgd_restarts=1, clip=(0.0, 1.0), progress=None, sound_norms=None, threads=None):
+            pgd_restarts=1, domain=None, progress=None, sound_norms=None, threads=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
 
     mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
     bounds; the model must be float64; the global norms are certified once, by
     `sound_global_norms` unless given as sound_norms). pgd_steps > 0 also runs l2 PGD
-    (step eps/4, random start, pgd_restarts restarts). progress(n_done) is called after
-    each batch. threads: for network_bounds and PGD (None: the backend's default)."""
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    (step eps/4, random start, pgd_restarts restarts) inside the ball and the data domain
+    `domain` ((lo, hi), which must hold the data, or None: unbounded); a certified sample
+    that PGD breaks at a point within eps (measured in float64) is a soundness violation.
+    progress(n_done) is called after each batch. threads: for network_bounds and PGD
+    (None: the backend's default)."""
+    if not 0 <= eps < float("inf"):
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
     if rng is None:
-        raise ValueError("certify needs rng (a numpy Generator) for power-iteration starts and PGD")
+        raise InputError("certify needs rng (a numpy Generator) for power-iteration starts and PGD")
+    if int(labels.shape[0]) == 0:
+        raise InputError("nothing to certify: the dataset has no examples")
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     start = time.perf_counter()
@@ -199,11 +259,17 @@ def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batc
         parts["pred"].append(preds)
         parts["frac"].append(fractions)
         if pgd_steps > 0:
-            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, clip, threads)
-            parts["broken"].append(to_host(attack.success))
+            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, domain, threads)
+            parts["broken"].append(to_host(attack.success) & _within(to_host(attack.adversarial), images[s:e], eps))
         if progress is not None:
             progress(e - s)
     return _assemble(parts, labels, eps, mode, n_iters, pgd_steps, time.perf_counter() - start)
+
+
+def _within(points, centres, eps):
+    """Which points lie in the closed eps-ball of their centre, measured in float64."""
+    diff = host.asarray(points, dtype=host.float64) - host.asarray(centres, dtype=host.float64)
+    return host.sqrt(host.sum(diff.reshape(diff.shape[0], -1) ** 2, axis=1)) <= eps
 
 
 def _assemble(parts, labels, eps, mode, n_iters, pgd_steps, seconds):

@@ -26,6 +26,7 @@ from . import losses
 from .backend import get_backend, to_host
 from .bounds import margins
 from .bounds.lipschitz import network_bounds
+from .errors import InputError
 from .layers import Sequential, layer_from_spec
 from .tape import grad, value_of
 from .torch_import import require_torch
@@ -199,7 +200,7 @@ def check_against_torch(model, x, labels, eps, n_iters, rng, tolerance=TOLERANCE
     Returns a list of result dicts (see the module docstring)."""
     unknown = set(loss_names) - set(LOSSES)
     if unknown:
-        raise ValueError(f"unknown loss {sorted(unknown)}; choose from {', '.join(LOSSES)}")
+        raise InputError(f"unknown loss {sorted(unknown)}; choose from {', '.join(LOSSES)}")
     model64 = float64_copy(model)
     x64 = numpy.asarray(to_host(x), dtype=numpy.float64)
     labels = numpy.asarray(to_host(labels)).astype(numpy.int64)

@@ -13,6 +13,7 @@ All take a `NetworkBounds` built with record=True and one-hot labels; all return
 from . import primitives as P
 from .backend import namespace
 from .bounds import margins as M
+from .errors import InputError
 from .layers import ClampedMaxMin, ClippedReLU, ReLU
 from .tape import value_of
 
@@ -66,13 +67,13 @@ def robust_loss(kind, bounds, last_weight, onehot):
         return gloro_loss(bounds, last_weight, onehot)
     if kind == "bcp":
         return bcp_loss(bounds, last_weight, onehot)
-    raise ValueError(f"unknown robust loss {kind!r}; choose one of {', '.join(ROBUST_LOSSES)}")
+    raise InputError(f"unknown robust loss {kind!r}; choose one of {', '.join(ROBUST_LOSSES)}")
 
 
 def mixed_loss(kind, bounds, last_weight, onehot, kappa):
     """kappa * clean cross-entropy + (1 - kappa) * robust loss (kappa in [0, 1])."""
     if not 0.0 <= kappa <= 1.0:
-        raise ValueError(f"kappa must be in [0, 1], got {kappa}")
+        raise InputError(f"kappa must be in [0, 1], got {kappa}")
     clean = clean_loss(bounds.logits, onehot)
     if kappa == 1.0:
         return clean
@@ -110,5 +111,5 @@ def sparsity_loss(activations, saturation_weight=0.1):
             raise TypeError(f"no sparsity loss for activation {type(layer).__name__}")
         total = term if total is None else P.add(total, term)
     if total is None:
-        raise ValueError("the model has no activation layers, so there is nothing to sparsify")
+        raise InputError("the model has no activation layers, so there is nothing to sparsify")
     return total

@@ -7,6 +7,8 @@ is constant until `decay_start`, then decays exponentially to `lr_end` at the la
 """
 from dataclasses import dataclass
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -21,15 +23,15 @@ class Schedule:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise InputError(f"epochs must be >= 1, got {self.epochs}")
         if self.eps_train < 0:
-            raise ValueError(f"eps_train must be >= 0, got {self.eps_train}")
+            raise InputError(f"eps_train must be >= 0, got {self.eps_train}")
         if self.warmup < 0 or self.ramp < 0:
-            raise ValueError(f"warmup and ramp must be >= 0, got {self.warmup}, {self.ramp}")
+            raise InputError(f"warmup and ramp must be >= 0, got {self.warmup}, {self.ramp}")
         if not 0.0 <= self.kappa_end <= 1.0:
-            raise ValueError(f"kappa_end must be in [0, 1], got {self.kappa_end}")
+            raise InputError(f"kappa_end must be in [0, 1], got {self.kappa_end}")
         if self.lr <= 0 or self.lr_end <= 0:
-            raise ValueError(f"learning rates must be > 0, got {self.lr}, {self.lr_end}")
+            raise InputError(f"learning rates must be > 0, got {self.lr}, {self.lr_end}")
 
 
 def ramp_fraction(schedule, t):

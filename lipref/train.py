@@ -24,6 +24,7 @@ from .backend import float_dtype, get_backend, host, map_in_threads, sample_bloc
 from .bounds import margins as M
 from .bounds.lipschitz import BOUNDS, global_norms, network_bounds, start_vectors
 from .certify import certify
+from .errors import InputError
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
 from .schedules import Schedule, eps_at, kappa_at, lr_at
@@ -62,15 +63,15 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.loss not in losses.ROBUST_LOSSES:
-            raise ValueError(f"loss must be one of {', '.join(losses.ROBUST_LOSSES)}, got {self.loss!r}")
+            raise InputError(f"loss must be one of {', '.join(losses.ROBUST_LOSSES)}, got {self.loss!r}")
         if self.bound not in BOUNDS:
-            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
+            raise InputError(f"bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
         if self.batch_size < 1 or self.n_iters < 1 or self.eval_iters < 1:
-            raise ValueError("batch_size, n_iters and eval_iters must be >= 1")
+            raise InputError("batch_size, n_iters and eval_iters must be >= 1")
         if self.sparsity < 0:
-            raise ValueError(f"sparsity weight must be >= 0, got {self.sparsity}")
+            raise InputError(f"sparsity weight must be >= 0, got {self.sparsity}")
         if self.eps_eval is not None and self.eps_eval < 0:
-            raise ValueError(f"eps_eval must be >= 0, got {self.eps_eval}")
+            raise InputError(f"eps_eval must be >= 0, got {self.eps_eval}")
         self.schedule()  # validates epochs, eps, warmup, ramp, kappa, lr
 
     def schedule(self):
@@ -131,7 +132,7 @@ class Trainer:
         self.dtype = float_dtype(self.xp, config.dtype)
         self.threads = threads  # None: backend.default_threads
         if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
-            raise ValueError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
+            raise InputError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
             raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
@@ -140,10 +141,10 @@ class Trainer:
         else:
             self._fresh()
         if tuple(train_set.input_shape) != tuple(self.model.input_shape):
-            raise ValueError(f"data {train_set.name} has input shape {train_set.input_shape}, "
+            raise InputError(f"data {train_set.name} has input shape {train_set.input_shape}, "
                              f"the model needs {self.model.input_shape}")
         if train_set.n_classes != self.model.n_classes:
-            raise ValueError(f"data {train_set.name} has {train_set.n_classes} classes, "
+            raise InputError(f"data {train_set.name} has {train_set.n_classes} classes, "
                              f"the model {self.model.n_classes}")
 
     # ----------------------------------------------------------- state
@@ -166,11 +167,11 @@ class Trainer:
         model = load_model(path, self.xp, self.dtype)
         state = model.metadata.get("checkpoint")
         if state is None:
-            raise ValueError(f"{path}: a model file without training state; not a checkpoint")
+            raise InputError(f"{path}: a model file without training state; not a checkpoint")
         saved = TrainConfig.from_dict(state["config"])
         if asdict(saved) != asdict(self.config):
             changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
-            raise ValueError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
+            raise InputError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
                              "resume with the same options")
         self.model = model
         self.optimizer = self._make_optimizer()

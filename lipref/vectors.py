@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from .backend import host
+from .errors import InputError
 
 
 class VectorStore:
@@ -33,7 +34,7 @@ class VectorStore:
                     raise FileNotFoundError(f"{path}: power-iteration vectors missing from the run folder")
                 self.arrays[key] = host.load(path, mmap_mode="r")
                 if tuple(self.arrays[key].shape) != (n_samples,) + tuple(shape):
-                    raise ValueError(f"{path}: vectors of shape {self.arrays[key].shape}, "
+                    raise InputError(f"{path}: vectors of shape {self.arrays[key].shape}, "
                                      f"expected {(n_samples,) + tuple(shape)}")
 
     def read(self, index):

@@ -8,7 +8,7 @@ from lipref import primitives as P
 from lipref.backend import to_host
 from lipref.bounds import margins as M
 from lipref.bounds.lipschitz import network_bounds
-from lipref.certify import margin_slack
+from lipref.certify import certify_bounds, margin_slack, support_radius
 from lipref.tape import Var, grad
 from test_bounds import ACTS, ball_points, project_ball, small_model
 
@@ -51,7 +51,8 @@ def test_ball_box_support_is_tight_upper_bound(xp, seed, dim, scale):
 
 def _certify(model, x_host, eps, xp, rng, margin, mode="fast"):
     """Fast mode: 300 power iterations; sound mode: upper bounds (the certified global norms,
-    Lanczos on masked convs) and certify's rounding slack."""
+    Lanczos on masked convs) and certify's rounding slacks. margin "bcp" is the certificate
+    `lipref certify` uses (`certify_bounds`); "gloro" the plain GloRo margin."""
     res = network_bounds(model, xp.asarray(x_host), eps, "local", mode, 300 if mode == "fast" else 40, rng)
     logits = res.logits
     pred = M.predictions(logits)
@@ -59,11 +60,11 @@ def _certify(model, x_host, eps, xp, rng, margin, mode="fast"):
     last = model.layers[-1].params
     w = last["weight"].value
     if margin == "gloro":
-        worst = M.gloro_worst_logits(logits, w, onehot, res.radius)
-    else:
-        worst = M.bcp_worst_logits(logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
-    slack = margin_slack(res, w, last["bias"].value) if mode == "sound" else 0.0
-    return to_host(M.certified(worst, logits, onehot, slack)), to_host(pred)
+        worst = M.gloro_worst_logits(logits, w, onehot, support_radius(res))
+        slack = margin_slack(res, w, last["bias"].value) if mode == "sound" else 0.0
+        return to_host(M.certified(worst, logits, onehot, slack)), to_host(pred)
+    cert, _ = certify_bounds(res, w, last["bias"].value, onehot, eps, mode, cap_at_eps=True)
+    return to_host(cert), to_host(pred)
 
 
 def pgd_on_margin(model, x_host, label, eps, xp, rng, steps=30):

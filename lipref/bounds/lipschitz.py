@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import primitives as P
 from ..backend import map_in_threads, namespace, sample_blocks
+from ..errors import BoundsOverflowError, InputError
 from ..layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU
 from ..tape import Var, value_of
 from . import spectral
@@ -57,6 +58,7 @@ class NetworkBounds:
     local_norms: list = field(default_factory=list)  # per affine layer (N,) arrays
     global_norms: list = field(default_factory=list)  # per affine layer, scalars
     activations: list = field(default_factory=list)
+    forward_error: object = None  # sound mode: (N, D) bound on |penultimate - exact penultimate|
     local_vectors: dict = field(default_factory=dict)
     global_vectors: dict = field(default_factory=dict)
 
@@ -280,6 +282,26 @@ def _rounding_slack(layer, params, lower, upper, xp):
     return 2 * gamma * total
 
 
+def _forward_error(layer, params, error_in, slack, xp):
+    """Sound mode: a bound on |z - exact z| per output of an affine layer, where z = fl(W h +
+    b) and h is within error_in of the exact h: |W| error_in (doubled for its own rounding)
+    plus the interval slack, which bounds the rounding of W h + b (|h| is within the box)."""
+    wv = value_of(params["weight"])
+    propagated = value_of(affine(layer, error_in, xp.abs(wv), None))
+    return 2 * propagated + slack
+
+
+def _activation_error(layer, error_in, xp):
+    """|act(z) - act(exact z)| <= error per coordinate: ReLU and clipped ReLU are
+    1-Lipschitz per coordinate; MaxMin's outputs of a pair move by at most the pair's larger
+    error."""
+    if isinstance(layer, ClampedMaxMin):
+        half = error_in.shape[1] // 2
+        pair = xp.maximum(error_in[:, :half, ...], error_in[:, half:, ...])
+        return xp.concat([pair, pair], axis=1)
+    return error_in
+
+
 def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
                    global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None, threads=None,
                    sample_block=None, global_iters=None):
@@ -310,15 +332,15 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
         raise ValueError(f"bound must be one of {BOUNDS}, got {bound!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not (eps >= 0):
-        raise ValueError(f"eps must be >= 0, got {eps}")
+    if not (0 <= eps < float("inf")):
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
     _check_model(model)
     xv = value_of(x)
     xp = namespace(xv)
     if mode == "sound" and xv.dtype != xp.float64:
-        raise ValueError("sound mode needs float64 inputs and parameters")
+        raise InputError("sound mode needs float64 inputs and parameters")
     if tuple(xv.shape[1:]) != model.input_shape:
-        raise ValueError(f"input shape {tuple(xv.shape[1:])} does not fit the model's {model.input_shape}")
+        raise InputError(f"input shape {tuple(xv.shape[1:])} does not fit the model's {model.input_shape}")
     n = xv.shape[0]
     if mode == "sound" and record:
         raise ValueError("sound mode gives bounds, not gradients: record must be False")
@@ -345,6 +367,7 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
                          gnorms, record, failure_prob, prepared)
         parts = map_in_threads(xp, walk_block, sample_blocks(xp, n, sample_block), threads)
         result = parts[0] if len(parts) == 1 else _concat_blocks(parts, xp, threads)
+    _check_finite(result, eps, xv.dtype)
     glob = xp.ones((), dtype=xv.dtype)
     for g in gnorms:
         glob = P.multiply(glob, g)
@@ -354,6 +377,20 @@ def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=Non
     # the given vectors of layers that kept none (the global bound, sound mode's dense layers) carry over
     result.local_vectors = {**dict(local_vectors or {}), **result.local_vectors}
     return result
+
+
+def _check_finite(result, eps, dtype):
+    """Refuse bounds that overflowed (inf, or inf - inf = NaN): an eps too large for the
+    dtype. A certificate or a local bound built on them would be meaningless."""
+    arrays = [("the penultimate box", result.lower), ("the penultimate box", result.upper),
+              ("the Lipschitz bound", result.lipschitz), ("the logits", result.logits)]
+    arrays += [(f"layer {a.layer_index}'s pre-activation bounds", b) for a in result.activations
+               for b in (a.lower, a.upper)]
+    for what, a in arrays:
+        a = value_of(a)
+        if not bool(namespace(a).all(namespace(a).isfinite(a))):
+            raise BoundsOverflowError(f"eps {eps:g} makes {what} overflow in {dtype} (inf or NaN); "
+                                      "use a smaller eps or float64")
 
 
 def start_vectors(model, n, bound, rng, local_vectors=None, global_vectors=None):
@@ -416,6 +453,8 @@ def _concat_blocks(parts, xp, threads):
             fields.append([b.row_mask for b in blocks])
     keys = list(first.local_vectors)
     fields += [[p.local_vectors[k] for p in parts] for k in keys]
+    if first.forward_error is not None:
+        fields.append([p.forward_error for p in parts])
     merged = iter(map_in_threads(xp, _stack_blocks, fields, threads))
     result = NetworkBounds(*(next(merged) for _ in range(6)), None)
     result.local_norms = [next(merged) for _ in first.local_norms]
@@ -425,6 +464,8 @@ def _concat_blocks(parts, xp, threads):
         result.activations.append(ActivationBounds(a.layer_index, a.layer, a.params, lower, upper, rows, outputs,
                                                    fraction))
     result.local_vectors = {k: next(merged) for k in keys}
+    if first.forward_error is not None:
+        result.forward_error = next(merged)
     return result
 
 
@@ -462,6 +503,8 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
     radius = xp.full((n,), float(eps), dtype=xv.dtype)
     in_mask = None  # the current activations' mask, 1 = can move; None: all can
     box_radius = float(eps)  # the box is h +- box_radius on every coordinate; None once not
+    # sound mode: a bound on |h - exact h| per coordinate (x itself is exact, as given)
+    forward_error = xp.zeros_like(xv) if mode == "sound" else None
     result = NetworkBounds(None, None, None, None, None, None, None)
     pending = None  # (index, layer, params, input mask, ConvGrid or None) of an affine layer awaiting its row mask
     affine_count = 0
@@ -489,7 +532,9 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
             if pending is not None:
                 flush(None)
             z = affine(layer, h, params["weight"], params["bias"])
-            slack = _rounding_slack(layer, params, lower, upper, xp) if mode == "sound" else None
+            if mode == "sound":  # computed from this layer's input box, before the update
+                slack = _rounding_slack(layer, params, lower, upper, xp)
+                forward_error = _forward_error(layer, params, forward_error, slack, xp)
             w_forms, grid = (weight_forms(params), None) if prepared is None else prepared[i]
             norms = row_norms(layer, w_forms, in_mask)
             if box_radius is not None:
@@ -498,8 +543,8 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
                 lo_i, up_i = affine_interval(layer, w_forms, params["bias"], lower, upper)
                 lo_b, up_b = ball_interval(z, radius, norms)
                 lower, upper = intersect(lo_i, up_i, lo_b, up_b)
-            if slack is not None:  # computed from this layer's input box, before the update
-                lower, upper = P.subtract(lower, slack), P.add(upper, slack)
+            if mode == "sound":  # the interval's rounding, and the centre's distance from the exact z
+                lower, upper = P.subtract(lower, forward_error), P.add(upper, forward_error)
             h = z
             pending = (i, layer, params, in_mask, grid)
             # every output of an affine layer can move; only an activation makes some constant
@@ -515,6 +560,9 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
             lower, upper = activation_interval(layer, params, lower, upper)
             h = layer(h, params)
             r = P.reshape(radius, (n,) + (1,) * (len(layer.out_shape)))
+            if mode == "sound":  # the exact h lies within forward_error of the computed one
+                forward_error = _activation_error(layer, forward_error, xp)
+                r = P.add(r, forward_error)
             lower, upper = intersect(lower, upper, P.subtract(h, r), P.add(h, r))
             in_mask, box_radius = out_mask, None
         elif isinstance(layer, Flatten):
@@ -524,12 +572,14 @@ def _walk(model, x, eps, bound, mode, n_iters, starts, gnorms, record, failure_p
             shape = (n,) + layer.out_shape
             h, lower, upper = P.reshape(h, shape), P.reshape(lower, shape), P.reshape(upper, shape)
             in_mask = None if in_mask is None else xp.reshape(in_mask, shape)
+            forward_error = None if forward_error is None else xp.reshape(forward_error, shape)
     if pending is not None:
         flush(None)
     last = model.layers[-1]
     params = _params(last, record)
     result.logits = P.linear(h, params["weight"], params["bias"])
     result.penultimate, result.lower, result.upper = h, lower, upper
+    result.forward_error = forward_error
     result.lipschitz, result.radius = lipschitz, radius
     result.local_vectors = vectors
     return result

@@ -4,7 +4,8 @@ A neuron is constant when every point of the ball puts it in a flat piece of its
 ReLU off (ub <= 0); clipped ReLU off or saturated (ub <= 0 or lb >= theta); for clamped
 MaxMin the max half clamped (max(lb_a, lb_b) >= hi) or the min half clamped
 (min(ub_a, ub_b) <= lo). Masks are float arrays, 1 = can change, 0 = constant; they carry no
-gradient (they are decisions, not values).
+gradient (they are decisions, not values). Each test is written as "not provably constant",
+so that a NaN bound (an overflow, inf - inf) counts as "can change", never as constant.
 """
 from ..backend import namespace
 from ..layers import ClampedMaxMin, ClippedReLU, ReLU
@@ -20,18 +21,18 @@ def activation_masks(layer, params, lower, upper):
     pair's rows go only when both its outputs are constant."""
     xp = namespace(lower)
     if isinstance(layer, ReLU):
-        moving = _f(upper > 0, lower)
+        moving = _f(~(upper <= 0), lower)
         return moving, moving
     if isinstance(layer, ClippedReLU):
         theta = params["threshold"]
-        moving = _f((upper > 0) & (lower < theta), lower)
+        moving = _f(~((upper <= 0) | (lower >= theta)), lower)
         return moving, moving
     if isinstance(layer, ClampedMaxMin):
         h = lower.shape[1] // 2
         max_lower = xp.maximum(lower[:, :h, ...], lower[:, h:, ...])
         min_upper = xp.minimum(upper[:, :h, ...], upper[:, h:, ...])
-        max_moves = max_lower < params["max"]
-        min_moves = min_upper > params["min"]
+        max_moves = ~(max_lower >= params["max"])
+        min_moves = ~(min_upper <= params["min"])
         pair_moves = max_moves | min_moves
         out = xp.concat([_f(max_moves, lower), _f(min_moves, lower)], axis=1)
         rows = xp.concat([_f(pair_moves, lower), _f(pair_moves, lower)], axis=1)
