@@ -13,23 +13,22 @@ import time
 import click
 
 from lipref import data as D
-from lipref.backend import BackendError, float_dtype, get_backend, host, keep_freed_memory, to_backend, to_host
+from lipref.backend import float_dtype, get_backend, host, keep_freed_memory, to_host
+from lipref.errors import InputError, UserError
 
 EXIT_USAGE = 2
 EXIT_UNSOUND = 3
-# errors a user can act on; anything else is a bug in lipref and keeps its traceback
-USER_ERRORS = (D.DataError, BackendError, ValueError, FileExistsError, FileNotFoundError, FloatingPointError,
-               ImportError)
 
 
 def user_errors(fn):
-    """Turn errors a user can fix into one line on stderr and exit code 2 (no traceback)."""
+    """Turn lipref's own errors (a UserError: something the user can fix) into one line on
+    stderr and exit code 2. Anything else is a bug in lipref and keeps its traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            message = str(exc).strip("'\"") or type(exc).__name__
+        except UserError as exc:
+            message = " ".join(str(exc).strip("'\"").split()) or type(exc).__name__
             click.echo(f"Error: {message}", err=True)
             sys.exit(EXIT_USAGE)
     return wrapper
@@ -37,10 +36,53 @@ def user_errors(fn):
 
 def _positive_eps(ctx, param, value):
     # checked here rather than by click so that the error is our one line, exit code 2
-    if value is not None and not value >= 0:  # also rejects NaN
-        click.echo(f"Error: {param.opts[0]} must be >= 0, got {value}", err=True)
+    if value is not None and not 0 <= value < float("inf"):  # also rejects NaN
+        click.echo(f"Error: {param.opts[0]} must be finite and >= 0, got {value}", err=True)
         sys.exit(EXIT_USAGE)
     return value
+
+
+def _seed(mode, seed):
+    """The seed of a run: the given one; in sound mode, else, fresh OS entropy, so that the
+    random starts (Lanczos) cannot have been fitted by whoever made the model; 0 in fast mode."""
+    if seed is not None:
+        return seed
+    if mode == "sound":
+        import secrets
+        return secrets.randbits(63)
+    return 0
+
+
+def _domain(value, dataset):
+    """PGD's domain: (lo, hi) or None. auto: [0, 1] where every value of the data lies in it
+    (every named dataset), else unbounded."""
+    if value == "none":
+        return None
+    if value == "auto":
+        images = dataset.images
+        inside = images.size == 0 or (float(images.min()) >= 0.0 and float(images.max()) <= 1.0)
+        return (0.0, 1.0) if inside else None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"--domain must be auto, none or LO,HI (two numbers), got {value!r}") from None
+    if not lo < hi:
+        raise InputError(f"--domain LO,HI needs LO < HI, got {value!r}")
+    return (lo, hi)
+
+
+def _compute_dtype(mode, dtype, dataset):
+    """float64 in sound mode; in fast mode float32 unless the data are not exact in float32
+    (then float64: what is certified is the input as given)."""
+    if mode == "sound":
+        if dtype == "float32":
+            raise InputError("sound mode computes in float64; --dtype float32 cannot be sound")
+        return "float64"
+    if dtype != "auto":
+        return dtype
+    images = dataset.images
+    exact = images.dtype == host.float32 or bool(host.all(images.astype(host.float32) == images))
+    return "float32" if exact else "float64"
 
 
 def _table(rows, columns):
@@ -80,8 +122,25 @@ def _load_model(path, backend, dtype):
     return load_model(path, xp, float_dtype(xp, dtype))
 
 
+def _load_data(spec, data_dir, limit, mode, dtype):
+    """The data as given: named datasets in float64 where the run computes in float64."""
+    wide = mode == "sound" or dtype == "float64"
+    return D.load_data(spec, data_dir, limit, dtype="float64" if wide else "float32")
+
+
+def _load_model_and_data(model_path, spec, data_dir, limit, backend, mode, dtype):
+    """(model, dataset, compute dtype): the data first, since they decide the dtype (`_compute_dtype`)."""
+    dataset = _load_data(spec, data_dir, limit, mode, dtype)
+    compute = _compute_dtype(mode, dtype, dataset)
+    model = _load_model(model_path, backend, compute)
+    return model, _check_fits(model, dataset, spec), compute
+
+
 def _load_for_model(model, spec, data_dir, limit):
-    dataset = D.load_data(spec, data_dir, limit)
+    return _check_fits(model, D.load_data(spec, data_dir, limit), spec)
+
+
+def _check_fits(model, dataset, spec):
     if tuple(dataset.input_shape) != tuple(model.input_shape):
         raise D.DataError(f"data {spec} has images of shape {tuple(dataset.input_shape)}, "
                           f"the model needs {tuple(model.input_shape)}")
@@ -116,9 +175,21 @@ threads_option = click.option(
 engine_options = [
     click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
                  help="Array backend (cupy needs a CUDA GPU)."),
-    click.option("--seed", type=int, default=0, show_default=True,
-                 help="Seed of every random draw (power-iteration starts, PGD starts, shuffling)."),
+    click.option("--seed", type=int, default=None,
+                 help="Seed of every random draw (power-iteration and Lanczos starts, PGD starts, shuffling). "
+                      "Default: 0, except in sound mode, where the starts come from fresh OS entropy (so that "
+                      "a model cannot have been fitted to a public seed); the seed used is in the JSON output."),
 ]
+
+dtype_option = click.option(
+    "--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
+    help="Floating-point type of the computation. auto: float64 in sound mode; in fast mode float32 unless "
+         "the data hold values float32 cannot (then float64), so that what is certified is the input as given.")
+
+domain_option = click.option(
+    "--domain", default="auto", show_default=True,
+    help="The data domain PGD stays in (besides the ball): LO,HI, none (unbounded), or auto: [0, 1] when "
+         "every value of the data lies in [0, 1] (every named dataset), else unbounded. It must hold the data.")
 
 
 def apply_options(options):
@@ -196,6 +267,7 @@ def main():
 def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, as_json, quiet, **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
     from lipref.train import TrainConfig, train as run_training
+    options["seed"] = _seed("fast", options["seed"])
     config = TrainConfig(eval_limit=eval_limit, **options)
     train_set = D.load_data(data_spec, data_dir, limit)
     eval_spec = eval_data or (f"{train_set.name}:test" if train_set.split != "file" else data_spec)
@@ -279,12 +351,14 @@ def _sound_norms(model, rng, verbose, gram_limit):
               help="l2 PGD steps (step eps/4, random start); 0 skips the attack.")
 @click.option("--pgd-restarts", type=click.IntRange(min=1), default=1, show_default=True, help="PGD restarts.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@domain_option
+@dtype_option
 @gram_limit_option
 @threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True,
               help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
-                   "...} as JSON.")
+                   "seed, ...} as JSON.")
 @click.option("--samples", "samples_path", type=click.Path(dir_okay=False), default=None,
               help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -292,21 +366,26 @@ def _sound_norms(model, rng, verbose, gram_limit):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
-            gram_limit, threads, backend, seed, as_json, samples_path, plot_path, quiet):
-    """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy."""
+            domain, dtype, gram_limit, threads, backend, seed, as_json, samples_path, plot_path, quiet):
+    """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
+
+    What is certified: the model's parameters as stored (float32 weights computed in float64
+    in sound mode) at the data as read (float64 data stay float64)."""
     from lipref.certify import certify as run_certify
     from lipref.models import atomic_write_bytes
-    model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
-    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
+    seed = _seed(mode, seed)
     rng = host.random.default_rng(seed)
+    pgd_domain = _domain(domain, dataset)
     sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
     with _progress(n, "certifying", not quiet) as bar:
         result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                             pgd_steps, pgd_restarts, progress=bar.update, sound_norms=sound_norms,
+                             pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, sound_norms=sound_norms,
                              threads=threads)
     summary = result.summary()
-    summary.update({"model": model_path, "data": data_spec})
+    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute,
+                    "domain": None if pgd_domain is None else list(pgd_domain)})
     if samples_path:
         atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
     if plot_path:
@@ -343,19 +422,20 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
 @click.option("--mode", type=click.Choice(["fast", "sound"]), default="fast", show_default=True,
               help="fast: power-iteration estimates; sound: upper bounds (float64).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@dtype_option
 @gram_limit_option
 @threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True,
-              help="Print {samples: [{index, label, prediction, global, local, constant_fraction}]}.")
+              help="Print {seed, samples: [{index, label, prediction, global, local, constant_fraction}]}.")
 @user_errors
-def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, gram_limit, threads, backend, seed,
-          as_json):
+def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
+          seed, as_json):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
     from lipref.certify import bounds_per_sample
-    model = _load_model(model_path, backend, "float64" if mode == "sound" else "float32")
-    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
+    seed = _seed(mode, seed)
     rng = host.random.default_rng(seed)
     sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
     with _progress(n, "bounding", True) as bar:
@@ -363,7 +443,7 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
                                     progress=bar.update, sound_norms=sound_norms, threads=threads)
     if as_json:
         _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
-                    "samples": samples})
+                    "seed": seed, "dtype": compute, "samples": samples})
         return
     rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
             for r in samples]
@@ -382,30 +462,34 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
 @click.option("--step-size", type=float, default=None, help="Step length (default eps/4).")
 @click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random restarts.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@domain_option
+@dtype_option
 @threads_option
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
 @user_errors
-def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, threads, backend,
-           seed, as_json):
+def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, domain, dtype,
+           threads, backend, seed, as_json):
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
     from lipref.attack import pgd_l2
     from lipref.bounds.margins import predictions
-    model = _load_model(model_path, backend, "float32")
-    dataset = _load_for_model(model, data_spec, data_dir, limit)
+    from lipref.certify import batches
+    if step_size is not None and not 0 < step_size < float("inf"):
+        raise InputError(f"--step-size must be finite and > 0, got {step_size}")
+    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
+    pgd_domain = _domain(domain, dataset)
     xp = get_backend(backend)
+    seed = _seed("fast", seed)
     rng = host.random.default_rng(seed)
     n = int(dataset.labels.shape[0])
     correct = broken = 0
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        x = to_backend(dataset.images[s:e], xp, xp.float32)
-        y = to_backend(dataset.labels[s:e], xp)
+    for _, _, x, y in batches(dataset.images, dataset.labels, batch_size, xp, float_dtype(xp, compute)):
         ok = to_host(predictions(model(x, record=False)) == y)
-        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, threads=threads)
+        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, pgd_domain, threads=threads)
         correct += int(ok.sum())
         broken += int((to_host(result.success) & ok).sum())
     out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,
+           "seed": seed, "domain": None if pgd_domain is None else list(pgd_domain),
            "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}
     if as_json:
         _emit_json(out)
@@ -489,7 +573,7 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
     try:
         shape = tuple(int(d) for d in input_shape.split(","))
     except ValueError:
-        raise ValueError(f"--input-shape must be integers separated by commas, got {input_shape!r}") from None
+        raise InputError(f"--input-shape must be integers separated by commas, got {input_shape!r}") from None
     model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
@@ -568,10 +652,13 @@ def info(model_path, as_json):
                                ("out", "output", "{}"), ("params", "parameters", "{}")]))
     click.echo(f"{out['parameters']} parameters")
     meta = model.metadata
-    if "best" in meta:
-        b = meta["best"]
-        click.echo(f"best epoch {b['epoch']}: clean {b['clean_accuracy']:.3f}, certified "
-                   f"{b['certified_accuracy_local']:.3f} at eps {b['eps']:g}")
+    best = meta.get("best")
+    keys = ("epoch", "clean_accuracy", "certified_accuracy_local", "eps")
+    if isinstance(best, dict) and all(isinstance(best.get(k), (int, float)) for k in keys):
+        click.echo(f"best epoch {best['epoch']}: clean {best['clean_accuracy']:.3f}, certified "
+                   f"{best['certified_accuracy_local']:.3f} at eps {best['eps']:g}")
+    elif best is not None:  # metadata is free-form: show it, never fail on it
+        click.echo(f"best: {json.dumps(best)[:200]}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ import numpy as host  # host-side I/O (data files, model files) uses this, nothi
 import threadpoolctl
 from array_api_compat import array_namespace
 
+from .errors import InputError, UserError
+
 BACKENDS = ("numpy", "cupy")
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A requested backend cannot be used on this machine."""
 
 
@@ -81,7 +83,7 @@ def get_backend(name):
 def float_dtype(xp, name):
     """`xp`'s float dtype named 'float32' or 'float64'."""
     if name not in ("float32", "float64"):
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+        raise InputError(f"dtype must be 'float32' or 'float64', got {name!r}")
     return getattr(xp, name)
 
 
@@ -195,7 +197,7 @@ def sample_blocks(xp, n, block):
     if block is None:
         block = HOST_SAMPLE_BLOCK if is_host_numpy(xp) else max(n, 1)
     if block < 1:
-        raise ValueError(f"sample block size must be >= 1, got {block}")
+        raise InputError(f"sample block size must be >= 1, got {block}")
     count = max(-(-n // block), 1)
     return [slice(i * n // count, (i + 1) * n // count) for i in range(count)]
 
@@ -209,7 +211,7 @@ def map_in_threads(xp, fn, items, threads=None):
     from inside one of those threads (nested), or on any other backend, the calls run one
     after another in the calling thread. An exception in a call is raised here."""
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InputError(f"threads must be >= 1, got {threads}")
     items = list(items)
     if not is_host_numpy(xp) or getattr(_worker, "active", False):
         return [fn(item) for item in items]

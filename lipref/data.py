@@ -7,8 +7,10 @@ Formats read here:
   * the TinyImageNet folder layout (JPEG decoding needs Pillow, imported only when used).
 
 `DATASETS` describes each dataset: shape, classes, canonical download addresses and md5s.
-`load_dataset("name[:split]")` gives a `Dataset` of host arrays: images float32 in [0, 1],
-shape (N, C, H, W), labels int64. Callers move them to a backend with `xp.asarray`.
+`load_dataset("name[:split]")` gives a `Dataset` of host arrays: images in [0, 1], shape
+(N, C, H, W), float32 (or float64 with `dtype="float64"`: k/255 correctly rounded), labels
+int64. `load_array_file` reads a user's .npz and keeps its images' float precision (float64
+stays float64; integers become float64, exactly). Callers move them to a backend with `xp.asarray`.
 
 Any file that is not what it claims to be raises `DataError` naming the file and the
 problem, never a traceback from deep inside NumPy, gzip or pickle. Downloads go to a
@@ -29,9 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .backend import host
+from .errors import UserError
+
+MAX_LABEL = 2 ** 31 - 1  # larger labels are refused: a model with that many classes cannot be built
+EXACT_INTEGERS = 2 ** 53  # integer images up to this magnitude are exact in float64
+# What numpy and zipfile raise for a damaged .npz: zipfile raises NotImplementedError /
+# RuntimeError for damaged header fields (version, compression method, encryption flag).
+NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError, zlib.error)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file or request that cannot be used; the message names the file and the problem."""
 
 
@@ -150,7 +159,10 @@ SPLITS = ("train", "test")
 
 @dataclass
 class Dataset:
-    """Images float32 in [0, 1], shape (N, C, H, W), and int64 labels (N,), both host arrays."""
+    """Images (N, C, H, W) and int64 labels (N,), both host arrays. Named datasets: images in
+    [0, 1], float32 or float64 as asked; a user's .npz: the file's values in its float precision
+    (float16 widened to float32, integers to float64). `class_names` is empty when the data
+    carry no class names (a user's .npz)."""
     name: str
     split: str
     images: object
@@ -615,19 +627,45 @@ def _check_limit(limit):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
 
 
-def load_dataset(spec, data_dir=None, limit=None):
+def _image_dtype(dtype):
+    try:
+        found = host.dtype(dtype) if dtype is not None else None
+    except (TypeError, ValueError):  # not a dtype at all
+        found = None
+    if found not in (host.float32, host.float64):
+        raise DataError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return found
+
+
+def read_npz(path):
+    """{name: host array} of an .npz file (no pickles), or None for a plain .npy file.
+    Raises one of NPZ_ERRORS for a file that is neither."""
+    loaded = host.load(path, allow_pickle=False)
+    if not isinstance(loaded, host.lib.npyio.NpzFile):
+        return None
+    with loaded as npz:
+        return {name: npz[name] for name in npz.files}
+
+
+def load_dataset(spec, data_dir=None, limit=None, dtype="float32"):
     """A `Dataset` for 'name' or 'name:split' (split 'train' or 'test', default 'test').
 
     Files are read from `data_dir` when given, else from `search_dirs(name)`. `limit` keeps
-    the first `limit` examples (TinyImageNet: decodes only those)."""
+    the first `limit` examples (TinyImageNet: decodes only those). `dtype` ("float32" or
+    "float64", or the NumPy dtypes) is the images' type: each pixel k becomes k/255 computed
+    in that type, correctly rounded; in float64 these are the inputs that sound-mode
+    certification certifies, with no float32 rounding in between."""
     name, split = parse_spec(spec)
     _check_limit(limit)
+    dtype = _image_dtype(dtype)
     info = DATASETS[name]
     images, labels, class_names, source = _LOADERS[info.file_format](info, split, search_dirs(name, data_dir),
                                                                      limit)
+    if not len(labels):
+        raise DataError(f"{source}: {name}:{split} has no examples")
     labels = labels.astype(host.int64)
     _check_label_range(labels, info.n_classes, source)
-    images = images.astype(host.float32) / host.float32(255)
+    images = images.astype(dtype) / dtype.type(255)
     if images.shape[1:] != info.input_shape:
         raise DataError(f"{source}: images have shape {images.shape[1:]}, expected {info.input_shape}")
     return Dataset(name=name, split=split, images=images, labels=labels, input_shape=info.input_shape,
@@ -635,46 +673,71 @@ def load_dataset(spec, data_dir=None, limit=None):
 
 
 def load_array_file(path, limit=None):
-    """A `Dataset` from a user's .npz holding `images` (N, C, H, W) float and `labels` (N,) int,
-    with every value checked: finite, images in any range, labels non-negative integers."""
+    """A `Dataset` from a user's .npz holding `images` (N, C, H, W) numbers and `labels` (N,)
+    integers, with every value checked: finite images in any range, kept in their float
+    precision (float16 becomes float32, integers float64, refused beyond 2^53 where float64
+    is not exact); labels integers in [0, 2^31). `n_classes` is the largest label + 1."""
     path = Path(path)
     _check_limit(limit)
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     try:
-        with host.load(path, allow_pickle=False) as npz:
-            if "images" not in npz.files or "labels" not in npz.files:
-                raise DataError(f"{path}: a data .npz needs arrays 'images' and 'labels', found {sorted(npz.files)}")
-            images, labels = npz["images"], npz["labels"]
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
+        arrays = read_npz(path)
+    except NPZ_ERRORS as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
-    if images.ndim != 4:
-        raise DataError(f"{path}: images must have shape (N, C, H, W), got {images.shape}")
+    if arrays is None:
+        raise DataError(f"{path}: a single .npy array, not a data .npz with arrays 'images' and 'labels'")
+    if "images" not in arrays or "labels" not in arrays:
+        raise DataError(f"{path}: a data .npz needs arrays 'images' and 'labels', found {sorted(arrays)}")
+    images, labels = arrays["images"], arrays["labels"]
+    if images.ndim != 4 or 0 in images.shape[1:]:
+        raise DataError(f"{path}: images must have shape (N, C, H, W) with C, H, W >= 1, got {images.shape}")
     if labels.shape != (images.shape[0],):
         raise DataError(f"{path}: labels must have shape ({images.shape[0]},), got {labels.shape}")
     if images.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: images must be numbers and labels integers, got {images.dtype}, {labels.dtype}")
-    bad = ~host.isfinite(images.astype(host.float64))
+    if not labels.size:
+        raise DataError(f"{path}: the data file has no examples")
+    if labels.min() < 0 or labels.max() > MAX_LABEL:  # before anything that depends on the number of classes
+        raise DataError(f"{path}: labels must be >= 0 and < 2^31, found {int(labels.min())}..{int(labels.max())}")
+    images = _float_images(path, images)
+    bad = ~host.isfinite(images)
     if bad.any():
         where = tuple(int(i) for i in host.argwhere(bad)[0])
         raise DataError(f"{path}: images contain NaN or inf (first at index {where}: {images[where]})")
-    if labels.size and labels.min() < 0:
-        raise DataError(f"{path}: labels must be >= 0, found {int(labels.min())}")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    n_classes = int(labels.max()) + 1 if labels.size else 0
-    return Dataset(name=path.name, split="file", images=images.astype(host.float32), labels=labels.astype(host.int64),
-                   input_shape=tuple(int(d) for d in images.shape[1:]), n_classes=n_classes,
-                   class_names=tuple(str(i) for i in range(n_classes)), source=str(path))
+    return Dataset(name=path.name, split="file", images=images, labels=labels.astype(host.int64),
+                   input_shape=tuple(int(d) for d in images.shape[1:]), n_classes=int(labels.max()) + 1,
+                   class_names=(), source=str(path))
 
 
-def load_data(spec, data_dir=None, limit=None):
-    """`load_dataset` for a dataset name, `load_array_file` for a path ending in .npz."""
+def _float_images(path, images):
+    """float32/float64 images as they are, float16 widened to float32, integers (exactly, up to
+    2^53) and wider floats (exactly, or DataError) to float64."""
+    if images.dtype in (host.float32, host.float64):
+        return images
+    if images.dtype == host.float16:
+        return images.astype(host.float32)
+    if images.dtype.kind in "iu":
+        if images.size and (images.max() > EXACT_INTEGERS or images.min() < -EXACT_INTEGERS):
+            raise DataError(f"{path}: integer images must lie within +-2^53 to be exact in float64, found "
+                            f"{int(images.min())}..{int(images.max())}")
+        return images.astype(host.float64)
+    wide = images.astype(host.float64)  # longdouble: exact only where it holds float64 values
+    kept = host.isfinite(images) & (wide.astype(images.dtype) != images)
+    if kept.any():
+        where = tuple(int(i) for i in host.argwhere(kept)[0])
+        raise DataError(f"{path}: images of dtype {images.dtype} are not exact in float64 (first at index {where})")
+    return wide
+
+
+def load_data(spec, data_dir=None, limit=None, dtype="float32"):
+    """`load_dataset` for a dataset name (images of `dtype`), `load_array_file` for a path
+    ending in .npz (images keep the file's precision; `dtype` does not apply)."""
     if isinstance(spec, str) and spec.endswith(".npz"):
         return load_array_file(spec, limit)
-    return load_dataset(spec, data_dir, limit)
+    return load_dataset(spec, data_dir, limit, dtype)
 
 
 # ---------------------------------------------------------------------------------------------

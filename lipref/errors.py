@@ -18,3 +18,17 @@ class InputError(UserError, ValueError):
 class BoundsOverflowError(UserError, FloatingPointError):
     """Bounds that overflow the floating-point range (an eps too large for the dtype):
     a certificate built on them would say nothing, so lipref refuses instead."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """An optional extra that a requested feature needs is not installed (the message says
+    which `pip install 'lipref[...]'`)."""
+
+
+class RunFolderError(UserError, OSError):
+    """A run folder that does not fit the request: a run already there without --resume, or
+    a file of the run missing."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or inf (a learning rate or radius too large)."""

@@ -6,11 +6,34 @@ axis), which the bounds need to build each layer's exact operator. Calling a lay
 Var records the tape; calling it on an array (with `params_as_arrays`) records nothing.
 """
 import math
+import numbers
 
 from . import primitives as P
+from .errors import InputError
 from .tape import Var
 
 ACTIVATIONS = ("relu", "clipped_relu", "maxmin")
+MAX_SIZE = 2 ** 31 - 1  # the largest size, stride or padding a layer accepts
+
+
+def check_int(what, value, minimum):
+    """`value` if it is an integer (not a bool, float or string) in [minimum, MAX_SIZE], else
+    InputError naming `what`: sizes need minimum 1, paddings 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value!r:.60}")
+    if value < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {value}")
+    if value > MAX_SIZE:
+        raise InputError(f"{what} must be at most {MAX_SIZE}, got {value}")
+    return int(value)
+
+
+def check_shape(what, value, ndim=None):
+    """A feature shape as a tuple of integers >= 1 (`ndim` of them when given), else InputError."""
+    if not isinstance(value, (list, tuple)) or not value or (ndim is not None and len(value) != ndim):
+        dims = f"{ndim} " if ndim is not None else "a non-empty list of "
+        raise InputError(f"{what} must be {dims}integers >= 1, got {value!r:.60}")
+    return tuple(check_int(f"{what}[{i}]", d, 1) for i, d in enumerate(value))
 
 
 class Layer:
@@ -26,12 +49,17 @@ class Layer:
     def spec(self):
         return {"type": self.kind}
 
+    def param_shapes(self):
+        """{local name: shape} of the parameters `init_params` makes (nothing is allocated)."""
+        return {}
+
 
 class Linear(Layer):
     kind = "linear"
     is_affine = True
 
     def __init__(self, in_features, out_features):
+        in_features, out_features = check_int("in_features", in_features, 1), check_int("out_features", out_features, 1)
         super().__init__((in_features,), (out_features,))
         self.in_features, self.out_features = in_features, out_features
 
@@ -46,6 +74,9 @@ class Linear(Layer):
     def __call__(self, x, p):
         return P.linear(x, p["weight"], p["bias"])
 
+    def param_shapes(self):
+        return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
+
     def spec(self):
         return {"type": self.kind, "in_features": self.in_features, "out_features": self.out_features}
 
@@ -55,7 +86,12 @@ class Conv2d(Layer):
     is_affine = True
 
     def __init__(self, in_shape, out_channels, kernel_size, stride, padding):
-        c, h, w = in_shape
+        c, h, w = check_shape("in_shape", in_shape, 3)
+        out_channels, kernel_size = check_int("out_channels", out_channels, 1), check_int("kernel_size", kernel_size, 1)
+        stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
+        if min(h, w) + 2 * padding < kernel_size:
+            raise InputError(f"conv2d: kernel {kernel_size}x{kernel_size} with padding {padding} does not fit "
+                             f"an input of {h}x{w}")
         oh, ow = P.conv_output_hw(h, w, kernel_size, kernel_size, stride, padding)
         super().__init__(in_shape, (out_channels, oh, ow))
         self.in_channels, self.out_channels = c, out_channels
@@ -72,6 +108,10 @@ class Conv2d(Layer):
 
     def __call__(self, x, p):
         return P.conv2d(x, p["weight"], p["bias"], self.stride, self.padding)
+
+    def param_shapes(self):
+        k = self.kernel_size
+        return {"weight": (self.out_channels, self.in_channels, k, k), "bias": (self.out_channels,)}
 
     def spec(self):
         return {"type": self.kind, "in_shape": list(self.in_shape), "out_channels": self.out_channels,
@@ -110,6 +150,9 @@ class ClippedReLU(Layer):
     def __call__(self, x, p):
         return P.clipped_relu(x, p["threshold"])
 
+    def param_shapes(self):
+        return {"threshold": self.in_shape}
+
     def spec(self):
         return {"type": self.kind, "shape": list(self.in_shape), "threshold_init": self.threshold_init}
 
@@ -122,7 +165,7 @@ class ClampedMaxMin(Layer):
 
     def __init__(self, shape, threshold_init):
         if shape[0] % 2:
-            raise ValueError(f"MaxMin needs an even number of channels/features, got shape {tuple(shape)}")
+            raise InputError(f"MaxMin needs an even number of channels/features, got shape {tuple(shape)}")
         super().__init__(shape, shape)
         self.threshold_init = float(threshold_init)
         self.half_shape = (shape[0] // 2,) + tuple(shape[1:])
@@ -133,6 +176,9 @@ class ClampedMaxMin(Layer):
 
     def __call__(self, x, p):
         return P.clamped_maxmin(x, p["max"], p["min"])
+
+    def param_shapes(self):
+        return {"max": self.half_shape, "min": self.half_shape}
 
     def spec(self):
         return {"type": self.kind, "shape": list(self.in_shape), "threshold_init": self.threshold_init}
@@ -159,11 +205,12 @@ class Sequential:
 
     def __init__(self, layers):
         self.layers = list(layers)
-        for prev, nxt in zip(self.layers, self.layers[1:]):
+        for i, (prev, nxt) in enumerate(zip(self.layers, self.layers[1:]), 1):
             if prev.out_shape != nxt.in_shape:
-                raise ValueError(f"layer {nxt.kind} expects input {nxt.in_shape}, previous gives {prev.out_shape}")
+                raise InputError(f"layer {i} ({nxt.kind}) expects input {nxt.in_shape}, layer {i - 1} "
+                                 f"({prev.kind}) gives {prev.out_shape}")
         if not self.layers or not isinstance(self.layers[-1], Linear):
-            raise ValueError("the last layer of a classifier must be Linear (the margins use its rows)")
+            raise InputError("the last layer of a classifier must be Linear (the margins use its rows)")
 
     @property
     def input_shape(self):
@@ -177,6 +224,11 @@ class Sequential:
         for layer in self.layers:
             layer.init_params(xp, dtype, rng)
         return self
+
+    def parameter_shapes(self):
+        """Ordered {"<index>.<name>": shape}, known before (and without) `init_params`."""
+        return {f"{i}.{name}": tuple(shape) for i, layer in enumerate(self.layers)
+                for name, shape in layer.param_shapes().items()}
 
     def parameters(self):
         """Ordered {"<index>.<name>": Var}."""
@@ -205,20 +257,44 @@ def _values(params):
     return {k: v.value for k, v in params.items()}
 
 
+def _field(spec, key, check, *args):
+    """spec[key] passed through `check` (check_int or check_shape); InputError names the field."""
+    if key not in spec:
+        raise InputError(f"{spec['type']}: missing field {key!r}")
+    return check(f"{spec['type']} field {key!r}", spec[key], *args)
+
+
+def _threshold(spec):
+    value = spec.get("threshold_init", 1.0)
+    number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else value
+    try:
+        number = float(number)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise InputError(f"{spec['type']} field 'threshold_init' must be a finite number, got {value!r:.40}")
+    return number
+
+
 def layer_from_spec(spec):
-    """Build one layer (parameters not initialised) from its spec dict."""
+    """Build one layer (parameters not initialised) from its spec dict (as `Layer.spec` writes
+    it). Every field is checked: sizes are JSON integers >= 1, paddings >= 0, shapes lists of
+    sizes, thresholds finite numbers; anything else is an InputError naming the field."""
+    if not isinstance(spec, dict):
+        raise InputError(f"layer spec is not a JSON object: {spec!r:.80}")
     kind = spec.get("type")
     if kind == "linear":
-        return Linear(int(spec["in_features"]), int(spec["out_features"]))
+        return Linear(_field(spec, "in_features", check_int, 1), _field(spec, "out_features", check_int, 1))
     if kind == "conv2d":
-        return Conv2d(tuple(spec["in_shape"]), int(spec["out_channels"]), int(spec["kernel_size"]),
-                      int(spec["stride"]), int(spec["padding"]))
+        return Conv2d(_field(spec, "in_shape", check_shape, 3), _field(spec, "out_channels", check_int, 1),
+                      _field(spec, "kernel_size", check_int, 1), _field(spec, "stride", check_int, 1),
+                      _field(spec, "padding", check_int, 0))
     if kind == "relu":
-        return ReLU(tuple(spec["shape"]))
+        return ReLU(_field(spec, "shape", check_shape))
     if kind == "clipped_relu":
-        return ClippedReLU(tuple(spec["shape"]), spec.get("threshold_init", 1.0))
+        return ClippedReLU(_field(spec, "shape", check_shape), _threshold(spec))
     if kind == "maxmin":
-        return ClampedMaxMin(tuple(spec["shape"]), spec.get("threshold_init", 1.0))
+        return ClampedMaxMin(_field(spec, "shape", check_shape), _threshold(spec))
     if kind == "flatten":
-        return Flatten(tuple(spec["in_shape"]))
-    raise ValueError(f"unknown layer type {kind!r} in model spec")
+        return Flatten(_field(spec, "in_shape", check_shape))
+    raise InputError(f"unknown layer type {kind!r:.40}")

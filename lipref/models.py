@@ -9,12 +9,12 @@ import json
 import os
 import re
 import tempfile
-import zipfile
-import zlib
 
 from .backend import host, to_host
+from .data import NPZ_ERRORS, read_npz
+from .errors import InputError, UserError
 from .layers import (ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential,
-                     layer_from_spec)
+                     check_int, check_shape, layer_from_spec)
 
 FORMAT = "lipref-model/1"
 
@@ -28,7 +28,7 @@ ARCHITECTURES = {
 }
 
 
-class ModelFileError(ValueError):
+class ModelFileError(UserError, ValueError):
     """A model file that cannot be read as a lipref model."""
 
 
@@ -43,24 +43,27 @@ def _activation(name, shape, threshold_init):
         return ClippedReLU(shape, threshold_init)
     if name == "maxmin":
         return ClampedMaxMin(shape, threshold_init)
-    raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
 
 
 def build_architecture(arch, input_shape, n_classes, activation="relu", threshold_init=1.0):
     """A Sequential (parameters not yet initialised) for a named architecture.
 
     Names: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W1-W2-... (dense, for tests)."""
-    input_shape = tuple(int(d) for d in input_shape)
+    input_shape = check_shape("input shape", tuple(input_shape))
+    check_int("n_classes", n_classes, 1)
     layers = []
     match = re.fullmatch(r"mlp((?:-\d+)+)", arch)
     if match:
         convs, widths = [], [int(w) for w in match.group(1).split("-")[1:]]
+        if min(widths) < 1:
+            raise InputError(f"architecture {arch}: every width must be >= 1")
     elif arch in ARCHITECTURES:
         convs, widths = ARCHITECTURES[arch]
         if len(input_shape) != 3:
-            raise ValueError(f"architecture {arch} needs an image input (C, H, W), got {input_shape}")
+            raise InputError(f"architecture {arch} needs an image input (C, H, W), got {input_shape}")
     else:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(architecture_names())}")
+        raise InputError(f"unknown architecture {arch!r}; known: {', '.join(architecture_names())}")
     shape = input_shape
     for out_ch, k, s, p in convs:
         conv = Conv2d(shape, out_ch, k, s, p)
@@ -124,45 +127,76 @@ def read_model_file(path):
     if not os.path.exists(path):
         raise ModelFileError(f"{path}: no such model file")
     try:
-        with host.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError,
-            zlib.error) as exc:
-        # zipfile raises NotImplementedError / RuntimeError for damaged header fields
-        # (version, compression method, encryption flag)
+        arrays = read_npz(path)
+    except NPZ_ERRORS as exc:
         raise ModelFileError(f"{path}: not a lipref model file (unreadable .npz: {exc})") from None
+    if arrays is None:
+        raise ModelFileError(f"{path}: not a lipref model file (a single .npy array, not an .npz archive)")
     if "__lipref__" not in arrays:
         raise ModelFileError(f"{path}: not a lipref model file (no '__lipref__' entry)")
     try:
         doc = json.loads(arrays.pop("__lipref__").tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path}: corrupted model description ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, a 5000-digit integer
+        raise ModelFileError(f"{path}: corrupted model description ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict):
+        raise ModelFileError(f"{path}: corrupted model description (not a JSON object but {type(doc).__name__})")
     if doc.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: unsupported model format {doc.get('format')!r} (expected {FORMAT})")
+        raise ModelFileError(f"{path}: unsupported model format {doc.get('format')!r:.60} (expected {FORMAT})")
+    if not isinstance(doc.get("metadata", {}), dict):
+        raise ModelFileError(f"{path}: corrupted model description ('metadata' is not a JSON object)")
     return doc, arrays
+
+
+def model_from_document(path, doc):
+    """The Sequential (parameters not set) that a model document describes, every field checked."""
+    specs = doc.get("layers")
+    if not isinstance(specs, list) or not specs:
+        raise ModelFileError(f"{path}: invalid architecture description ('layers' must be a non-empty list "
+                             f"of layer objects, got {specs!r:.60})")
+    layers = []
+    for i, spec in enumerate(specs):
+        try:
+            layers.append(layer_from_spec(spec))
+        except InputError as exc:
+            raise ModelFileError(f"{path}: invalid architecture description (layer {i}: {exc})") from None
+    try:
+        return Sequential(layers)
+    except InputError as exc:  # shapes that do not chain, or a last layer that is not Linear
+        raise ModelFileError(f"{path}: invalid architecture description ({exc})") from None
+
+
+def _checked_value(path, name, a, xp, dtype):
+    """Parameter `name` as a backend array of `dtype`: real numbers, finite before and after the cast."""
+    if a.dtype.kind not in "fiu":
+        raise ModelFileError(f"{path}: parameter {name} has dtype {a.dtype}; parameters must be real numbers")
+    if not host.all(host.isfinite(a)):
+        raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
+    info = xp.finfo(dtype)
+    largest = float(host.max(host.abs(a.astype(host.float64))))
+    if largest > float(info.max):
+        raise ModelFileError(f"{path}: parameter {name} has values up to {largest:.3g}, which exceed the range "
+                             f"of {info.dtype} (max {float(info.max):.3g})")
+    value = xp.asarray(a, dtype=dtype)
+    if not bool(xp.all(xp.isfinite(value))):
+        raise ModelFileError(f"{path}: parameter {name} is not finite after the cast to {info.dtype}")
+    return value
 
 
 def load_model(path, xp, dtype):
     """Load a model file onto backend xp with parameters cast to dtype."""
+    path = os.fspath(path)
     doc, arrays = read_model_file(path)
-    try:
-        model = Sequential([layer_from_spec(s) for s in doc["layers"]])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: invalid architecture description ({exc})") from None
-    model.init_params(xp, dtype, host.random.default_rng(0))
-    expected = model.parameters()
+    model = model_from_document(path, doc)
+    expected = model.parameter_shapes()
     missing = sorted(set(expected) - set(arrays))
     if missing:
         raise ModelFileError(f"{path}: missing parameters {', '.join(missing)}")
-    values = {}
-    for name, var in expected.items():
-        a = arrays[name]
-        if tuple(a.shape) != tuple(var.value.shape):
-            raise ModelFileError(f"{path}: parameter {name} has shape {tuple(a.shape)}, "
-                                 f"the architecture needs {tuple(var.value.shape)}")
-        if not host.all(host.isfinite(a)):
-            raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
-        values[name] = xp.asarray(a, dtype=dtype)
+    for name, shape in expected.items():
+        if tuple(arrays[name].shape) != shape:
+            raise ModelFileError(f"{path}: parameter {name} has shape {tuple(arrays[name].shape)}, "
+                                 f"the architecture needs {shape}")
+    values = {name: _checked_value(path, name, arrays[name], xp, dtype) for name in expected}
+    model.init_params(xp, dtype, host.random.default_rng(0))  # as large as the arrays just read
     model.set_parameters(values)
     model.metadata = doc.get("metadata", {})
     model.extra_arrays = {k: v for k, v in arrays.items() if k not in expected}

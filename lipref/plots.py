@@ -3,6 +3,7 @@ import io
 
 from .backend import host
 from .certify import certified_accuracy_curve
+from .errors import MissingExtraError
 from .models import atomic_write_bytes
 
 
@@ -12,7 +13,7 @@ def _pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plots need matplotlib: pip install 'lipref[plot]'") from None
+        raise MissingExtraError("plots need matplotlib: pip install 'lipref[plot]'") from None
     return plt
 
 

@@ -17,18 +17,20 @@ import os
 import re
 
 from .backend import get_backend, host
-from .layers import ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from .errors import InputError, UserError
+from .layers import (ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential, check_int,
+                     check_shape)
 from .models import ARCHITECTURES, build_architecture, save_model
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
 
 
-class TorchImportError(ValueError):
+class TorchImportError(UserError, ValueError):
     """A checkpoint that cannot be imported (unreadable, or names/shapes that do not fit)."""
 
 
-class TorchNotInstalled(ImportError):
+class TorchNotInstalled(UserError, ImportError):
     """torch is needed for this operation and is not installed."""
 
 
@@ -64,8 +66,26 @@ def read_state_dict(path):
                                f"{', '.join(STATE_DICT_KEYS)}; found {keys})")
     arrays = {}
     for name, tensor in state.items():
-        arrays[_strip_prefix(name)] = tensor.detach().to("cpu", torch.float64).numpy()
+        if not isinstance(name, str):
+            raise TorchImportError(f"{path}: state dict key {name!r} is not a string")
+        key = _strip_prefix(name)
+        if key in arrays:
+            raise TorchImportError(f"{path}: two tensors for parameter {key} ({key} and module.{key})")
+        arrays[key] = _to_host(path, name, tensor, torch)
     return arrays
+
+
+def _to_host(path, name, tensor, torch):
+    """A float64 host copy of a dense, real, CPU-readable tensor; TorchImportError names the key otherwise."""
+    if tensor.layout != torch.strided:
+        raise TorchImportError(f"{path}: parameter {name} is a {tensor.layout} tensor; only dense tensors "
+                               "can be imported (call .to_dense() before saving)")
+    if tensor.is_meta:
+        raise TorchImportError(f"{path}: parameter {name} is a meta tensor: it holds no values")
+    if tensor.is_quantized or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise TorchImportError(f"{path}: parameter {name} has dtype {tensor.dtype}; parameters must be real "
+                               "floating-point or integer numbers")
+    return tensor.detach().to("cpu", torch.float64).numpy()
 
 
 def _is_state_dict(obj, torch):
@@ -138,7 +158,7 @@ def build_named_or_generic(arch, input_shape, n_classes, activation):
         if generic is not None:
             return build_generic(*generic, input_shape, n_classes, activation)
         return build_architecture(arch, input_shape, n_classes, activation)
-    except ValueError as exc:  # unknown name, input too small, odd width for MaxMin
+    except InputError as exc:  # unknown name, input too small, odd width for MaxMin, stride 0
         raise TorchImportError(f"architecture {arch}: {exc}") from None
 
 
@@ -172,10 +192,8 @@ def _dense_widths(arrays):
 
 
 def expected_shapes(model):
-    """{name: shape} of the model's parameters (initialises them, float32, to know the shapes)."""
-    xp = get_backend("numpy")
-    model.init_params(xp, xp.float32, host.random.default_rng(0))
-    return {name: tuple(v.value.shape) for name, v in model.parameters().items()}
+    """{name: shape} of the model's parameters (nothing is allocated)."""
+    return model.parameter_shapes()
 
 
 def mismatches(model, arrays):
@@ -196,14 +214,14 @@ def _candidates(arrays, input_shape, n_classes, activation):
         for name in sorted(ARCHITECTURES):
             try:
                 out.append((name, build_architecture(name, input_shape, n_classes, activation)))
-            except ValueError:
+            except InputError:
                 continue  # the input is too small for this architecture
     widths = _dense_widths(arrays)
     if widths is not None:
         name = "mlp-" + "-".join(map(str, widths)) if widths else "linear"
         try:
             out.append((name, build_generic([], widths, input_shape, n_classes, activation)))
-        except ValueError:
+        except InputError:
             pass  # e.g. an odd width for MaxMin: nothing to try
     return out
 
@@ -244,9 +262,11 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     wrong-shape parameters raise TorchImportError listing every one. out_path: when given,
     the model is also saved there (models.save_model, atomic)."""
     arrays = read_state_dict(path)
-    input_shape = tuple(int(d) for d in input_shape)
-    if n_classes is None:
-        n_classes = infer_n_classes(arrays)
+    try:
+        input_shape = check_shape("input shape", tuple(input_shape))
+        n_classes = check_int("the number of classes", infer_n_classes(arrays) if n_classes is None else n_classes, 1)
+    except InputError as exc:
+        raise TorchImportError(f"{path}: {exc}") from None
     if activation in (None, "auto"):
         activation = infer_activation(arrays)
     if activation not in ACTIVATIONS:
@@ -255,8 +275,14 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     bad = sorted(k for k, a in arrays.items() if not host.all(host.isfinite(a)))
     if bad:
         raise TorchImportError(f"{path}: parameters with NaN or inf: {', '.join(bad)}")
+    limit = float(host.finfo(host.float32).max)
+    big = sorted(k for k in model.parameter_shapes() if arrays[k].size and host.max(host.abs(arrays[k])) > limit)
+    if big:
+        raise TorchImportError(f"{path}: parameters with values beyond float32's range (max {limit:.3g}): "
+                               + ", ".join(big))
     xp = get_backend("numpy")
-    model.set_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameters()})
+    model.init_params(xp, xp.float32, host.random.default_rng(0))  # as large as the checkpoint's arrays
+    model.set_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameter_shapes()})
     model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": int(n_classes), "threshold_init": 1.0,
                       "imported_from": os.path.basename(os.fspath(path))}

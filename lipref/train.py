@@ -24,7 +24,7 @@ from .backend import float_dtype, get_backend, host, map_in_threads, sample_bloc
 from .bounds import margins as M
 from .bounds.lipschitz import BOUNDS, global_norms, network_bounds, start_vectors
 from .certify import certify
-from .errors import InputError
+from .errors import InputError, RunFolderError, TrainingDiverged
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
 from .schedules import Schedule, eps_at, kappa_at, lr_at
@@ -32,6 +32,9 @@ from .tape import grad, value_of
 from .vectors import VectorStore, epoch_folder, remove_other_epochs
 
 CHECKPOINT = "checkpoint.npz"
+
+
+MAX_CLASSES = 100_000  # a label of 10^9 in a file would otherwise ask for a 10^9-row last layer
 
 
 @dataclass
@@ -135,7 +138,7 @@ class Trainer:
             raise InputError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
-            raise FileExistsError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
+            raise RunFolderError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
         if resume and checkpoint.exists():
             self._load_checkpoint(checkpoint)
         else:
@@ -150,6 +153,9 @@ class Trainer:
     # ----------------------------------------------------------- state
     def _fresh(self):
         c = self.config
+        if self.train_set.n_classes > MAX_CLASSES:
+            raise InputError(f"data {self.train_set.name} have labels up to {self.train_set.n_classes - 1}; lipref "
+                             f"trains classifiers of at most {MAX_CLASSES} classes")
         self.model = build_model(c.arch, self.train_set.input_shape, self.train_set.n_classes, self.xp, self.dtype,
                                  _rng(c.seed, 0xA11), c.activation, c.threshold_init)
         self.optimizer = self._make_optimizer()
@@ -168,7 +174,11 @@ class Trainer:
         state = model.metadata.get("checkpoint")
         if state is None:
             raise InputError(f"{path}: a model file without training state; not a checkpoint")
-        saved = TrainConfig.from_dict(state["config"])
+        try:
+            saved = TrainConfig.from_dict(state["config"])
+            epoch, history, step_count = int(state["epoch"]), list(state["history"]), int(state["step_count"])
+        except (KeyError, TypeError, ValueError) as exc:  # a hand-edited or foreign file, not an engine bug
+            raise RunFolderError(f"{path}: corrupted training state ({type(exc).__name__}: {exc})") from None
         if asdict(saved) != asdict(self.config):
             changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
             raise InputError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
@@ -176,10 +186,9 @@ class Trainer:
         self.model = model
         self.optimizer = self._make_optimizer()
         extra = {k: to_backend(v, self.xp, self.dtype) for k, v in model.extra_arrays.items()}
-        self.optimizer.load_state({k: v for k, v in extra.items() if k.startswith("adam.")}, state["step_count"])
+        self.optimizer.load_state({k: v for k, v in extra.items() if k.startswith("adam.")}, step_count)
         self.global_vectors = {int(k.split(".")[1]): v for k, v in extra.items() if k.startswith("global_vector.")}
-        self.epoch = int(state["epoch"])
-        self.history = list(state["history"])
+        self.epoch, self.history = epoch, history
         self.best = state.get("best")
         self.model.metadata = {k: v for k, v in model.metadata.items() if k != "checkpoint"}
 
@@ -295,7 +304,7 @@ class Trainer:
         self.optimizer.step(dict(zip(names, grads)))
         value = float(to_host(value))
         if value != value:
-            raise FloatingPointError(f"training diverged: the loss is NaN at epoch {self.epoch}; lower --lr")
+            raise TrainingDiverged(f"training diverged: the loss is NaN at epoch {self.epoch}; lower --lr")
         return {"loss": value, "eps": eps, "kappa": kappa, "lr": lr, "lipschitz": lipschitz}
 
     def _fresh_vectors(self, n, rng, have):

@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from .backend import host
-from .errors import InputError
+from .errors import InputError, RunFolderError
 
 
 class VectorStore:
@@ -31,7 +31,7 @@ class VectorStore:
                                                                shape=(n_samples,) + tuple(shape))
             else:
                 if not path.exists():
-                    raise FileNotFoundError(f"{path}: power-iteration vectors missing from the run folder")
+                    raise RunFolderError(f"{path}: power-iteration vectors missing from the run folder")
                 self.arrays[key] = host.load(path, mmap_mode="r")
                 if tuple(self.arrays[key].shape) != (n_samples,) + tuple(shape):
                     raise InputError(f"{path}: vectors of shape {self.arrays[key].shape}, "

@@ -69,3 +69,61 @@ def test_import_bad_keys_is_a_one_line_error(tmp_path):
     line = result.stderr.strip()
     assert "\n" not in line and "0.bias" in line and "9.weight" in line
     assert not (tmp_path / "x.npz").exists()
+
+
+def _hostile(sd, kind):
+    """The state dict with one parameter made unusable: a value lipref must refuse."""
+    sd = dict(sd)
+    key = "5.weight"  # 2c2f on 1x28x28: the first linear layer
+    w = sd[key]
+    if kind == "complex":
+        sd[key] = torch.complex(w, torch.full_like(w, 0.5))
+    elif kind == "sparse":
+        sd[key] = w.to_sparse()
+    elif kind == "meta":
+        sd[key] = torch.empty_like(w, device="meta")
+    elif kind == "bool":
+        sd[key] = w > 0
+    elif kind == "nan":
+        sd[key] = w.clone().index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("nan")))
+    elif kind == "beyond-float32":
+        sd[key] = w.double().index_put_((torch.tensor([0]), torch.tensor([0])),
+                                               torch.tensor(1e300, dtype=torch.float64))
+    return sd
+
+
+@pytest.mark.parametrize("kind", ["complex", "sparse", "meta", "bool", "nan", "beyond-float32"])
+def test_import_refuses_unusable_values_naming_the_key(tmp_path, kind):
+    torch.manual_seed(0)
+    net = torch_sequential(*ARCHITECTURES["2c2f"], (1, 28, 28), 10, "relu")
+    ckpt = tmp_path / f"{kind}.pth"
+    torch.save({"state_dict": _hostile(net.state_dict(), kind)}, ckpt)
+    out = tmp_path / "x.npz"
+    result = _run(["import-torch", str(ckpt), "--arch", "2c2f", "--input-shape", "1,28,28", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "5.weight" in lines[0], result.stderr
+    assert str(ckpt) in lines[0]
+    assert not out.exists()
+
+
+def test_import_refuses_ambiguous_and_non_string_keys(tmp_path):
+    from lipref.torch_import import TorchImportError, import_torch_checkpoint
+    net = torch_sequential([], [4], (1, 3, 3), 3, "relu")
+    sd = net.state_dict()
+    both = dict(sd, **{"module.1.weight": sd["1.weight"] + 1})  # two tensors for "1.weight"
+    torch.save(both, tmp_path / "both.pt")
+    with pytest.raises(TorchImportError, match="1.weight"):
+        import_torch_checkpoint(tmp_path / "both.pt", "mlp-4", (1, 3, 3), 3, "relu")
+    torch.save({**sd, 7: torch.zeros(2)}, tmp_path / "int.pt")
+    with pytest.raises(TorchImportError, match="7"):
+        import_torch_checkpoint(tmp_path / "int.pt", "mlp-4", (1, 3, 3), 3, "relu")
+    torch.save(sd, tmp_path / "ok.pt")
+    for shape in ((0, 3, 3), (1, -3, 3)):
+        with pytest.raises(TorchImportError, match="input shape"):
+            import_torch_checkpoint(tmp_path / "ok.pt", "mlp-4", shape, 3, "relu")
+    with pytest.raises(TorchImportError, match="number of classes"):
+        import_torch_checkpoint(tmp_path / "ok.pt", "mlp-4", (1, 3, 3), 0, "relu")
+    with pytest.raises(TorchImportError, match="stride"):
+        import_torch_checkpoint(tmp_path / "ok.pt", "conv:4:3:0:1,fc:4", (1, 3, 3), 3, "relu")
+    assert import_torch_checkpoint(tmp_path / "ok.pt", "mlp-4", (1, 3, 3), 3, "relu").n_classes == 3
