@@ -5,6 +5,7 @@ table (or JSON with --json). Errors a user can fix (missing or corrupt files, sh
 not fit, bad values) print one line and exit with code 2; a soundness violation (a
 certified sample broken by PGD) prints a loud error and exits with code 3.
 """
+import contextlib
 import functools
 import json
 import sys
@@ -13,8 +14,14 @@ import time
 import click
 
 from lipref import data as D
-from lipref.backend import float_dtype, get_backend, host, keep_freed_memory, to_host
+from lipref.attack import AttackConfig
+from lipref.backend import BACKENDS, float_dtype, get_backend, host, keep_freed_memory, to_host
+from lipref.certify import CertifyConfig
+from lipref.check import CheckConfig
+from lipref.config import setting_of
 from lipref.errors import InputError, UserError
+from lipref.layers import ACTIVATIONS
+from lipref.train import TrainConfig
 
 EXIT_USAGE = 2
 EXIT_UNSOUND = 3
@@ -150,6 +157,45 @@ def _check_fits(model, dataset, spec):
     return dataset
 
 
+def _python_type(annotation):
+    return annotation if isinstance(annotation, type) else {"int": int, "float": float, "str": str}[annotation]
+
+
+def setting_option(cls, name, flag=None, **overrides):
+    """A click option for the field `name` of config class `cls`: its default, choices, range
+    and help come from the field (written once, in the library); `flag` (default --field-name)
+    and `overrides` (a callback, a command-specific help) from here."""
+    f = setting_of(cls, name)
+    meta, kind = f.metadata, _python_type(f.type)
+    if meta.get("choices"):
+        value_type = click.Choice(list(meta["choices"]))
+    elif meta.get("min") is not None or meta.get("max") is not None:
+        value_type = (click.IntRange if kind is int else click.FloatRange)(meta.get("min"), meta.get("max"))
+    else:
+        value_type = kind
+    options = {"type": value_type, "default": f.default, "show_default": f.default is not None,
+               "help": meta.get("help")}
+    options.update(overrides)
+    return click.option(flag or "--" + name.replace("_", "-"), name, **options)
+
+
+def settings_options(cls, *names, **per_name):
+    """setting_option for each of `names`, with per_name[name] a dict of its overrides."""
+    return [setting_option(cls, name, **per_name.get(name, {})) for name in names]
+
+
+def _kernels(reference):
+    """Inside: the plain definitions alone with --reference (lipref.kernels.reference_only), else
+    the registered kernels."""
+    from lipref.kernels import reference_only
+    return reference_only() if reference else contextlib.nullcontext()
+
+
+reference_option = click.option(
+    "--reference", is_flag=True,
+    help="Run everything on the plain definitions (lipref.kernels.reference_only(): no fast kernel). The "
+         "numbers agree with the kernels' to rounding; slower. Recorded as \"reference\" in the JSON output.")
+
 data_options = [
     click.option("--data", "data_spec", default="embedded:test", show_default=True,
                  help="Dataset: mnist, fashion-mnist, cifar10, tinyimagenet or embedded, with an optional "
@@ -160,11 +206,7 @@ data_options = [
     click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples."),
 ]
 
-gram_limit_option = click.option(
-    "--gram-limit", type=click.IntRange(min=0), default=8192, show_default=True,
-    help="Sound mode: certify a conv layer's global norm on its dense Gram matrix (nearly exact, about "
-         "half a minute for 4c3f) when the layer's smaller side has at most this many entries; 0 uses the "
-         "polyphase circulant bound only (seconds, 0.1-1% looser).")
+gram_limit_option = setting_option(CertifyConfig, "gram_limit")
 
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), default=None,
@@ -173,7 +215,7 @@ threads_option = click.option(
          "numbers do not depend on it.")
 
 engine_options = [
-    click.option("--backend", type=click.Choice(["numpy", "cupy"]), default="numpy", show_default=True,
+    click.option("--backend", type=click.Choice(list(BACKENDS)), default=BACKENDS[0], show_default=True,
                  help="Array backend (cupy needs a CUDA GPU)."),
     click.option("--seed", type=int, default=None,
                  help="Seed of every random draw (power-iteration and Lanczos starts, PGD starts, shuffling). "
@@ -181,15 +223,8 @@ engine_options = [
                       "a model cannot have been fitted to a public seed); the seed used is in the JSON output."),
 ]
 
-dtype_option = click.option(
-    "--dtype", type=click.Choice(["auto", "float32", "float64"]), default="auto", show_default=True,
-    help="Floating-point type of the computation. auto: float64 in sound mode; in fast mode float32 unless "
-         "the data hold values float32 cannot (then float64), so that what is certified is the input as given.")
-
-domain_option = click.option(
-    "--domain", default="auto", show_default=True,
-    help="The data domain PGD stays in (besides the ball): LO,HI, none (unbounded), or auto: [0, 1] when "
-         "every value of the data lies in [0, 1] (every named dataset), else unbounded. It must hold the data.")
+dtype_option = setting_option(CertifyConfig, "dtype")
+domain_option = setting_option(CertifyConfig, "domain")
 
 
 def apply_options(options):
@@ -222,51 +257,22 @@ def main():
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on the first N examples only.")
 @click.option("--eval-data", default=None,
               help="Data for the per-epoch certified accuracy (default: the training set's test split).")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=200, show_default=True,
-              help="Examples used for the per-epoch evaluation.")
-@click.option("--arch", default="2c2f", show_default=True,
-              help="Architecture: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W[-W...].")
-@click.option("--activation", type=click.Choice(["relu", "clipped_relu", "maxmin"]), default="relu",
-              show_default=True, help="Activation after every hidden layer.")
-@click.option("--threshold-init", type=float, default=1.0, show_default=True,
-              help="Initial threshold of clipped ReLU / clamp of MaxMin.")
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
-@click.option("--eps", "eps_train", type=float, default=0.5, show_default=True, callback=_positive_eps,
-              help="Training radius (l2), reached at the end of the ramp.")
-@click.option("--eps-eval", type=float, default=None, callback=_positive_eps,
-              help="Radius of the per-epoch evaluation (default: --eps).")
-@click.option("--warmup", type=float, default=1.0, show_default=True, help="Epochs of clean training first.")
-@click.option("--ramp", type=float, default=4.0, show_default=True,
-              help="Epochs over which eps grows 0 -> --eps and kappa falls 1 -> --kappa-end.")
-@click.option("--kappa-end", type=click.FloatRange(0, 1), default=0.0, show_default=True,
-              help="Final weight of the clean loss in kappa*CE + (1-kappa)*robust.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--lr-end", type=float, default=1e-4, show_default=True,
-              help="Learning rate reached at the last epoch (exponential decay after the ramp).")
-@click.option("--decay-start", type=float, default=None, help="Epoch where the decay starts (default: end of ramp).")
-@click.option("--loss", type=click.Choice(["gloro", "bcp"]), default="gloro", show_default=True,
-              help="Robust loss: GloRo's bottom logit or the ball-and-box worst-case logits.")
-@click.option("--bound", type=click.Choice(["local", "global"]), default="local", show_default=True,
-              help="Lipschitz bound inside the loss.")
-@click.option("--sparsity", type=float, default=0.0, show_default=True,
-              help="Weight of the sparsity loss that pushes neurons to be constant on the ball (paper: 0.01-0.1).")
-@click.option("--saturation-weight", type=float, default=0.1, show_default=True,
-              help="c in the clipped-ReLU sparsity term mean(relu(ub)) + c*mean(relu(theta - lb)).")
-@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Power-iteration steps per training step (warm-started per sample).")
-@click.option("--eval-iters", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Power-iteration steps in the per-epoch evaluation.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Floating-point type of the training.")
+@setting_option(TrainConfig, "eval_limit")
+@apply_options(settings_options(
+    TrainConfig, "arch", "activation", "threshold_init", "epochs", "batch_size", "eps_train", "eps_eval", "warmup",
+    "ramp", "kappa_end", "lr", "lr_end", "decay_start", "loss", "bound", "sparsity", "saturation_weight", "n_iters",
+    "eval_iters", "dtype", eps_train={"flag": "--eps", "callback": _positive_eps},
+    eps_eval={"callback": _positive_eps}, n_iters={"flag": "--iters"}))
 @threads_option
 @apply_options(engine_options)
+@reference_option
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
-def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, as_json, quiet, **options):
+def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, reference, as_json, quiet,
+          **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
-    from lipref.train import TrainConfig, train as run_training
+    from lipref.train import train as run_training
     options["seed"] = _seed("fast", options["seed"])
     config = TrainConfig(eval_limit=eval_limit, **options)
     train_set = D.load_data(data_spec, data_dir, limit)
@@ -274,11 +280,12 @@ def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, th
     eval_set = D.load_data(eval_spec, data_dir, eval_limit)
     reporter = _TrainProgress(not quiet, config.epochs)
     try:
-        history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
+        with _kernels(reference):
+            history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
     finally:
         reporter.close()
     if as_json:
-        _emit_json({"out": out_dir, "history": history})
+        _emit_json({"out": out_dir, "reference": reference, "history": history})
         return
     click.echo(_table(history, [("epoch", "epoch", "{}"), ("clean_accuracy", "clean", "{:.3f}"),
                                 ("certified_accuracy_global", "cert(global)", "{:.3f}"),
@@ -327,8 +334,8 @@ class _TrainProgress:
 
 def _sound_norms(model, rng, verbose, gram_limit):
     """Sound mode's certified global norms, computed once per model, with a line on stderr
-    (it takes about half a minute for 4c3f on two cores)."""
-    from lipref.bounds.lipschitz import sound_global_norms
+    (the slowest step of sound mode; see BENCHMARKS.md)."""
+    from lipref.bounds import sound_global_norms
     if verbose:
         click.echo("sound mode: certifying each layer's global norm (once per model) ...", err=True)
     start = time.perf_counter()
@@ -342,23 +349,17 @@ def _sound_norms(model, rng, verbose, gram_limit):
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @apply_options(data_options)
 @click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
-@click.option("--mode", type=click.Choice(["fast", "sound"]), default="fast", show_default=True,
-              help="fast: power iteration (the paper's evaluation; estimates). sound: upper bounds everywhere, "
-                   "float64 (see docs/soundness.md).")
-@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Power-iteration steps (fast) or Lanczos steps (sound) per layer.")
-@click.option("--pgd-steps", type=click.IntRange(min=0), default=100, show_default=True,
-              help="l2 PGD steps (step eps/4, random start); 0 skips the attack.")
-@click.option("--pgd-restarts", type=click.IntRange(min=1), default=1, show_default=True, help="PGD restarts.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(settings_options(CertifyConfig, "mode", "n_iters", "pgd_steps", "pgd_restarts", "batch_size",
+                                n_iters={"flag": "--iters"}))
 @domain_option
 @dtype_option
 @gram_limit_option
 @threads_option
 @apply_options(engine_options)
+@reference_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
-                   "seed, ...} as JSON.")
+                   "seed, reference, ...} as JSON.")
 @click.option("--samples", "samples_path", type=click.Path(dir_okay=False), default=None,
               help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -366,7 +367,7 @@ def _sound_norms(model, rng, verbose, gram_limit):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
-            domain, dtype, gram_limit, threads, backend, seed, as_json, samples_path, plot_path, quiet):
+            domain, dtype, gram_limit, threads, backend, seed, reference, as_json, samples_path, plot_path, quiet):
     """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
 
     What is certified: the model's parameters as stored (float32 weights computed in float64
@@ -378,13 +379,14 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     seed = _seed(mode, seed)
     rng = host.random.default_rng(seed)
     pgd_domain = _domain(domain, dataset)
-    sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
-    with _progress(n, "certifying", not quiet) as bar:
-        result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                             pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, sound_norms=sound_norms,
-                             threads=threads)
+    with _kernels(reference):
+        sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
+        with _progress(n, "certifying", not quiet) as bar:
+            result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
+                                 pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, sound_norms=sound_norms,
+                                 threads=threads)
     summary = result.summary()
-    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute,
+    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
                     "domain": None if pgd_domain is None else list(pgd_domain)})
     if samples_path:
         atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
@@ -417,33 +419,35 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @apply_options(data_options)
 @click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
-@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Power-iteration (fast) or Lanczos (sound) steps per layer.")
-@click.option("--mode", type=click.Choice(["fast", "sound"]), default="fast", show_default=True,
-              help="fast: power-iteration estimates; sound: upper bounds (float64).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(settings_options(
+    CertifyConfig, "n_iters", "mode", "batch_size",
+    n_iters={"flag": "--iters", "help": "Power-iteration (fast) or Lanczos (sound) steps per layer."},
+    mode={"help": "fast: power-iteration estimates; sound: upper bounds (float64)."}))
 @dtype_option
 @gram_limit_option
 @threads_option
 @apply_options(engine_options)
+@reference_option
 @click.option("--json", "as_json", is_flag=True,
-              help="Print {seed, samples: [{index, label, prediction, global, local, constant_fraction}]}.")
+              help="Print {seed, reference, samples: [{index, label, prediction, global, local, "
+                   "constant_fraction}]}.")
 @user_errors
 def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
-          seed, as_json):
+          seed, reference, as_json):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
     from lipref.certify import bounds_per_sample
     model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
     seed = _seed(mode, seed)
     rng = host.random.default_rng(seed)
-    sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
-    with _progress(n, "bounding", True) as bar:
-        samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                                    progress=bar.update, sound_norms=sound_norms, threads=threads)
+    with _kernels(reference):
+        sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
+        with _progress(n, "bounding", True) as bar:
+            samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
+                                        progress=bar.update, sound_norms=sound_norms, threads=threads)
     if as_json:
         _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
-                    "seed": seed, "dtype": compute, "samples": samples})
+                    "seed": seed, "dtype": compute, "reference": reference, "samples": samples})
         return
     rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
             for r in samples]
@@ -458,10 +462,8 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @apply_options(data_options)
 @click.option("--eps", type=float, required=True, callback=_positive_eps, help="Radius of the l2 ball.")
-@click.option("--steps", type=click.IntRange(min=0), default=100, show_default=True, help="PGD steps.")
-@click.option("--step-size", type=float, default=None, help="Step length (default eps/4).")
-@click.option("--restarts", type=click.IntRange(min=1), default=1, show_default=True, help="Random restarts.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=100, show_default=True, help="Batch size.")
+@apply_options(settings_options(AttackConfig, "steps", "step_size", "restarts"))
+@setting_option(CertifyConfig, "batch_size")
 @domain_option
 @dtype_option
 @threads_option
@@ -473,7 +475,6 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
     from lipref.attack import pgd_l2
     from lipref.bounds.margins import predictions
-    from lipref.certify import batches
     if step_size is not None and not 0 < step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {step_size}")
     model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
@@ -483,7 +484,7 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     rng = host.random.default_rng(seed)
     n = int(dataset.labels.shape[0])
     correct = broken = 0
-    for _, _, x, y in batches(dataset.images, dataset.labels, batch_size, xp, float_dtype(xp, compute)):
+    for _, _, x, y in D.batches(dataset.images, dataset.labels, batch_size, xp, float_dtype(xp, compute)):
         ok = to_host(predictions(model(x, record=False)) == y)
         result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, pgd_domain, threads=threads)
         correct += int(ok.sum())
@@ -563,7 +564,7 @@ def data_download(name, data_dir, base_url):
               help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64).")
 @click.option("--classes", "n_classes", type=int, default=None,
               help="Number of classes (default: read from the last linear layer).")
-@click.option("--activation", type=click.Choice(["auto", "relu", "clipped_relu", "maxmin"]), default="auto",
+@click.option("--activation", type=click.Choice(["auto", *ACTIVATIONS]), default="auto",
               show_default=True, help="Activation (auto: from the parameter names: threshold, max/min).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
 @user_errors
@@ -582,13 +583,10 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
 
 @main.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option("--against", type=click.Choice(["torch"]), default="torch", show_default=True,
-              help="The independent implementation to compare with (lipref/reference).")
+@setting_option(CheckConfig, "against")
 @apply_options(data_options)
-@click.option("--eps", type=float, default=0.1, show_default=True, callback=_positive_eps, help="Radius of the l2 ball.")
-@click.option("--iters", "n_iters", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Power-iteration steps (same start vectors on both sides).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the start vectors.")
+@apply_options(settings_options(CheckConfig, "eps", "n_iters", "seed", eps={"callback": _positive_eps},
+                                n_iters={"flag": "--iters"}))
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @user_errors
 def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, as_json):
@@ -596,7 +594,7 @@ def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, a
     reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
     from lipref.check import check_against_torch
     model = _load_model(model_path, "numpy", "float64")
-    dataset = _load_for_model(model, data_spec, data_dir, limit or 8)
+    dataset = _load_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
     rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
                                host.random.default_rng(seed))
     ok = all(r["ok"] for r in rows)

@@ -85,6 +85,7 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "bench"))
     import numpy as np
+
     from lipref import primitives as P
     form_rule, grad_rule = P._conv_form, P._input_grad_method
 

@@ -80,6 +80,7 @@ def median_seconds(fns, repeats):
 def setup(batch, seed):
     """(model, x, labels, global start vectors, local start vectors), host float32."""
     import numpy
+
     from lipref.backend import get_backend
     from lipref.models import build_model
     xp = get_backend("numpy")
@@ -99,7 +100,7 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     """A no-argument function running lipref's walk (and, in mode grad, loss + gradients)."""
     from lipref import losses
     from lipref.backend import get_backend
-    from lipref.bounds.lipschitz import global_norms, network_bounds
+    from lipref.bounds import global_norms, network_bounds
     from lipref.bounds.margins import one_hot
     from lipref.train import blocked_gradients
     xp = get_backend("numpy")
@@ -125,6 +126,7 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
 def torch_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors, mode):
     """The same in torch (the reference implementation), float32."""
     import torch
+
     from lipref.reference import torch_reference as R
     net = R.to_torch(model, torch.float32)
     xt, yt = torch.as_tensor(x), torch.as_tensor(labels, dtype=torch.int64)
@@ -190,6 +192,7 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     import numpy
     import torch
+
     from lipref.backend import keep_freed_memory
     keep_freed_memory()  # as the CLI does (process-wide: torch's side gets it too)
     load_before = os.getloadavg()[0]

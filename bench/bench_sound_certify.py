@@ -27,7 +27,7 @@ import numpy
 
 from lipref.backend import get_backend, keep_freed_memory, to_host
 from lipref.bounds import margins as M
-from lipref.bounds.lipschitz import network_bounds, sound_global_norms
+from lipref.bounds import network_bounds, sound_global_norms
 from lipref.certify import margin_slack
 from lipref.data import load_dataset
 from lipref.models import atomic_write_bytes, build_model, load_model

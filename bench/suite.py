@@ -71,6 +71,7 @@ def conv_shapes(arch, in_shape):
 
 def make_model(arch, in_shape, dtype="float32"):
     import array_api_compat.numpy as xp
+
     from lipref.models import build_model
     return build_model(arch, in_shape, 10, xp, getattr(xp, dtype), numpy.random.default_rng(0))
 
@@ -177,6 +178,7 @@ def case_global_bound_4c3f(impl, repeats, n_iters=20):
     _, gv = _start_vectors(model, 1, numpy.random.default_rng(1))
     if impl == "torch":
         import torch
+
         from lipref.reference.torch_reference import global_norms, input_shapes, to_torch
         net = to_torch(model, torch.float32)
         shapes = input_shapes(net, (1, 28, 28))
@@ -201,6 +203,7 @@ def case_local_bound_4c3f(impl, repeats, batch=256, n_iters=5, eps=1.58):
     vectors, gv = _start_vectors(model, batch, rng)
     if impl == "torch":
         import torch
+
         from lipref.reference.torch_reference import input_shapes, network_bounds, to_torch
         net = to_torch(model, torch.float32)
         shapes = input_shapes(net, (1, 28, 28))
@@ -235,6 +238,7 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
     vectors, gv = _start_vectors(model, batch, rng)
     if impl == "torch":
         import torch
+
         from lipref.reference.torch_reference import gloro_loss, input_shapes, network_bounds, to_torch
         net = to_torch(model, torch.float32)
         shapes = input_shapes(net, (1, 28, 28))
@@ -252,8 +256,9 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
             return float(loss.detach())
     else:
         import array_api_compat.numpy as xp
-        from lipref import losses
         from lipref.bounds.lipschitz import global_norms, network_bounds
+
+        from lipref import losses
         from lipref.bounds.margins import one_hot
         from lipref.optim import Adam
         from lipref.train import blocked_gradients

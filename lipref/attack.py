@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from . import primitives as P
 from .backend import map_in_threads, namespace, sample_blocks
 from .bounds.margins import one_hot, predictions
+from .config import setting
 from .errors import InputError
 from .tape import Var, grad
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The options of `lipref attack` and the defaults of `pgd_l2`, written once."""
+    steps: int = setting(100, "PGD steps.", minimum=0)
+    step_size: float = setting(None, "Step length (default eps/4).")
+    restarts: int = setting(1, "Random restarts.", minimum=1)
 
 
 @dataclass
@@ -79,8 +88,8 @@ def input_gradient(model, x, onehot):
     return grad(loss, [xv])[0]
 
 
-def pgd_l2(model, x, labels, eps, rng, n_steps=100, step_size=None, restarts=1, domain=None, threads=None,
-           sample_block=None):
+def pgd_l2(model, x, labels, eps, rng, n_steps=AttackConfig.steps, step_size=None, restarts=AttackConfig.restarts,
+           domain=None, threads=None, sample_block=None):
     """l2 PGD; step_size defaults to eps / 4. Returns an AttackResult.
 
     Each sample is attacked on its own, so the batch runs in blocks of samples in threads

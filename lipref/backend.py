@@ -32,9 +32,9 @@ def namespace(*arrays):
     """The array-API namespace shared by `arrays` (Python scalars and None are ignored).
 
     array_namespace's answer depends on the arrays' types only, so it is kept per type
-    when all arrays have one: the engine asks hundreds of times per block of samples, the
-    answer took 5 us each time, and the threads that bound blocks in parallel queue for
-    the interpreter lock while one asks (a tenth of all lock-holding time measured there)."""
+    when all arrays have one: the engine asks hundreds of times per block of samples, and
+    the threads that bound blocks in parallel queue for the interpreter lock while one
+    asks (see BENCHMARKS.md)."""
     if len(arrays) == 1:  # the common case, first
         xp = _NAMESPACE_OF_TYPE.get(type(arrays[0]))
         if xp is not None:

@@ -16,10 +16,39 @@ import time
 from dataclasses import dataclass, field
 
 from .attack import pgd_l2
-from .backend import host, namespace, to_backend, to_host
+from .backend import host, namespace, to_host
+from .bounds import MODES, network_bounds, sound_global_norms
 from .bounds import margins as M
-from .bounds.lipschitz import network_bounds, sound_global_norms
+from .bounds.certificates import GRAM_LIMIT
+from .bounds.rounding import last_layer_gamma as _gamma
+from .bounds.rounding import logit_slack, margin_slack, support_radius
+from .config import FLOAT_DTYPES, setting
+from .data.batches import batches
 from .errors import InputError
+
+DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data or the mode need it (cli._compute_dtype)
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """The options of `lipref certify` and `lipref bound` (and the batch size, domain and dtype
+    of `lipref attack`), with their defaults, choices and help, written once."""
+    mode: str = setting("fast", "fast: power iteration (the paper's evaluation; estimates). sound: upper bounds "
+                                "everywhere, float64 (see docs/soundness.md).", choices=MODES)
+    n_iters: int = setting(100, "Power-iteration steps (fast) or Lanczos steps (sound) per layer.", minimum=1)
+    pgd_steps: int = setting(100, "l2 PGD steps (step eps/4, random start); 0 skips the attack.", minimum=0)
+    pgd_restarts: int = setting(1, "PGD restarts.", minimum=1)
+    batch_size: int = setting(100, "Batch size.", minimum=1)
+    domain: str = setting("auto", "The data domain PGD stays in (besides the ball): LO,HI, none (unbounded), or "
+                                  "auto: [0, 1] when every value of the data lies in [0, 1] (every named dataset), "
+                                  "else unbounded. It must hold the data.")
+    dtype: str = setting("auto", "Floating-point type of the computation. auto: float64 in sound mode; in fast "
+                                 "mode float32 unless the data hold values float32 cannot (then float64), so that "
+                                 "what is certified is the input as given.", choices=DTYPES)
+    gram_limit: int = setting(GRAM_LIMIT, "Sound mode: certify a conv layer's global norm on its dense Gram matrix "
+                                    "(nearly exact, about half a minute for 4c3f) when the layer's smaller side "
+                                    "has at most this many entries; 0 uses the polyphase circulant bound only "
+                                    "(seconds, 0.1-1% looser).", minimum=0)
 
 
 @dataclass
@@ -73,41 +102,6 @@ class Certification:
                 "pgd_broken": None if self.pgd_broken is None else bool(self.pgd_broken[i]),
             })
         return rows
-
-
-def _gamma(d):
-    unit = 2.0 ** -53  # sound mode is float64
-    return (d + 10) * unit / (1 - (d + 10) * unit)
-
-
-def logit_slack(bounds, last_weight, last_bias):
-    """Sound mode: a bound on the rounding of the logits and of their differences at h,
-    per sample: 4 gamma max_j (|W||h| + |b|)_j, gamma = (D + 10) u / (1 - (D + 10) u)."""
-    xp = namespace(last_weight)
-    h = bounds.penultimate
-    logit_mag = xp.max(xp.abs(h) @ xp.matrix_transpose(xp.abs(last_weight)) + xp.abs(last_bias)[None, :], axis=1)
-    return 4 * _gamma(last_weight.shape[1]) * logit_mag
-
-
-def margin_slack(bounds, last_weight, last_bias):
-    """Sound mode: a bound on the rounding error of the last layer and the margin arithmetic
-    (float64), per sample: `logit_slack` + 4 gamma max_j ||w_j - w_y|| (R + ||u - l||), which
-    covers the worst-case translation's rounding. See docs/soundness.md for what it covers."""
-    xp = namespace(last_weight)
-    row_norms = xp.sqrt(xp.sum(last_weight * last_weight, axis=1))
-    widest = 2 * xp.max(row_norms)
-    box = xp.sqrt(xp.sum((bounds.upper - bounds.lower) ** 2, axis=1))
-    support = 4 * _gamma(last_weight.shape[1]) * widest * (support_radius(bounds) + box)
-    return logit_slack(bounds, last_weight, last_bias) + support
-
-
-def support_radius(bounds):
-    """The radius of the ball that holds h(x') - h for every x' of the eps-ball: R, and in
-    sound mode R + ||forward error|| (h is the computed penultimate, not the exact one)."""
-    if bounds.forward_error is None:
-        return bounds.radius
-    xp = namespace(bounds.forward_error)
-    return bounds.radius + xp.sqrt(xp.sum(bounds.forward_error * bounds.forward_error, axis=1))
 
 
 def gloro_radius(logits, last_weight, onehot, lipschitz, gap_slack=None, forward_norm=None):
@@ -168,28 +162,6 @@ def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, so
     return out, preds, fractions, local.global_vectors
 
 
-def batches(images, labels, batch_size, xp, dtype):
-    """(start, stop, x, y) for consecutive batches of host arrays, moved to the backend. The
-    images must be exact in `dtype` (what is certified is the input as given): a value the
-    cast would change (a float64 pixel float32 cannot hold, or one beyond its range) is an
-    error, never a silent rounding."""
-    n = int(labels.shape[0])
-    for s in range(0, n, batch_size):
-        e = min(s + batch_size, n)
-        x = to_backend(images[s:e], xp, dtype)
-        _check_exact(images[s:e], to_host(x), s, dtype)
-        yield s, e, x, to_backend(labels[s:e], xp)
-
-
-def _check_exact(given, cast, offset, dtype):
-    changed = host.asarray(given, dtype=host.float64) != host.asarray(cast, dtype=host.float64)
-    if changed.any():
-        where = host.argwhere(changed)[0]
-        value = given[tuple(where)]
-        raise InputError(f"sample {offset + int(where[0])} has the value {value!r}, which {dtype} does not hold "
-                         "exactly; certify in float64 (--dtype float64, or --mode sound)")
-
-
 def _sound_norms_once(model, mode, rng, sound_norms):
     """Sound mode's certified global norms for every batch of a run: the given ones, or
     computed here once per model (network_bounds would otherwise compute them per batch)."""
@@ -198,8 +170,8 @@ def _sound_norms_once(model, mode, rng, sound_norms):
     return sound_norms
 
 
-def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100,
-                      progress=None, sound_norms=None, threads=None):
+def bounds_per_sample(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
+                      batch_size=CertifyConfig.batch_size, progress=None, sound_norms=None, threads=None):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
     x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
     layer. The global bound's power-iteration vectors carry over from batch to batch; in
@@ -225,8 +197,9 @@ def bounds_per_sample(model, images, labels, eps, mode="fast", n_iters=100, rng=
     return samples
 
 
-def certify(model, images, labels, eps, mode="fast", n_iters=100, rng=None, batch_size=100, pgd_steps=0,
-            pgd_restarts=1, domain=None, progress=None, sound_norms=None, threads=None):
+def certify(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
+            batch_size=CertifyConfig.batch_size, pgd_steps=0, pgd_restarts=CertifyConfig.pgd_restarts, domain=None,
+            progress=None, sound_norms=None, threads=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
 
     mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper

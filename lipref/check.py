@@ -20,12 +20,13 @@ difference); for masks it is the number of differing entries and unit is "entrie
 Both sides solve the ball-and-box problem of the BCP worst logits exactly (sorted
 breakpoints), so BCP quantities get the same tolerance as the rest.
 """
-import numpy
+from dataclasses import dataclass
 
 from . import losses
 from .backend import get_backend, to_host
-from .bounds import margins
-from .bounds.lipschitz import network_bounds
+from .backend import host as numpy  # only backend.py imports NumPy itself
+from .bounds import margins, network_bounds
+from .config import setting
 from .errors import InputError
 from .layers import Sequential, layer_from_spec
 from .tape import grad, value_of
@@ -35,15 +36,25 @@ TOLERANCE = 1e-6
 LOSSES = ("gloro", "bcp")
 
 
+@dataclass(frozen=True)
+class CheckConfig:
+    """The options of `lipref check`, with their defaults, written once."""
+    against: str = setting("torch", "The independent implementation to compare with (lipref/reference).",
+                           choices=("torch",))
+    eps: float = setting(0.1, "Radius of the l2 ball.")
+    n_iters: int = setting(50, "Power-iteration steps (same start vectors on both sides).", minimum=1)
+    seed: int = setting(0, "Seed of the start vectors.")
+    limit: int = 8  # examples compared when --limit is not given
+
+
 # ---------------------------------------------------------------- set-up
 
 def float64_copy(model):
     """The model with float64 parameters on the host NumPy backend."""
     xp = get_backend("numpy")
     copy = Sequential([layer_from_spec(s) for s in model.spec()])
-    copy.init_params(xp, xp.float64, numpy.random.default_rng(0))
-    copy.set_parameters({name: xp.asarray(to_host(v.value), dtype=xp.float64)
-                         for name, v in model.parameters().items()})
+    copy.load_parameters({name: xp.asarray(to_host(v.value), dtype=xp.float64)
+                          for name, v in model.parameters().items()})
     return copy
 
 

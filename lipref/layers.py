@@ -1,12 +1,19 @@
-"""Layers and the Sequential model.
+"""Layers and the Sequential model, as data.
 
 A layer holds its parameters as tape Vars (named as in PyTorch's nn.Sequential state dicts:
 "0.weight", "1.threshold", ...) and knows its input and output feature shapes (no batch
 axis), which the bounds need to build each layer's exact operator. Calling a layer on a
-Var records the tape; calling it on an array (with `params_as_arrays`) records nothing.
+Var records the tape; calling it on an array records nothing.
+
+Each layer type is registered under its name (`@layer_type("linear")` fills `LAYER_TYPES`)
+and declares its spec fields once (`FIELDS`: name, checker, default); `Layer.spec` and
+`layer_from_spec` are written from those declarations, so a model file is the registry's
+data. Parameters come either from `init_params` (random, the paper's initialisation) or from
+`load_params` (given arrays, no random draw).
 """
 import math
 import numbers
+from dataclasses import dataclass
 
 from . import primitives as P
 from .errors import InputError
@@ -14,6 +21,8 @@ from .tape import Var
 
 ACTIVATIONS = ("relu", "clipped_relu", "maxmin")
 MAX_SIZE = 2 ** 31 - 1  # the largest size, stride or padding a layer accepts
+LAYER_TYPES = {}  # spec "type" -> Layer subclass
+REQUIRED = object()  # the default of a field a spec must give
 
 
 def check_int(what, value, minimum):
@@ -36,10 +45,59 @@ def check_shape(what, value, ndim=None):
     return tuple(check_int(f"{what}[{i}]", d, 1) for i, d in enumerate(value))
 
 
+def check_finite(what, value):
+    """A finite real number (not a bool) as a float, else InputError naming `what`."""
+    number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else value
+    try:
+        number = float(number)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise InputError(f"{what} must be a finite number, got {value!r:.40}")
+    return number
+
+
+def size(minimum):
+    return lambda what, value: check_int(what, value, minimum)
+
+
+def shape(ndim=None):
+    return lambda what, value: check_shape(what, value, ndim)
+
+
+@dataclass(frozen=True)
+class Field:
+    """One constructor argument of a layer, as its spec stores it."""
+    name: str
+    check: object  # check(what, value) -> the value the constructor takes; InputError otherwise
+    default: object = REQUIRED
+
+    def read(self, spec):
+        if self.name not in spec:
+            if self.default is REQUIRED:
+                raise InputError(f"{spec['type']}: missing field {self.name!r}")
+            return self.default
+        return self.check(f"{spec['type']} field {self.name!r}", spec[self.name])
+
+
+def layer_type(name):
+    """Class decorator: register a Layer subclass under its spec type `name`."""
+    def register(cls):
+        cls.kind = name
+        LAYER_TYPES[name] = cls
+        return cls
+    return register
+
+
+def _json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 class Layer:
     kind = "layer"
     is_affine = False
     is_activation = False
+    FIELDS = ()  # the spec fields, in constructor order
 
     def __init__(self, in_shape, out_shape):
         self.in_shape = tuple(in_shape)
@@ -47,16 +105,30 @@ class Layer:
         self.params = {}  # local name -> Var
 
     def spec(self):
-        return {"type": self.kind}
+        return {"type": self.kind, **{f.name: _json(getattr(self, f.name)) for f in self.FIELDS}}
 
     def param_shapes(self):
         """{local name: shape} of the parameters `init_params` makes (nothing is allocated)."""
         return {}
 
+    def init_params(self, xp, dtype, rng):
+        self.params = {}
 
+    def load_params(self, values):
+        """Take the parameters from {local name: backend array} (shapes checked; nothing drawn)."""
+        params = {}
+        for name, expected in self.param_shapes().items():
+            value = values[name]
+            if tuple(value.shape) != tuple(expected):
+                raise ValueError(f"parameter {name}: shape {tuple(value.shape)} != {tuple(expected)}")
+            params[name] = Var(value)
+        self.params = params
+
+
+@layer_type("linear")
 class Linear(Layer):
-    kind = "linear"
     is_affine = True
+    FIELDS = (Field("in_features", size(1)), Field("out_features", size(1)))
 
     def __init__(self, in_features, out_features):
         in_features, out_features = check_int("in_features", in_features, 1), check_int("out_features", out_features, 1)
@@ -77,13 +149,12 @@ class Linear(Layer):
     def param_shapes(self):
         return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
 
-    def spec(self):
-        return {"type": self.kind, "in_features": self.in_features, "out_features": self.out_features}
 
-
+@layer_type("conv2d")
 class Conv2d(Layer):
-    kind = "conv2d"
     is_affine = True
+    FIELDS = (Field("in_shape", shape(3)), Field("out_channels", size(1)), Field("kernel_size", size(1)),
+              Field("stride", size(1)), Field("padding", size(0)))
 
     def __init__(self, in_shape, out_channels, kernel_size, stride, padding):
         c, h, w = check_shape("in_shape", in_shape, 3)
@@ -113,35 +184,36 @@ class Conv2d(Layer):
         k = self.kernel_size
         return {"weight": (self.out_channels, self.in_channels, k, k), "bias": (self.out_channels,)}
 
-    def spec(self):
-        return {"type": self.kind, "in_shape": list(self.in_shape), "out_channels": self.out_channels,
-                "kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+
+THRESHOLD = Field("threshold_init", check_finite, 1.0)
 
 
-class ReLU(Layer):
-    kind = "relu"
+class Activation(Layer):
+    """An elementwise-shaped activation: output shape = input shape (the spec's `shape`)."""
     is_activation = True
+    FIELDS = (Field("shape", shape()),)
 
     def __init__(self, shape):
         super().__init__(shape, shape)
 
-    def init_params(self, xp, dtype, rng):
-        self.params = {}
+    @property
+    def shape(self):
+        return self.in_shape
 
+
+@layer_type("relu")
+class ReLU(Activation):
     def __call__(self, x, p):
         return P.relu(x)
 
-    def spec(self):
-        return {"type": self.kind, "shape": list(self.in_shape)}
 
-
-class ClippedReLU(Layer):
+@layer_type("clipped_relu")
+class ClippedReLU(Activation):
     """min(max(x, 0), theta) with a learnable threshold per neuron (the layer's feature shape)."""
-    kind = "clipped_relu"
-    is_activation = True
+    FIELDS = Activation.FIELDS + (THRESHOLD,)
 
     def __init__(self, shape, threshold_init):
-        super().__init__(shape, shape)
+        super().__init__(shape)
         self.threshold_init = float(threshold_init)
 
     def init_params(self, xp, dtype, rng):
@@ -153,20 +225,17 @@ class ClippedReLU(Layer):
     def param_shapes(self):
         return {"threshold": self.in_shape}
 
-    def spec(self):
-        return {"type": self.kind, "shape": list(self.in_shape), "threshold_init": self.threshold_init}
 
-
-class ClampedMaxMin(Layer):
+@layer_type("maxmin")
+class ClampedMaxMin(Activation):
     """MaxMin over channel halves, the max half clamped above by `max`, the min half below by
     `min` (learnable, one per element of a half; PyTorch names "k.max", "k.min")."""
-    kind = "maxmin"
-    is_activation = True
+    FIELDS = Activation.FIELDS + (THRESHOLD,)
 
     def __init__(self, shape, threshold_init):
         if shape[0] % 2:
             raise InputError(f"MaxMin needs an even number of channels/features, got shape {tuple(shape)}")
-        super().__init__(shape, shape)
+        super().__init__(shape)
         self.threshold_init = float(threshold_init)
         self.half_shape = (shape[0] // 2,) + tuple(shape[1:])
 
@@ -180,24 +249,16 @@ class ClampedMaxMin(Layer):
     def param_shapes(self):
         return {"max": self.half_shape, "min": self.half_shape}
 
-    def spec(self):
-        return {"type": self.kind, "shape": list(self.in_shape), "threshold_init": self.threshold_init}
 
-
+@layer_type("flatten")
 class Flatten(Layer):
-    kind = "flatten"
+    FIELDS = (Field("in_shape", shape()),)
 
     def __init__(self, in_shape):
         super().__init__(in_shape, (math.prod(in_shape),))
 
-    def init_params(self, xp, dtype, rng):
-        self.params = {}
-
     def __call__(self, x, p):
         return P.reshape(x, (x.shape[0],) + self.out_shape)
-
-    def spec(self):
-        return {"type": self.kind, "in_shape": list(self.in_shape)}
 
 
 class Sequential:
@@ -234,6 +295,13 @@ class Sequential:
         """Ordered {"<index>.<name>": Var}."""
         return {f"{i}.{name}": v for i, layer in enumerate(self.layers) for name, v in layer.params.items()}
 
+    def load_parameters(self, arrays):
+        """Take every parameter from {"<index>.<name>": backend array} (shapes checked against
+        the architecture): a model built from stored values draws no random weights."""
+        for i, layer in enumerate(self.layers):
+            layer.load_params({name: arrays[f"{i}.{name}"] for name in layer.param_shapes()})
+        return self
+
     def set_parameters(self, arrays):
         """Replace parameter values from {"<index>.<name>": array} (shapes must match)."""
         for i, layer in enumerate(self.layers):
@@ -257,44 +325,23 @@ def _values(params):
     return {k: v.value for k, v in params.items()}
 
 
-def _field(spec, key, check, *args):
-    """spec[key] passed through `check` (check_int or check_shape); InputError names the field."""
-    if key not in spec:
-        raise InputError(f"{spec['type']}: missing field {key!r}")
-    return check(f"{spec['type']} field {key!r}", spec[key], *args)
-
-
-def _threshold(spec):
-    value = spec.get("threshold_init", 1.0)
-    number = math.nan if isinstance(value, bool) or not isinstance(value, numbers.Real) else value
-    try:
-        number = float(number)
-    except OverflowError:  # an integer beyond float's range
-        number = math.inf
-    if not math.isfinite(number):
-        raise InputError(f"{spec['type']} field 'threshold_init' must be a finite number, got {value!r:.40}")
-    return number
-
-
 def layer_from_spec(spec):
     """Build one layer (parameters not initialised) from its spec dict (as `Layer.spec` writes
-    it). Every field is checked: sizes are JSON integers >= 1, paddings >= 0, shapes lists of
-    sizes, thresholds finite numbers; anything else is an InputError naming the field."""
+    it), through the registry. Every field is checked by its declared checker: sizes are JSON
+    integers >= 1, paddings >= 0, shapes lists of sizes, thresholds finite numbers; anything
+    else is an InputError naming the field."""
     if not isinstance(spec, dict):
         raise InputError(f"layer spec is not a JSON object: {spec!r:.80}")
     kind = spec.get("type")
-    if kind == "linear":
-        return Linear(_field(spec, "in_features", check_int, 1), _field(spec, "out_features", check_int, 1))
-    if kind == "conv2d":
-        return Conv2d(_field(spec, "in_shape", check_shape, 3), _field(spec, "out_channels", check_int, 1),
-                      _field(spec, "kernel_size", check_int, 1), _field(spec, "stride", check_int, 1),
-                      _field(spec, "padding", check_int, 0))
-    if kind == "relu":
-        return ReLU(_field(spec, "shape", check_shape))
-    if kind == "clipped_relu":
-        return ClippedReLU(_field(spec, "shape", check_shape), _threshold(spec))
-    if kind == "maxmin":
-        return ClampedMaxMin(_field(spec, "shape", check_shape), _threshold(spec))
-    if kind == "flatten":
-        return Flatten(_field(spec, "in_shape", check_shape))
-    raise InputError(f"unknown layer type {kind!r:.40}")
+    cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InputError(f"unknown layer type {kind!r:.40}")
+    return cls(*(f.read(spec) for f in cls.FIELDS))
+
+
+def activation_layer(name, shape, threshold_init=1.0):
+    """The activation layer registered as `name` on feature shape `shape`."""
+    cls = LAYER_TYPES.get(name) if name in ACTIVATIONS else None
+    if cls is None:
+        raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return cls(shape, threshold_init) if THRESHOLD in cls.FIELDS else cls(shape)

@@ -39,20 +39,9 @@ def gloro_loss(bounds, last_weight, onehot):
     logits = bounds.logits
     bottom = M.gloro_bottom_logit(logits, last_weight, onehot, bounds.radius)
     n = value_of(onehot).shape[0]
-    augmented = _concat_column(logits, bottom)
+    augmented = P.concat([logits, bottom], 1)
     target = xp.concat([onehot, xp.zeros((n, 1), dtype=onehot.dtype)], axis=1)
     return _mean(P.softmax_cross_entropy(augmented, target))
-
-
-def _concat_column(matrix, column):
-    """[matrix, column] along axis 1, differentiable (a primitive-free composition: two
-    matmuls with fixed 0/1 matrices place each block)."""
-    xp = namespace(value_of(matrix))
-    dtype = value_of(matrix).dtype
-    k = value_of(matrix).shape[1]
-    eye = xp.eye(k, k + 1, dtype=dtype)  # (K, K+1): copies the K columns
-    last = xp.reshape(xp.astype(xp.arange(k + 1) == k, dtype), (1, k + 1))  # (1, K+1)
-    return P.add(P.matmul(matrix, eye), P.matmul(column, last))
 
 
 def bcp_loss(bounds, last_weight, onehot):

@@ -11,10 +11,9 @@ import re
 import tempfile
 
 from .backend import host, to_host
-from .data import NPZ_ERRORS, read_npz
+from .data.files import read_npz_checked
 from .errors import InputError, UserError
-from .layers import (ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential,
-                     check_int, check_shape, layer_from_spec)
+from .layers import Conv2d, Flatten, Linear, Sequential, activation_layer, check_int, check_shape, layer_from_spec
 
 FORMAT = "lipref-model/1"
 
@@ -36,23 +35,12 @@ def architecture_names():
     return sorted(ARCHITECTURES) + ["mlp-<width>[-<width>...]"]
 
 
-def _activation(name, shape, threshold_init):
-    if name == "relu":
-        return ReLU(shape)
-    if name == "clipped_relu":
-        return ClippedReLU(shape, threshold_init)
-    if name == "maxmin":
-        return ClampedMaxMin(shape, threshold_init)
-    raise InputError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
-
-
 def build_architecture(arch, input_shape, n_classes, activation="relu", threshold_init=1.0):
     """A Sequential (parameters not yet initialised) for a named architecture.
 
     Names: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W1-W2-... (dense, for tests)."""
     input_shape = check_shape("input shape", tuple(input_shape))
     check_int("n_classes", n_classes, 1)
-    layers = []
     match = re.fullmatch(r"mlp((?:-\d+)+)", arch)
     if match:
         convs, widths = [], [int(w) for w in match.group(1).split("-")[1:]]
@@ -64,16 +52,22 @@ def build_architecture(arch, input_shape, n_classes, activation="relu", threshol
             raise InputError(f"architecture {arch} needs an image input (C, H, W), got {input_shape}")
     else:
         raise InputError(f"unknown architecture {arch!r}; known: {', '.join(architecture_names())}")
-    shape = input_shape
+    return build_stack(convs, widths, input_shape, n_classes, activation, threshold_init)
+
+
+def build_stack(convs, widths, input_shape, n_classes, activation="relu", threshold_init=1.0):
+    """The paper's layout for any conv/fc widths: [conv, act]..., Flatten, [linear, act]..., linear.
+    convs: (out_channels, kernel, stride, padding) per conv layer; widths: hidden fc widths."""
+    layers, shape = [], tuple(input_shape)
     for out_ch, k, s, p in convs:
         conv = Conv2d(shape, out_ch, k, s, p)
-        layers += [conv, _activation(activation, conv.out_shape, threshold_init)]
+        layers += [conv, activation_layer(activation, conv.out_shape, threshold_init)]
         shape = conv.out_shape
     if len(shape) > 1:
         layers.append(Flatten(shape))
         shape = layers[-1].out_shape
     for width in widths:
-        layers += [Linear(shape[0], width), _activation(activation, (width,), threshold_init)]
+        layers += [Linear(shape[0], width), activation_layer(activation, (width,), threshold_init)]
         shape = (width,)
     layers.append(Linear(shape[0], n_classes))
     return Sequential(layers)
@@ -124,14 +118,7 @@ def save_model(path, model):
 def read_model_file(path):
     """(document, {name: host array}) of a model file, with clear errors for bad files."""
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelFileError(f"{path}: no such model file")
-    try:
-        arrays = read_npz(path)
-    except NPZ_ERRORS as exc:
-        raise ModelFileError(f"{path}: not a lipref model file (unreadable .npz: {exc})") from None
-    if arrays is None:
-        raise ModelFileError(f"{path}: not a lipref model file (a single .npy array, not an .npz archive)")
+    arrays = read_npz_checked(path, ModelFileError, "lipref model file")
     if "__lipref__" not in arrays:
         raise ModelFileError(f"{path}: not a lipref model file (no '__lipref__' entry)")
     try:
@@ -196,8 +183,7 @@ def load_model(path, xp, dtype):
             raise ModelFileError(f"{path}: parameter {name} has shape {tuple(arrays[name].shape)}, "
                                  f"the architecture needs {shape}")
     values = {name: _checked_value(path, name, arrays[name], xp, dtype) for name in expected}
-    model.init_params(xp, dtype, host.random.default_rng(0))  # as large as the arrays just read
-    model.set_parameters(values)
+    model.load_parameters(values)
     model.metadata = doc.get("metadata", {})
     model.extra_arrays = {k: v for k, v in arrays.items() if k not in expected}
     return model

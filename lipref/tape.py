@@ -2,24 +2,26 @@
 
 A `Var` is an array plus the list of Vars it was computed from, each paired with a
 function that turns the gradient of the Var into the gradient of that parent (a
-vector-Jacobian product). Primitives (lipref/primitives.py) create Vars; `grad` walks
+vector-Jacobian product). Primitives (lipref/primitives/) create Vars; `grad` walks
 the graph backwards once, in reverse topological order, summing gradients.
 Operations on plain arrays create no tape at all, so inference pays nothing for autodiff.
+Var's arithmetic operators (`a * b + c`) are installed by lipref.primitives, once the
+primitives they call exist; this module imports nothing from there.
 """
+from .backend import namespace
 
 
 class Var:
     """A value on the tape. `parents` is a tuple of (parent Var, vjp) pairs."""
 
-    __slots__ = ("value", "parents", "name")
+    __slots__ = ("value", "parents")
     # Make `array op Var` defer to Var's reflected operators instead of NumPy building an
     # object array (NumPy honours __array_ufunc__ = None; other libraries return NotImplemented).
     __array_ufunc__ = None
 
-    def __init__(self, value, parents=(), name=None):
+    def __init__(self, value, parents=()):
         self.value = value
         self.parents = parents
-        self.name = name
 
     @property
     def shape(self):
@@ -34,45 +36,7 @@ class Var:
         return self.value.ndim
 
     def __repr__(self):
-        label = f" {self.name!r}" if self.name else ""
-        return f"Var{label}(shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
-
-    # Arithmetic operators route to the primitives so that `a * b + c` records on the tape.
-    def __add__(self, other):
-        from .primitives import add
-        return add(self, other)
-
-    def __radd__(self, other):
-        from .primitives import add
-        return add(other, self)
-
-    def __sub__(self, other):
-        from .primitives import subtract
-        return subtract(self, other)
-
-    def __rsub__(self, other):
-        from .primitives import subtract
-        return subtract(other, self)
-
-    def __mul__(self, other):
-        from .primitives import multiply
-        return multiply(self, other)
-
-    def __rmul__(self, other):
-        from .primitives import multiply
-        return multiply(other, self)
-
-    def __truediv__(self, other):
-        from .primitives import divide
-        return divide(self, other)
-
-    def __rtruediv__(self, other):
-        from .primitives import divide
-        return divide(other, self)
-
-    def __neg__(self):
-        from .primitives import negative
-        return negative(self)
+        return f"Var(shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
 
 
 def value_of(a):
@@ -107,7 +71,6 @@ def grad(output, wrt, seed=None):
     """
     if not isinstance(output, Var):
         raise TypeError("grad: output does not depend on any Var")
-    from .backend import namespace
     xp = namespace(output.value)
     if seed is None:
         if output.value.ndim != 0:

@@ -18,9 +18,8 @@ import re
 
 from .backend import get_backend, host
 from .errors import InputError, UserError
-from .layers import (ACTIVATIONS, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential, check_int,
-                     check_shape)
-from .models import ARCHITECTURES, build_architecture, save_model
+from .layers import ACTIVATIONS, check_int, check_shape
+from .models import ARCHITECTURES, build_architecture, build_stack, save_model
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
@@ -102,7 +101,7 @@ def _find_state_dict(obj, torch):
 
 def _strip_prefix(name):
     """Drop the "module." that nn.DataParallel puts in front of every name."""
-    return name[len("module."):] if name.startswith("module.") else name
+    return name.removeprefix("module.")
 
 
 # ---------------------------------------------------------------- architectures
@@ -123,29 +122,9 @@ def parse_generic(text):
     return convs, widths
 
 
-def _activation_layer(name, shape):
-    if name == "relu":
-        return ReLU(shape)
-    if name == "clipped_relu":
-        return ClippedReLU(shape, 1.0)
-    return ClampedMaxMin(shape, 1.0)
-
-
 def build_generic(convs, widths, input_shape, n_classes, activation):
-    """The paper's layout for any conv/fc widths: [conv, act]..., Flatten, [linear, act]..., linear."""
-    layers, shape = [], tuple(input_shape)
-    for out_ch, k, s, p in convs:
-        conv = Conv2d(shape, out_ch, k, s, p)
-        layers += [conv, _activation_layer(activation, conv.out_shape)]
-        shape = conv.out_shape
-    if len(shape) > 1:
-        layers.append(Flatten(shape))
-        shape = layers[-1].out_shape
-    for width in widths:
-        layers += [Linear(shape[0], width), _activation_layer(activation, (width,))]
-        shape = (width,)
-    layers.append(Linear(shape[0], n_classes))
-    return Sequential(layers)
+    """The paper's layout for any conv/fc widths (models.build_stack, thresholds at 1)."""
+    return build_stack(convs, widths, input_shape, n_classes, activation, 1.0)
 
 
 def build_named_or_generic(arch, input_shape, n_classes, activation):
@@ -281,8 +260,7 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
         raise TorchImportError(f"{path}: parameters with values beyond float32's range (max {limit:.3g}): "
                                + ", ".join(big))
     xp = get_backend("numpy")
-    model.init_params(xp, xp.float32, host.random.default_rng(0))  # as large as the checkpoint's arrays
-    model.set_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameter_shapes()})
+    model.load_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameter_shapes()})
     model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": int(n_classes), "threshold_init": 1.0,
                       "imported_from": os.path.basename(os.fspath(path))}

@@ -21,10 +21,12 @@ from pathlib import Path
 from . import losses
 from . import primitives as P
 from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
+from .bounds import BOUNDS, global_norms, network_bounds, start_vectors
 from .bounds import margins as M
-from .bounds.lipschitz import BOUNDS, global_norms, network_bounds, start_vectors
 from .certify import certify
+from .config import FLOAT_DTYPES, setting
 from .errors import InputError, RunFolderError, TrainingDiverged
+from .layers import ACTIVATIONS
 from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
 from .optim import Adam
 from .schedules import Schedule, eps_at, kappa_at, lr_at
@@ -39,29 +41,34 @@ MAX_CLASSES = 100_000  # a label of 10^9 in a file would otherwise ask for a 10^
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run (stored in its checkpoint; --resume reuses it)."""
-    arch: str = "2c2f"
-    activation: str = "relu"
-    threshold_init: float = 1.0
-    epochs: int = 10
-    batch_size: int = 64
-    eps_train: float = 0.5
-    eps_eval: float = None  # None: eps_train
-    warmup: float = 1.0
-    ramp: float = 4.0
-    kappa_end: float = 0.0
-    lr: float = 1e-3
-    lr_end: float = 1e-4
-    decay_start: float = None
-    loss: str = "gloro"
-    bound: str = "local"
-    sparsity: float = 0.0
-    saturation_weight: float = 0.1
-    n_iters: int = 2
-    eval_iters: int = 20
-    eval_limit: int = 200
+    """Everything that defines a run (stored in its checkpoint; --resume reuses it). Each field
+    carries its command-line help, choices and range (`lipref train` reads them)."""
+    arch: str = setting("2c2f", "Architecture: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W[-W...].")
+    activation: str = setting("relu", "Activation after every hidden layer.", choices=ACTIVATIONS)
+    threshold_init: float = setting(1.0, "Initial threshold of clipped ReLU / clamp of MaxMin.")
+    epochs: int = setting(10, "Training epochs.", minimum=1)
+    batch_size: int = setting(64, "Batch size.", minimum=1)
+    eps_train: float = setting(0.5, "Training radius (l2), reached at the end of the ramp.")
+    eps_eval: float = setting(None, "Radius of the per-epoch evaluation (default: --eps).")  # None: eps_train
+    warmup: float = setting(1.0, "Epochs of clean training first.")
+    ramp: float = setting(4.0, "Epochs over which eps grows 0 -> --eps and kappa falls 1 -> --kappa-end.")
+    kappa_end: float = setting(0.0, "Final weight of the clean loss in kappa*CE + (1-kappa)*robust.", minimum=0,
+                               maximum=1)
+    lr: float = setting(1e-3, "Adam learning rate.")
+    lr_end: float = setting(1e-4, "Learning rate reached at the last epoch (exponential decay after the ramp).")
+    decay_start: float = setting(None, "Epoch where the decay starts (default: end of ramp).")
+    loss: str = setting("gloro", "Robust loss: GloRo's bottom logit or the ball-and-box worst-case logits.",
+                        choices=losses.ROBUST_LOSSES)
+    bound: str = setting("local", "Lipschitz bound inside the loss.", choices=BOUNDS)
+    sparsity: float = setting(0.0, "Weight of the sparsity loss that pushes neurons to be constant on the ball "
+                                   "(paper: 0.01-0.1).")
+    saturation_weight: float = setting(0.1, "c in the clipped-ReLU sparsity term mean(relu(ub)) + "
+                                            "c*mean(relu(theta - lb)).")
+    n_iters: int = setting(2, "Power-iteration steps per training step (warm-started per sample).", minimum=1)
+    eval_iters: int = setting(20, "Power-iteration steps in the per-epoch evaluation.", minimum=1)
+    eval_limit: int = setting(200, "Examples used for the per-epoch evaluation.", minimum=1)
     seed: int = 0
-    dtype: str = "float32"
+    dtype: str = setting("float32", "Floating-point type of the training.", choices=FLOAT_DTYPES)
     backend: str = "numpy"
 
     def __post_init__(self):

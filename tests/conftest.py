@@ -24,6 +24,19 @@ settings.load_profile(os.environ.get("LIPREF_HYPOTHESIS_PROFILE", "ci"))
 ALL_BACKENDS = ("numpy", "array_api_strict", "cupy")
 
 
+def pytest_report_header(config):
+    from lipref.kernels import enabled
+    return f"lipref kernels: {'on' if enabled() else 'off (LIPREF_REFERENCE: plain definitions only)'}"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every hypothesis test `property`: CI runs those a second time on the plain
+    definitions alone (LIPREF_REFERENCE=1 ... pytest -m property)."""
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
+
+
 def _selected():
     chosen = os.environ.get("LIPREF_TEST_BACKENDS")
     return tuple(chosen.split(",")) if chosen else ALL_BACKENDS

@@ -1,14 +1,13 @@
 """l2 PGD: what it returns is inside the ball and the box and really changes the prediction
 where it says so; blocks of samples and threads change nothing, nor what is left of rng."""
 import numpy
-
 import pytest
+from networks import small_model
 
 from lipref.attack import pgd_l2
 from lipref.backend import to_host
-from lipref.errors import InputError
 from lipref.bounds.margins import predictions
-from test_bounds import small_model
+from lipref.errors import InputError
 
 
 def test_pgd_points_are_in_the_ball_and_break_the_prediction(xp):

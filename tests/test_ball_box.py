@@ -1,8 +1,9 @@
 """The ball-and-box support max c^T d over ||d|| <= R, lo <= d <= hi against ground truth.
 
-Three definitions are compared: the exact sorted-breakpoint solver (`ball_box_support`),
-its plain reference (`ball_box_support_bisection`) and the certificates' weak-duality bound
-(`ball_box_upper_bound`). The ground truth is an enumeration of every KKT active set
+Three definitions are compared: `ball_box_support` with the sorted-breakpoint kernel's
+multiplier (kernels/ball_box.py), with its plain definition's (`bisected_multiplier`, both
+passed explicitly, so the comparison also runs under LIPREF_REFERENCE=1), and the
+certificates' weak-duality bound (`ball_box_upper_bound`). The ground truth is an enumeration of every KKT active set
 (each coordinate at its lower face, its upper face or free, the free ones filling the
 ball along c), written here in plain NumPy for D <= 5: an independent algorithm. Drawn
 cases include what broke the first solver: exact zeros in c, ties among breakpoints, the
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from lipref.backend import to_host
 from lipref.bounds import margins as M
+from lipref.kernels.ball_box import sorted_breakpoint_multiplier
 
 
 def brute_force_maximum(c, lo, hi, radius):
@@ -70,8 +72,8 @@ def hard_cases(draw):
 def _solve(xp, c, lo, hi, radius):
     arrays = [xp.asarray(numpy.asarray(a, dtype=numpy.float64).reshape(1, -1)) for a in (c, lo, hi)]
     r = xp.asarray(numpy.array([radius], dtype=numpy.float64))
-    value, lam, inside = M.ball_box_support(*arrays, r)
-    reference, _ = M.ball_box_support_bisection(*arrays, r)
+    value, lam, inside = M.ball_box_support(*arrays, r, sorted_breakpoint_multiplier)
+    reference, _, _ = M.ball_box_support(*arrays, r, M.bisected_multiplier)
     lam_used = xp.where(inside, xp.full_like(lam, xp.inf), lam)
     upper = M.ball_box_upper_bound(*arrays, r, lam_used)
     return (float(to_host(a)[0]) for a in (value, reference, upper))
@@ -108,8 +110,13 @@ def test_the_dual_bound_holds_for_any_multiplier(xp, case, log_lam):
         assert upper >= truth - 1e-13 * size - 1e-300, f"lam {lam}: bound {upper} below the maximum {truth}"
 
 
+MULTIPLIERS = pytest.mark.parametrize("multiplier", [sorted_breakpoint_multiplier, M.bisected_multiplier],
+                                      ids=["sorted breakpoints", "bisection"])
+
+
+@MULTIPLIERS
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_sphere_met_at_a_breakpoint(xp, dtype):
+def test_sphere_met_at_a_breakpoint(xp, dtype, multiplier):
     """c = (c0, 0) in the box +-R: the maximum is c0 R with the first coordinate at its face.
     The first solver returned 0 for about a quarter of such draws (rounding said the sphere
     was reached at the flat piece after the breakpoint, and took lam = 0 there)."""
@@ -119,13 +126,14 @@ def test_sphere_met_at_a_breakpoint(xp, dtype):
     c = numpy.stack([c0, numpy.zeros(m)], axis=1).astype(dtype)
     box = numpy.repeat(radius[:, None], 2, axis=1).astype(dtype)
     r = radius.astype(dtype)
-    value, _, _ = M.ball_box_support(xp.asarray(c), xp.asarray(-box), xp.asarray(box), xp.asarray(r))
+    value, _, _ = M.ball_box_support(xp.asarray(c), xp.asarray(-box), xp.asarray(box), xp.asarray(r), multiplier)
     expected = c[:, 0].astype(numpy.float64) * r.astype(numpy.float64)
     numpy.testing.assert_allclose(to_host(value), expected, rtol=1e-5 if dtype == "float32" else 1e-12)
 
 
+@MULTIPLIERS
 @pytest.mark.parametrize("dtype,ratio", [("float32", 1e4), ("float32", 1e6), ("float64", 1e7), ("float64", 1e9)])
-def test_heavy_constant_coordinates_do_not_cancel(xp, dtype, ratio):
+def test_heavy_constant_coordinates_do_not_cancel(xp, dtype, ratio, multiplier):
     """Constant neurons (box [0, 0]) whose last-layer weights are `ratio` times the moving
     ones: the others' sum of c^2 (C_k) used to be total - prefix and cancelled to 0."""
     rng = numpy.random.default_rng(4)
@@ -134,6 +142,38 @@ def test_heavy_constant_coordinates_do_not_cancel(xp, dtype, ratio):
     lo = numpy.concatenate([numpy.zeros((m, heavy)), -numpy.ones((m, light))], axis=1)
     hi = -lo
     radius = numpy.full(m, 0.5)
-    value, _, _ = M.ball_box_support(*(xp.asarray(a.astype(dtype)) for a in (c, lo, hi, radius)))
+    value, _, _ = M.ball_box_support(*(xp.asarray(a.astype(dtype)) for a in (c, lo, hi, radius)), multiplier)
     expected = 0.5 * numpy.linalg.norm(c[:, heavy:], axis=1)  # the moving part alone, inside its box
     numpy.testing.assert_allclose(to_host(value), expected, rtol=1e-4 if dtype == "float32" else 1e-10)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), dim=st.integers(1, 6), inside=st.booleans())
+def test_ball_box_maximum_is_a_primitive_with_the_envelope_gradient(seed, dim, inside):
+    """`ball_box_maximum` is registered in PRIMITIVES (the gradient checker sees it); its
+    value is the solver's, and its vector-Jacobian products match central finite
+    differences of the solver's value in every argument, away from breakpoints."""
+    import array_api_compat.numpy as xp
+
+    from lipref.primitives import PRIMITIVES
+    from lipref.tape import Var, grad
+    assert PRIMITIVES["_ball_box_maximum"] is M.ball_box_maximum
+    rng = numpy.random.default_rng(seed)
+    c = rng.standard_normal((3, dim))
+    lo, hi = -rng.uniform(0.1, 1.0, (3, dim)), rng.uniform(0.1, 1.0, (3, dim))
+    radius = rng.uniform(2.0, 3.0, 3) * (3 * dim if inside else 0.2)
+    args = [xp.asarray(a) for a in (c, lo, hi, radius)]
+    value = M.ball_box_maximum(*args)
+    assert numpy.array_equal(value, M.ball_box_support(*args)[0])
+    vs = [Var(a) for a in args]
+    seed_g = xp.asarray(rng.standard_normal(3))
+    grads = grad(M.ball_box_maximum(*vs), vs, seed=seed_g)
+    step = 1e-6
+    for i, (a, g) in enumerate(zip(args, grads)):
+        fd = numpy.zeros_like(a)
+        for idx in numpy.ndindex(a.shape):
+            up, down = [b.copy() for b in args], [b.copy() for b in args]
+            up[i][idx] += step
+            down[i][idx] -= step
+            fd[idx] = numpy.sum(seed_g * (M.ball_box_support(*up)[0] - M.ball_box_support(*down)[0])) / (2 * step)
+        numpy.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6, err_msg=f"argument {i}")

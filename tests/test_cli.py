@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import array_api_compat.numpy as xp
 import numpy
 import pytest
 from click.testing import CliRunner
 
-import array_api_compat.numpy as xp
 from cli import main
 from lipref.models import build_model, save_model
 
@@ -205,6 +205,7 @@ def test_info_names_the_blas_and_hints_at_misdetected_kernels(monkeypatch):
     """`lipref info` names NumPy's BLAS; where OpenBLAS runs its Haswell kernels on a CPU with
     AVX-512 (OpenBLAS 0.3.31 on AMD Zen 5) it says how to get the faster ones."""
     import threadpoolctl
+
     from lipref import backend
     out = json.loads(run(["info", "--json"]).output)
     assert out["blas"] and "unknown" not in out["blas"]
@@ -235,3 +236,136 @@ def test_bound_sound_mode_certificate_and_gram_limit(model_file):
     for a, b in zip(tight, loose):
         assert 0 < a["global"] <= b["global"] * (1 + 1e-12)
         assert 0 < a["local"] <= a["global"] * (1 + 1e-12)
+
+
+# ------------------------------------------------------------------------------- options as data
+
+# every option of every command and the default its --help shows (None: no default shown), as
+# before the options were read from the library's config dataclasses
+OPTIONS = {
+    "train": {"--out": None, "--resume": None, "--data": "embedded:train", "--data-dir": None, "--limit": None,
+              "--eval-data": None, "--eval-limit": 200, "--arch": "2c2f", "--activation": "relu",
+              "--threshold-init": 1.0, "--epochs": 10, "--batch-size": 64, "--eps": 0.5, "--eps-eval": None,
+              "--warmup": 1.0, "--ramp": 4.0, "--kappa-end": 0.0, "--lr": 0.001, "--lr-end": 0.0001,
+              "--decay-start": None, "--loss": "gloro", "--bound": "local", "--sparsity": 0.0,
+              "--saturation-weight": 0.1, "--iters": 2, "--eval-iters": 20, "--dtype": "float32",
+              "--threads": None, "--backend": "numpy", "--seed": None, "--json": None, "--quiet": None,
+              "--reference": None},
+    "certify": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--mode": "fast",
+                "--iters": 100, "--pgd-steps": 100, "--pgd-restarts": 1, "--batch-size": 100, "--domain": "auto",
+                "--dtype": "auto", "--gram-limit": 8192, "--threads": None, "--backend": "numpy", "--seed": None,
+                "--json": None, "--samples": None, "--plot": None, "--quiet": None, "--reference": None},
+    "bound": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--iters": 100,
+              "--mode": "fast", "--batch-size": 100, "--dtype": "auto", "--gram-limit": 8192, "--threads": None,
+              "--backend": "numpy", "--seed": None, "--json": None, "--reference": None},
+    "attack": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--steps": 100,
+               "--step-size": None, "--restarts": 1, "--batch-size": 100, "--domain": "auto", "--dtype": "auto",
+               "--threads": None, "--backend": "numpy", "--seed": None, "--json": None},
+    "import-torch": {"--arch": "auto", "--input-shape": "1,28,28", "--classes": None, "--activation": "auto",
+                     "--out": None},
+    "check": {"--against": "torch", "--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": 0.1,
+              "--iters": 50, "--seed": 0, "--json": None},
+}
+CHOICES = {("train", "--activation"): {"relu", "clipped_relu", "maxmin"}, ("train", "--loss"): {"gloro", "bcp"},
+           ("train", "--bound"): {"local", "global"}, ("train", "--dtype"): {"float32", "float64"},
+           ("certify", "--mode"): {"fast", "sound"}, ("certify", "--dtype"): {"auto", "float32", "float64"},
+           ("bound", "--mode"): {"fast", "sound"}, ("train", "--backend"): {"numpy", "cupy"},
+           ("import-torch", "--activation"): {"auto", "relu", "clipped_relu", "maxmin"}}
+
+
+@pytest.mark.parametrize("command", sorted(OPTIONS))
+def test_every_option_keeps_its_default_and_choices(command):
+    import click
+    params = {p.opts[0]: p for p in main.commands[command].params if p.opts[0].startswith("--")}
+    assert set(params) == set(OPTIONS[command])
+    shown = {name: (p.default if p.show_default else None) for name, p in params.items()}
+    assert shown == OPTIONS[command]
+    for (cmd, name), choices in CHOICES.items():
+        if cmd == command:
+            assert isinstance(params[name].type, click.Choice) and set(params[name].type.choices) == choices
+    text = run([command, "--help"]).output
+    for name, default in OPTIONS[command].items():
+        flat = " ".join(text.split())
+        assert name in text and (default is None or f"[default: {default}]" in flat or f"[default: {default};" in flat)
+
+
+def test_options_come_from_the_library_configs():
+    from lipref.certify import CertifyConfig
+    from lipref.train import TrainConfig
+    params = {p.name: p for p in main.commands["train"].params}
+    assert params["epochs"].default == TrainConfig().epochs and params["n_iters"].default == TrainConfig().n_iters
+    assert params["epochs"].help == setting_help(TrainConfig, "epochs")
+    bound = {p.name: p for p in main.commands["bound"].params}
+    assert bound["gram_limit"].default == CertifyConfig().gram_limit
+
+
+def setting_help(cls, name):
+    from lipref.config import setting_of
+    return setting_of(cls, name).metadata["help"]
+
+
+# ------------------------------------------------------------------------------- --reference
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    result = run(["train", "--out", str(out), "--arch", "2c2f", "--limit", "64", "--eval-limit", "16",
+                  "--epochs", "2", "--warmup", "0", "--ramp", "1", "--eps", "0.3", "--batch-size", "32",
+                  "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["reference"] is False
+    return str(out / "model.npz")
+
+
+def _rel(a, b):
+    a, b = numpy.asarray(a, dtype=float), numpy.asarray(b, dtype=float)
+    return float(numpy.max(numpy.abs(a - b) / numpy.maximum(numpy.abs(b), 1e-300)))
+
+
+@pytest.mark.parametrize("mode", ["fast", "sound"])
+def test_certify_reference_gives_the_same_certificates_and_bounds(trained_model, tmp_path, mode):
+    docs, rows = [], []
+    for flag in ([], ["--reference"]):
+        samples = tmp_path / f"samples{len(flag)}.json"
+        result = run(["certify", trained_model, "--data", "embedded:test", "--limit", "24", "--eps", "0.02",
+                      "--iters", "20", "--pgd-steps", "3", "--mode", mode, "--seed", "7", "--gram-limit", "0", "--json",
+                      "--quiet", "--samples", str(samples)] + flag)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(result.stdout))
+        rows.append(json.loads(samples.read_text()))
+    assert docs[0]["reference"] is False and docs[1]["reference"] is True
+    for key in ("certified_accuracy_global", "certified_accuracy_local", "clean_accuracy", "pgd_accuracy"):
+        assert docs[0][key] == docs[1][key], key
+    kernel, plain = rows
+    for key in ("certified_global", "certified_local", "prediction"):
+        assert [r[key] for r in kernel] == [r[key] for r in plain], key
+    for key in ("global", "local", "radius_global", "radius_local"):
+        assert _rel([r[key] for r in plain], [r[key] for r in kernel]) <= 1e-5, key
+    assert any(r["certified_local"] for r in kernel)  # the comparison covers certificates
+
+
+def test_reference_switches_the_kernels_off_inside_each_command(trained_model, tmp_path, monkeypatch):
+    import lipref.certify
+    import lipref.train
+    from lipref import kernels
+    baseline = kernels.enabled()  # off for the whole run under LIPREF_REFERENCE=1
+    seen = []
+
+    def spy(original):
+        def wrapper(*args, **kwargs):
+            seen.append(kernels.enabled())
+            return original(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(lipref.certify, "certify", spy(lipref.certify.certify))
+    monkeypatch.setattr(lipref.certify, "bounds_per_sample", spy(lipref.certify.bounds_per_sample))
+    monkeypatch.setattr(lipref.train, "train", spy(lipref.train.train))
+    common = ["--data", "embedded:test", "--limit", "4", "--eps", "0.1", "--iters", "2", "--json"]
+    for flag in (["--reference"], []):
+        assert run(["certify", trained_model, "--pgd-steps", "0", "--quiet"] + common + flag).exit_code == 0
+        bound = run(["bound", trained_model] + common + flag)
+        assert bound.exit_code == 0 and json.loads(bound.stdout)["reference"] is bool(flag)
+        trained = run(["train", "--out", str(tmp_path / f"run{len(flag)}"), "--arch", "mlp-4", "--limit", "8",
+                       "--eval-limit", "4", "--epochs", "1", "--quiet", "--json"] + flag)
+        assert trained.exit_code == 0 and json.loads(trained.stdout)["reference"] is bool(flag)
+    assert seen == [False, False, False] + [baseline] * 3
+    assert kernels.enabled() == baseline

@@ -2,11 +2,11 @@
 failed with a traceback, before the fixes."""
 import json
 
+import array_api_compat.numpy as xp
 import numpy
 import pytest
 from click.testing import CliRunner
 
-import array_api_compat.numpy as xp
 from cli import main
 from lipref.layers import Flatten, Linear, ReLU, Sequential
 from lipref.models import save_model

@@ -8,8 +8,8 @@ from click.testing import CliRunner
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'lipref[torch]')")
 
 from cli import main  # noqa: E402
-from lipref.reference.torch_reference import torch_sequential  # noqa: E402
 from lipref.models import ARCHITECTURES  # noqa: E402
+from lipref.reference.torch_reference import torch_sequential  # noqa: E402
 
 
 def _run(args):
@@ -27,6 +27,7 @@ def test_import_then_check_passes_and_logits_match_torch(tmp_path):
     assert "2c2f" in result.stdout and "clipped_relu" in result.stdout
     x = numpy.random.default_rng(0).uniform(0, 1, (3, 1, 28, 28)).astype(numpy.float32)
     import array_api_compat.numpy as xp
+
     from lipref.models import load_model
     model = load_model(out, xp, xp.float32)
     with torch.no_grad():
@@ -41,9 +42,10 @@ def test_import_then_check_passes_and_logits_match_torch(tmp_path):
 
 
 def test_check_exits_1_when_a_quantity_differs(tmp_path, monkeypatch):
+    import array_api_compat.numpy as xp
+
     import lipref.check as C
     from lipref.models import build_model, save_model
-    import array_api_compat.numpy as xp
     path = tmp_path / "m.npz"
     save_model(path, build_model("mlp-8", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(0)))
     real = C.lipref_values

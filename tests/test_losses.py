@@ -4,15 +4,17 @@ import autograd.numpy as anp
 import numpy
 import pytest
 from autograd import grad as agrad
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import assert_backend_close, to_numpy
 
-from lipref import losses, primitives as P
-from lipref.bounds.lipschitz import ActivationBounds, NetworkBounds
+from lipref import losses
+from lipref import primitives as P
+from lipref.bounds import ActivationBounds, NetworkBounds
 from lipref.bounds.margins import one_hot
 from lipref.layers import ClampedMaxMin, ClippedReLU, ReLU
 from lipref.schedules import Schedule, eps_at, kappa_at, lr_at
 from lipref.tape import Var, grad
-from support import assert_backend_close, to_numpy
 
 
 def _close(xp, actual, expected, rtol=1e-7, atol=1e-9):

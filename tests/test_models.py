@@ -5,13 +5,13 @@ import io
 import json
 import os
 
+import array_api_compat.numpy as xp
 import numpy
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from click.testing import CliRunner
 
-import array_api_compat.numpy as xp
 from lipref.backend import BackendError
 from lipref.data import DataError
 from lipref.errors import InputError, UserError

@@ -3,36 +3,38 @@
 Each entry of CASES says how hypothesis draws the primitive's arguments (shapes, strides,
 paddings, axes; values from a drawn seed, float64), which arguments are differentiated, an
 independent re-implementation of the forward in autograd.numpy, and how far the drawn
-point is from the primitive's kinks. For every differentiable argument the checker compares
-the tape's gradient (the registered vjp, called through `primitive`/`grad`) with
-  (a) HIPS autograd's vector-Jacobian product of the autograd.numpy forward, and
-  (b) a central finite difference along a random direction, <g, (f(x+hv) - f(x-hv)) / 2h>,
-at points at least KINK_GAP away from every kink.
-A primitive registered without a case fails `test_every_primitive_has_a_case`.
+point is from the primitive's kinks. lipref.testing.check_grads then compares, for every
+differentiable argument, the tape's gradient with HIPS autograd's vector-Jacobian product
+and with a central finite difference along a random direction, at points at least
+KINK_GAP away from every kink. A primitive registered without a case fails
+`test_every_primitive_has_a_case`.
 
 Also here: conv2d against a direct loop and torch, the conv2d / conv2d_transpose adjoint
 identity, the kink policies at exact ties and boundaries (as each docstring states them),
 every primitive on every backend, and a small conv model's loss gradients on every backend.
+With kernels on these run through the conv kernels; with LIPREF_REFERENCE=1 through the
+plain definitions (tests/test_kernels_conv.py checks the kernels against the plain ones).
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import autograd
 import autograd.numpy as anp
 import numpy
 import pytest
+from autograd.tracer import getval
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from support import assert_backend_close, to_numpy
 
 from lipref import primitives as P
+from lipref.bounds.margins import ball_box_support  # registers the _ball_box_maximum primitive
 from lipref.models import build_model
 from lipref.primitives import PRIMITIVES
 from lipref.tape import Var, grad
-from support import assert_backend_close, to_numpy
+from lipref.testing import check_grads
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-KINK_GAP = 1e-3   # smooth checks only at points this far from any tie or boundary
-FD_STEP = 1e-6    # h * max|v| stays far below KINK_GAP
+KINK_GAP = 1e-3   # smooth checks only at points this far from any tie or boundary (check_grads' h is 1e-6)
 
 
 # ---------------------------------------------------------------- drawing arguments
@@ -226,6 +228,23 @@ def _draw_channel_slice(d):
     return _normal(rng, (d(st.integers(1, 3)), c) + _shape(d, 0, 2)), start, stop
 
 
+def _draw_concat(d):
+    rng = _rng(d)
+    shape = _shape(d, 1, 3)
+    axis = d(st.integers(-len(shape), len(shape) - 1))
+    sides = d(st.lists(st.integers(1, 3), min_size=1, max_size=3))
+    arrays = [_normal(rng, shape[:axis % len(shape)] + (k,) + shape[axis % len(shape) + 1:]) for k in sides]
+    return arrays, axis
+
+
+def _draw_broadcast_to(d):
+    rng = _rng(d)
+    full = _shape(d, 0, 3)
+    drop = d(st.integers(0, len(full)))
+    shape = tuple(1 if d(st.booleans()) else s for s in full[drop:])
+    return _normal(rng, shape), full
+
+
 def _draw_reshape(d):
     rng = _rng(d)
     shape = _shape(d, 1, 4)
@@ -290,7 +309,41 @@ def _draw_conv2d_transpose(d):
     return _normal(rng, (n, o, oh, ow)), _normal(rng, (o, c, kh, kw)), stride, padding, (h, w)
 
 
+def _draw_ball_box(d):
+    rng = _rng(d)
+    m, dim = d(st.integers(1, 3)), d(st.integers(1, 5))
+    c = _normal(rng, (m, dim))
+    lo, hi = -rng.uniform(0.1, 1.0, (m, dim)), rng.uniform(0.1, 1.0, (m, dim))
+    inside = d(st.booleans())  # the box inside the ball, or the sphere cutting it
+    radius = rng.uniform(2.0, 3.0, m) * (3 * dim if inside else 0.2)
+    return c, lo, hi, radius
+
+
+def _ball_box_dual(c, lo, hi, radius):
+    """The ball-and-box maximum as its Lagrangian dual at the solver's multiplier lam (held
+    constant): R^2 / (2 lam) + sum(c d - d^2 / (2 lam)), d = clip(lam c, lo, hi); the box
+    corner's value where the box lies in the ball. Equal to the maximum at that lam, and by
+    the envelope theorem autograd's gradient of it at fixed lam is the maximum's."""
+    _, lam, inside = ball_box_support(*(getval(a) for a in (c, lo, hi, radius)))
+    lam = numpy.where(inside, 1.0, lam)[:, None]
+    d = anp.minimum(anp.maximum(lam * c, lo), hi)
+    dual = radius ** 2 / (2 * lam[:, 0]) + anp.sum(c * d - d * d / (2 * lam), axis=1)
+    corner = anp.sum(anp.where(c > 0, c * hi, c * lo), axis=1)
+    return anp.where(inside, corner, dual)
+
+
+def _ball_box_kink(c, lo, hi, radius):
+    """Distance to the solver's breakpoints: a coordinate reaching its bound, or the box
+    corner reaching the sphere."""
+    _, lam, inside = ball_box_support(c, lo, hi, radius)
+    corner = numpy.where(c > 0, hi, lo)
+    to_sphere = numpy.abs(numpy.sqrt(numpy.sum(corner ** 2, axis=1)) - radius)
+    to_bound = numpy.minimum(numpy.abs(lam[:, None] * c - hi), numpy.abs(lam[:, None] * c - lo))
+    return min(_min_abs(to_sphere), _min_abs(numpy.where(inside[:, None], numpy.inf, to_bound)))
+
+
 CASES = {
+    "_ball_box_maximum": Case(_draw_ball_box, _ball_box_dual, (0, 1, 2, 3), kink=_ball_box_kink),
     "_add": Case(_binary(), lambda a, b: a + b, (0, 1)),
     "_subtract": Case(_binary(), lambda a, b: a - b, (0, 1)),
     "_multiply": Case(_binary(), lambda a, b: a * b, (0, 1)),
@@ -310,6 +363,9 @@ CASES = {
                           kink=lambda x, t: min(_min_abs(x), _min_abs(x - t))),
     "_clamped_maxmin": Case(_draw_clamped_maxmin, ag_clamped_maxmin, (0, 1, 2), kink=_maxmin_kinks),
     "_channel_slice": Case(_draw_channel_slice, lambda x, start, stop: x[:, start:stop], (0,)),
+    "_concat": Case(_draw_concat, lambda arrays, axis: anp.concatenate(list(arrays), axis=axis), (0,)),
+    # x + zeros: autograd's own broadcast_to vjp cannot add leading axes
+    "_broadcast_to": Case(_draw_broadcast_to, lambda x, shape: x + anp.zeros(shape), (0,)),
     "_reshape": Case(_draw_reshape, lambda x, shape: anp.reshape(x, shape), (0,)),
     "_sum": Case(_draw_reduction(True), lambda x, axis, keep: anp.sum(x, axis=axis, keepdims=keep), (0,)),
     "_l2_norm": Case(_draw_reduction(True), lambda x, axis, keep: anp.sqrt(anp.sum(x * x, axis=axis, keepdims=keep)),
@@ -340,29 +396,9 @@ def test_every_primitive_has_a_case():
 # ---------------------------------------------------------------- the checker
 
 def _is_array(a):
+    if isinstance(a, (list, tuple)):
+        return bool(a) and all(_is_array(e) for e in a)
     return isinstance(a, numpy.ndarray) and a.dtype == numpy.float64
-
-
-def _tape_grads(apply, args, which, g):
-    """Gradients wrt args[i] for i in `which`, through primitive(...) and tape.grad."""
-    wrapped = [Var(a) if i in which else a for i, a in enumerate(args)]
-    out = apply(*wrapped)
-    assert isinstance(out, Var)
-    return out, grad(out, [wrapped[i] for i in which], seed=g)
-
-
-def _autograd_vjp(ref, args, i, g):
-    def f(a):
-        return ref(*args[:i], a, *args[i + 1:])
-    return numpy.asarray(autograd.make_vjp(f)(args[i])[0](g), dtype=numpy.float64)
-
-
-def _directional_fd(forward, args, i, v, g):
-    def at(step):
-        moved = list(args)
-        moved[i] = args[i] + step * v
-        return float(numpy.sum(g * numpy.asarray(forward(*moved))))
-    return (at(FD_STEP) - at(-FD_STEP)) / (2 * FD_STEP)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -373,33 +409,24 @@ def test_primitive_matches_autograd_and_finite_differences(name, data):
     args = data.draw(st.composite(lambda d: case.draw(d))(), label="args")
     if case.kink is not None:
         assume(case.kink(*args) > KINK_GAP)
-    rng = numpy.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="g seed"))
+    seed = data.draw(st.integers(0, 2**32 - 1), label="g seed")
+    check_grads(apply, args, wrt=[i for i in case.diff if _is_array(args[i])], autograd_fn=case.ref, seed=seed)
 
-    ans = apply.forward(*args)
-    plain = apply(*args)
-    assert not isinstance(plain, Var), "no Var argument must mean no tape"
-    numpy.testing.assert_array_equal(numpy.asarray(plain), numpy.asarray(ans))
-    expected = numpy.asarray(case.ref(*args))
-    assert numpy.shape(ans) == expected.shape
-    numpy.testing.assert_allclose(numpy.asarray(ans), expected, rtol=1e-12, atol=1e-12, err_msg=f"{name} forward")
 
-    which = [i for i in case.diff if _is_array(args[i])]
-    g = _normal(rng, numpy.shape(ans))
-    out, grads = _tape_grads(apply, args, which, g)
-    numpy.testing.assert_array_equal(numpy.asarray(out.value), numpy.asarray(ans))
-    scale = 1.0 + float(numpy.sum(numpy.abs(g * numpy.asarray(ans))))
-    for i, gi in zip(which, grads):
-        gi = numpy.asarray(gi)
-        assert gi.shape == numpy.shape(args[i]), f"{name}: gradient {i} has shape {gi.shape}, arg {numpy.shape(args[i])}"
-        assert numpy.all(numpy.isfinite(gi)), f"{name}: non-finite gradient for argument {i}"
-        ag = _autograd_vjp(case.ref, args, i, g)
-        numpy.testing.assert_allclose(gi, ag, rtol=1e-10, atol=1e-10,
-                                      err_msg=f"{name}: vjp of argument {i} disagrees with autograd")
-        v = _normal(rng, numpy.shape(args[i]))
-        fd = _directional_fd(apply.forward, args, i, v, g)
-        dot = float(numpy.sum(gi * v))
-        assert abs(fd - dot) <= 1e-6 * (abs(dot) + scale), \
-            f"{name}: argument {i}: finite difference {fd!r} vs <vjp, v> {dot!r}"
+def _on(xp, a):
+    """A host argument moved to backend xp (lists element by element; non-arrays as they are)."""
+    if isinstance(a, list):
+        return [_on(xp, e) for e in a]
+    return xp.asarray(a) if isinstance(a, numpy.ndarray) else a
+
+
+def _tape_grads(apply, args, which, g):
+    """(output Var, gradients of the arrays of args[i], i in `which`, flattened in order)."""
+    wrapped = [([Var(e) for e in a] if isinstance(a, list) else Var(a)) if i in which else a
+               for i, a in enumerate(args)]
+    leaves = [v for i in which for v in (wrapped[i] if isinstance(wrapped[i], list) else [wrapped[i]])]
+    out = apply(*wrapped)
+    return out, grad(out, leaves, seed=g)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -411,13 +438,35 @@ def test_primitive_on_every_backend(xp, name, data):
     args = data.draw(st.composite(lambda d: case.draw(d))(), label="args")
     rng = numpy.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="g seed"))
     which = [i for i in case.diff if _is_array(args[i])]
-    g = _normal(rng, numpy.shape(apply.forward(*args)))
+    g = rng.standard_normal(numpy.shape(apply.forward(*args)))
     host_out, host_grads = _tape_grads(apply, args, which, g)
-    moved = tuple(xp.asarray(a) if isinstance(a, numpy.ndarray) else a for a in args)
-    out, grads = _tape_grads(apply, moved, which, xp.asarray(g))
+    out, grads = _tape_grads(apply, tuple(_on(xp, a) for a in args), which, xp.asarray(g))
     assert_backend_close(out.value, host_out.value, xp, rtol=1e-12, atol=1e-12, what=f"{name} forward")
-    for i, gi, hi in zip(which, grads, host_grads):
-        assert_backend_close(gi, hi, xp, rtol=1e-12, atol=1e-12, what=f"{name} gradient {i}")
+    assert len(grads) == len(host_grads)
+    for k, (gi, hi) in enumerate(zip(grads, host_grads)):
+        assert_backend_close(gi, hi, xp, rtol=1e-12, atol=1e-12, what=f"{name} gradient {k}")
+
+
+def test_concat_differentiates_only_its_vars_and_runs_its_vjp_once(monkeypatch):
+    """A list argument: each Var in it gets its own slice of g, plain arrays in it get
+    nothing, and the vjp runs once per upstream gradient however many Vars there are."""
+    a, b, c = Var(numpy.ones((2, 1))), numpy.zeros((2, 2)), Var(numpy.full((2, 3), 2.0))
+    out = P.concat([a, b, c], 1)
+    assert out.value.shape == (2, 6) and [p for p, _ in out.parents] == [a, c]
+    seed = numpy.arange(12.0).reshape(2, 6)
+    ga, gc = grad(out, [a, c], seed=seed)
+    numpy.testing.assert_array_equal(ga, seed[:, :1])
+    numpy.testing.assert_array_equal(gc, seed[:, 3:])
+
+    calls = []
+
+    def _counted_concat(arrays, axis):
+        return P.concat.forward(arrays, axis)
+
+    monkeypatch.setitem(PRIMITIVES, "_counted_concat", None)  # removed again after the test
+    counted = P.primitive(_counted_concat, lambda *args: calls.append(1) or P.concat.vjps[0](*args))
+    grad(counted([a, b, c, a], 1), [a, c], seed=numpy.ones((2, 7)))
+    assert len(calls) == 1
 
 
 # ---------------------------------------------------------------- conv2d forward references
@@ -477,104 +526,6 @@ def test_conv2d_transpose_is_the_adjoint(seed, k, stride, padding, extra_h, extr
     right = float(numpy.sum(x * xt))
     assert abs(left - right) <= 1e-12 * (numpy.sum(numpy.abs(x)) * numpy.sum(numpy.abs(xt)) + 1.0)
     numpy.testing.assert_allclose(xt, ag_conv2d_transpose(y, wt, stride, padding, (h, w)), rtol=1e-12, atol=1e-12)
-
-
-@SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 5), stride=st.integers(1, 3), padding=st.integers(0, 3),
-       extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3), c=st.integers(1, 3),
-       o=st.integers(1, 3))
-def test_conv2d_input_gradient_methods_agree(xp, seed, k, stride, padding, extra_h, extra_w, n, c, o):
-    """conv2d's input gradient has three exact implementations (sub-pixel gather, col2im
-    scatter and, for stride 1 with padding <= k-1, the row-tap forward of the flipped
-    kernel) chosen by shape for speed; each must equal the written-out adjoint, on every
-    backend, padding larger than the kernel included."""
-    rng = numpy.random.default_rng(seed)
-    h, w = max(1, k - 2 * padding) + extra_h, max(1, k - 2 * padding) + extra_w
-    oh, ow = _out_hw(h, w, k, k, stride, padding)
-    wt, y = rng.standard_normal((o, c, k, k)), rng.standard_normal((n, o, oh, ow))
-    expected = ag_conv2d_transpose(y, wt, stride, padding, (h, w))
-    methods = ("gather", "scatter") + (("row taps",) if stride == 1 and padding <= k - 1 else ())
-    for method in methods:
-        got = P._conv2d_input_grad(xp.asarray(y), xp.asarray(wt), stride, padding, (h, w), method)
-        assert_backend_close(got, expected, xp, rtol=1e-12, atol=1e-12, what=f"input gradient ({method})")
-
-
-def _tap_forms(kh, kw, stride):
-    """The forms conv2d can take for this kernel and stride."""
-    return ("im2col",) + (("taps",) if kh % stride == 0 and kw % stride == 0 else ()) + \
-        (("row taps",) if stride == 1 else ())
-
-
-@SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), taps_h=st.integers(1, 3), taps_w=st.integers(1, 3), stride=st.integers(1, 3),
-       padding=st.integers(0, 3), extra_h=st.integers(0, 6), extra_w=st.integers(0, 6), n=st.integers(1, 3),
-       c=st.integers(1, 3), o=st.integers(1, 3), block=st.sampled_from([1, 200, 10 ** 9]))
-def test_conv2d_tap_forms_equal_im2col(xp, monkeypatch, seed, taps_h, taps_w, stride, padding, extra_h, extra_w, n, c,
-                                       o, block):
-    """Besides im2col, conv2d has two exact tap forms (taps on the space-to-depth grid for a
-    kernel that is a multiple of the stride, row taps for stride 1; see _conv_form), chosen
-    for speed. The forward and the weight gradient in every form must equal autograd's, on
-    every backend, for rectangular kernels (k = 1 included), padding up to the kernel's size
-    and blocks of one sample or several."""
-    monkeypatch.setattr(P, "COLUMN_BLOCK", block)
-    rng = numpy.random.default_rng(seed)
-    kh, kw = taps_h * stride, taps_w * stride
-    h, w = max(1, kh - 2 * padding) + extra_h, max(1, kw - 2 * padding) + extra_w
-    oh, ow = _out_hw(h, w, kh, kw, stride, padding)
-    x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o)
-    g = rng.standard_normal((n, o, oh, ow))
-    forward = ag_conv2d(x, wt, b, stride, padding)
-    wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, stride, padding) * g))(wt)
-    xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
-    forms = _tap_forms(kh, kw, stride)
-    assert len(forms) == (3 if stride == 1 else 2)  # stride 1: the unmerged taps apply too
-    for form in forms:
-        assert_backend_close(P._conv2d(xs, ws, xp.asarray(b), stride, padding, form), forward, xp, rtol=1e-12,
-                             atol=1e-12, what=f"forward ({form})")
-        assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, stride, padding, form), wgrad, xp, rtol=1e-12,
-                             atol=1e-12, what=f"weight gradient ({form})")
-
-
-def test_conv2d_forms_are_chosen_by_rule_and_refused_where_they_do_not_apply():
-    """The rules (_conv_form, _input_grad_method) on the paper's layers, and the refusals:
-    asking for a form that does not apply is an error, not a wrong answer."""
-    assert P._conv_form((4, 4), 2, 32, 32) == "taps" and P._conv_form((6, 3), 3, 1, 8) == "taps"
-    assert P._conv_form((3, 3), 1, 32, 32) == "row taps" and P._conv_form((3, 3), 1, 64, 32) == "row taps"
-    assert P._conv_form((3, 3), 1, 32, 64) == "im2col"  # more outputs than inputs
-    assert P._conv_form((3, 3), 1, 3, 32) == "im2col"  # a first layer: products of 3 columns are too thin
-    assert P._conv_form((3, 3), 2, 32, 32) == "im2col" and P._conv_form((4, 3), 2, 32, 32) == "im2col"
-    assert P._input_grad_method(numpy.ones((64, 32, 3, 3)), 1, 1) == "row taps"
-    assert P._input_grad_method(numpy.ones((32, 32, 4, 4)), 2, 1) == "gather"
-    assert P._input_grad_method(numpy.ones((32, 1, 3, 3)), 1, 1) == "scatter"
-    x, w = numpy.ones((1, 1, 5, 5)), numpy.ones((1, 1, 3, 3))
-    with pytest.raises(ValueError, match="not a multiple of stride 2"):
-        P._conv2d(x, w, None, 2, 1, "taps")
-    with pytest.raises(ValueError, match="stride 1 only"):
-        P._conv2d(x, w, None, 2, 1, "row taps")
-    with pytest.raises(ValueError, match="must be one of"):
-        P._conv2d(x, w, None, 1, 1, "winograd")
-    with pytest.raises(ValueError, match="padding <= k-1"):
-        P._conv2d_input_grad(numpy.ones((1, 1, 7, 7)), w, 1, 3, (5, 5), "row taps")
-
-
-@pytest.mark.parametrize("block", [1, 500, 10 ** 9])
-def test_conv2d_blocks_of_samples_give_the_same_numbers(xp, monkeypatch, block):
-    """conv2d works through the batch in blocks of whole samples (for the cache); the block
-    size must not change a single number: blocks of one sample, uneven blocks, one block."""
-    rng = numpy.random.default_rng(7)
-    x, wt, b = rng.standard_normal((5, 2, 7, 6)), rng.standard_normal((3, 2, 3, 3)), rng.standard_normal(3)
-    g = rng.standard_normal((5, 3, 4, 3))
-    expected = (ag_conv2d(x, wt, b, 2, 1), ag_conv2d_transpose(g, wt, 2, 1, (7, 6)))
-    monkeypatch.setattr(P, "COLUMN_BLOCK", block)
-    assert len(P._blocks(5, 4 * 3 * 9 * 2)) == (5 if block == 1 else 3 if block == 500 else 1)
-    xs, ws, gs = xp.asarray(x), xp.asarray(wt), xp.asarray(g)
-    assert_backend_close(P.conv2d(xs, ws, xp.asarray(b), 2, 1), expected[0], xp, rtol=1e-12, atol=1e-12, what="forward")
-    for method in ("gather", "scatter"):
-        assert_backend_close(P._conv2d_input_grad(gs, ws, 2, 1, (7, 6), method), expected[1], xp,
-                             rtol=1e-12, atol=1e-12, what=f"input gradient ({method})")
-    wgrad = autograd.grad(lambda w_: anp.sum(ag_conv2d(x, w_, None, 2, 1) * g))(wt)
-    assert_backend_close(P._conv2d_weight_grad(gs, xs, wt.shape, 2, 1), wgrad, xp, rtol=1e-12, atol=1e-12,
-                         what="weight gradient")
 
 
 # ---------------------------------------------------------------- kink policies at exact values

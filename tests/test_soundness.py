@@ -7,11 +7,11 @@ import numpy
 import pytest
 
 from lipref.backend import to_host
-from lipref.bounds.lipschitz import network_bounds
+from lipref.bounds import network_bounds
 from lipref.bounds.masks import activation_masks
 from lipref.certify import certify
 from lipref.errors import BoundsOverflowError, InputError
-from lipref.layers import ClampedMaxMin, ClippedReLU, Flatten, Linear, ReLU, Sequential
+from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential
 
 
 def _dense(xp, dtype, layers, values):

@@ -13,18 +13,18 @@ import json
 import math
 import sys
 
+import array_api_compat.numpy as host_xp  # noqa: E402
 import numpy
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from lipref import losses, primitives as P
-from lipref.bounds.lipschitz import network_bounds
-from lipref.models import ModelFileError, build_model, load_model, model_to_bytes, save_model
-from lipref.tape import Var, grad, value_of
 from support import assert_backend_close, to_numpy
 
-import array_api_compat.numpy as host_xp  # noqa: E402
+from lipref import losses
+from lipref import primitives as P
+from lipref.bounds import network_bounds
+from lipref.models import ModelFileError, build_model, load_model, model_to_bytes, save_model
+from lipref.tape import Var, grad, value_of
 
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -24,8 +24,7 @@ from lipref.bounds.margins import ball_box_support  # noqa: E402
 from lipref.layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential  # noqa: E402
 from lipref.models import ARCHITECTURES, build_model, load_model  # noqa: E402
 from lipref.reference import torch_reference as R  # noqa: E402
-from lipref.torch_import import (TORCH_MISSING, TorchImportError, TorchNotInstalled,  # noqa: E402
-                                 import_torch_checkpoint)
+from lipref.torch_import import TORCH_MISSING, TorchImportError, TorchNotInstalled, import_torch_checkpoint  # noqa: E402
 
 XP = get_backend("numpy")
 

@@ -66,10 +66,11 @@ def test_existing_run_is_not_overwritten_and_resume_checks_options(tmp_path):
 
 
 def test_training_lowers_the_robust_loss_and_keeps_thresholds_nonnegative(tmp_path):
+    import array_api_compat.numpy as xp
+
     from lipref.data import load_dataset
     from lipref.models import load_model
     from lipref.train import TrainConfig, train
-    import array_api_compat.numpy as xp
     data = load_dataset("embedded:train", limit=256)
     losses = []
     config = TrainConfig(arch="mlp-32", activation="clipped_relu", epochs=3, batch_size=32, eps_train=0.3,

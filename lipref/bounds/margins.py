@@ -9,8 +9,12 @@ last layer's margin (w_j - w_y)^T (h(x') - h(x)):
 Worst-case logits are z_y for y and z_j + V_j otherwise; a sample is certified when every
 worst-case logit of another class is strictly below z_y (a tie is never certified).
 """
+import threading
+
 from .. import primitives as P
 from ..backend import namespace
+from ..kernels import pick
+from ..primitives import primitive
 from ..tape import value_of
 
 
@@ -43,27 +47,26 @@ def gloro_bottom_logit(logits, last_weight, onehot, radius):
     return P.reshape(P.max(others, 1, False), (value_of(logits).shape[0], 1))
 
 
-def ball_box_support(c, lo, hi, radius):
-    """max c^T d over ||d|| <= R, lo <= d <= hi (lo <= 0 <= hi), per row: the exact solver.
+def ball_box_support(c, lo, hi, radius, multiplier=None):
+    """max c^T d over ||d|| <= R, lo <= d <= hi (lo <= 0 <= hi), per row.
 
     Arrays: c, lo, hi (M, D); radius (M,). The maximiser is d(lam) = clip(lam c, lo, hi)
     with the lam >= 0 where ||d(lam)|| = R, or the box corner when the whole box is in the
     ball (KKT conditions; Lee et al.'s BCP reaches the same point by clip-and-rescale).
-    Coordinate i sits at its corner b_i once lam >= t_i = b_i / c_i (never for c_i = 0).
-    With the t_i sorted, on piece k (t_(k-1) <= lam <= t_k) the first k coordinates are at
-    their corners and ||d||^2 = S_k + lam^2 C_k (S_k: their sum of b^2, a prefix sum; C_k:
-    the others' sum of c^2, a suffix sum, so no cancellation); the first piece whose end
-    reaches R^2 holds lam = sqrt((R^2 - S_k) / C_k), clamped into [t_(k-1), t_k] (rounding
-    may say "reached" one piece late, when the sphere is met at a breakpoint). Rows are
-    scaled first (c by its largest entry, the box by R and cut to [-1, 1]) so that no
-    square overflows. Returns (value, lam, inside): inside marks rows whose whole box lies
-    in the ball (lam then unused). `ball_box_support_bisection` is its plain reference;
-    certificates use `ball_box_upper_bound`, which is sound for any lam."""
+    Rows are scaled first (c by its largest entry, the box by R and cut to [-1, 1]) so that
+    no square overflows; the multiplier of the scaled problem comes from `multiplier(c, lo,
+    hi, corner)` -> (lam, inside): by default the kernel registered as
+    "ball_box_multiplier" (sorted breakpoints, kernels/ball_box.py), else the plain
+    definition, `bisected_multiplier`. Returns (value, lam, inside): inside marks rows whose
+    whole box lies in the ball (lam then unused). Certificates use `ball_box_upper_bound`,
+    which is sound for any lam."""
     xp = namespace(c)
     cs, los, his, scale, degenerate = _scaled_rows(c, lo, hi, radius)
     zero = xp.zeros_like(cs)
     corner = xp.where(cs > 0, his, xp.where(cs < 0, los, zero))
-    lam_s, inside = _unit_ball_box_multiplier(cs, corner)
+    if multiplier is None:
+        multiplier = pick("ball_box_multiplier", cs, los, his, corner) or bisected_multiplier
+    lam_s, inside = multiplier(cs, los, his, corner)
     inside = inside & ~degenerate
     d = xp.where(inside[:, None], corner, xp.clip(lam_s[:, None] * cs, los, his))
     value = xp.where(degenerate, xp.zeros_like(scale), xp.sum(cs * d, axis=1) * scale * radius)
@@ -84,56 +87,27 @@ def _scaled_rows(c, lo, hi, radius):
     return c / s, xp.clip(lo / r, -one, zero), xp.clip(hi / r, zero, one), scale, degenerate
 
 
-def _unit_ball_box_multiplier(c, corner):
-    """(lam, inside) of the scaled problem (max |c_i| = 1, box within [-1, 1], R = 1): the
-    multiplier where ||clip(lam c, box)|| = 1 by sorted breakpoints (ball_box_support)."""
+def bisected_multiplier(c, lo, hi, corner, n_steps=200):
+    """The plain definition of the scaled problem's multiplier (max |c_i| = 1, box within
+    [-1, 1], R = 1): ||clip(lam c, lo, hi)|| grows with lam, so bisect on lam over
+    [1 / ||c||, max finite t_i] (t_i = corner_i / c_i, where coordinate i reaches its
+    corner) for the lam where it reaches 1, and return the bracket's upper end (the
+    objective grows with lam too, so in exact arithmetic its value there is >= the
+    maximum). Returns (lam, inside): inside where the box corner lies in the ball."""
     xp = namespace(c)
-    moving = c != 0
-    t = xp.where(moving, corner / xp.where(moving, c, xp.ones_like(c)), xp.full_like(c, xp.inf))
-    order = xp.argsort(t, axis=1)
-    t_sorted = xp.take_along_axis(t, order, axis=1)
-    corner_sq = xp.take_along_axis(corner * corner, order, axis=1)
-    c_sq = xp.take_along_axis(c * c, order, axis=1)
-    clipped_sq = xp.cumulative_sum(corner_sq, axis=1, include_initial=True)[:, :-1]  # S_k
-    free_sq = xp.flip(xp.cumulative_sum(xp.flip(c_sq, axis=1), axis=1), axis=1)  # C_k
-    has_free = free_sq > 0  # where C_k == 0 the rest have c = 0: the piece is flat
-    grow = xp.where(has_free, t_sorted, xp.zeros_like(t_sorted)) * xp.sqrt(free_sq)
-    reached = clipped_sq + grow * grow >= 1
-    inside = ~xp.any(reached, axis=1)
-    k = xp.argmax(xp.astype(reached, xp.int8), axis=1)[:, None]  # the first piece that reaches 1
-    t_start = xp.take_along_axis(xp.concat([xp.zeros_like(t_sorted[:, :1]), t_sorted], axis=1), k, axis=1)[:, 0]
-    t_end = xp.take_along_axis(t_sorted, k, axis=1)[:, 0]
-    s_k = xp.take_along_axis(clipped_sq, k, axis=1)[:, 0]
-    c_k = xp.take_along_axis(free_sq, k, axis=1)[:, 0]
-    on_piece = xp.sqrt(xp.maximum(1 - s_k, xp.zeros_like(s_k)) / xp.where(c_k > 0, c_k, xp.ones_like(c_k)))
-    lam = xp.where(c_k > 0, xp.minimum(xp.maximum(on_piece, t_start), t_end), t_start)
-    return lam, inside
-
-
-def ball_box_support_bisection(c, lo, hi, radius, n_steps=200):
-    """The plain reference of `ball_box_support`: ||clip(lam c, lo, hi)|| grows with lam, so
-    bisect on lam over [R / ||c||, max finite t_i] for the lam where it reaches R, return the
-    objective at the bracket's upper end (the objective grows with lam too, so in exact
-    arithmetic that is >= the maximum); the box corner when the box lies in the ball. On
-    the scaled problem (`_scaled_rows`), like the solver. Returns (value, inside)."""
-    xp = namespace(c)
-    c, lo, hi, scale, degenerate = _scaled_rows(c, lo, hi, radius)
     zero = xp.zeros_like(c)
-    corner = xp.where(c > 0, hi, xp.where(c < 0, lo, zero))
-    inside = (xp.sum(corner * corner, axis=1) <= 1) & ~degenerate
+    inside = xp.sum(corner * corner, axis=1) < 1  # as the sorted breakpoints decide it
     moving = c != 0
     t = xp.where(moving, corner / xp.where(moving, c, xp.ones_like(c)), zero)
     norm = xp.sqrt(xp.sum(c * c, axis=1))
-    below = 1 / xp.where(degenerate, xp.ones_like(norm), norm)  # ||clip(lam c)|| <= lam ||c|| = 1 there
+    below = 1 / xp.where(norm > 0, norm, xp.ones_like(norm))  # ||clip(lam c)|| <= lam ||c|| = 1 there
     above = xp.maximum(xp.max(xp.where(xp.isfinite(t), t, zero), axis=1), below)
     for _ in range(n_steps):  # geometric: the bracket may span hundreds of binades
         mid = xp.sqrt(below) * xp.sqrt(above)
         d = xp.clip(mid[:, None] * c, lo, hi)
         short = xp.sum(d * d, axis=1) <= 1
         below, above = xp.where(short, mid, below), xp.where(short, above, mid)
-    d = xp.where(inside[:, None], corner, xp.clip(above[:, None] * c, lo, hi))
-    value = xp.where(degenerate, xp.zeros_like(scale), xp.sum(c * d, axis=1) * scale * radius)
-    return value, inside
+    return above, inside
 
 
 def ball_box_upper_bound(c, lo, hi, radius, lam):
@@ -176,13 +150,12 @@ def bcp_worst_logits(logits, last_weight, onehot, radius, penultimate, lower, up
     zeros = xp.zeros_like(value_of(gap_lo))
     lo = P.minimum(gap_lo, zeros)  # h lies in its box; guard against rounding
     hi = P.maximum(gap_hi, zeros)
-    lo_k = P.reshape(P.multiply(P.reshape(lo, (n, 1, dim)), xp.ones((1, k, 1), dtype=value_of(lo).dtype)), (n * k, dim))
-    hi_k = P.reshape(P.multiply(P.reshape(hi, (n, 1, dim)), xp.ones((1, k, 1), dtype=value_of(hi).dtype)), (n * k, dim))
+    # one row per (sample, class): the sample's box and radius repeated over the classes
+    lo_k = P.reshape(P.broadcast_to(P.reshape(lo, (n, 1, dim)), (n, k, dim)), (n * k, dim))
+    hi_k = P.reshape(P.broadcast_to(P.reshape(hi, (n, 1, dim)), (n, k, dim)), (n * k, dim))
     c = P.reshape(diff, (n * k, dim))
-    r = P.reshape(P.multiply(P.reshape(radius, (n, 1)), xp.ones((1, k), dtype=value_of(radius).dtype)), (n * k,))
-    cv, lov, hiv, rv = value_of(c), value_of(lo_k), value_of(hi_k), value_of(r)
-    value, lam, inside = ball_box_support(cv, lov, hiv, rv)
-    support = _support_with_gradient(c, lo_k, hi_k, r, cv, lov, hiv, rv, value, lam, inside)
+    r = P.reshape(P.broadcast_to(P.reshape(radius, (n, 1)), (n, k)), (n * k,))
+    support = ball_box_maximum(c, lo_k, hi_k, r)
     # the ball alone gives R ||c|| (GloRo); the support is never above it but for rounding,
     # and the minimum makes BCP never looser than GloRo exactly
     ball_only = P.multiply(P.l2_norm(c, 1, False), r)
@@ -213,20 +186,41 @@ def _box_rows(gap_lo, gap_hi, k):
             xp.reshape(xp.broadcast_to(hi[:, None, :], (n, k, dim)), (n * k, dim)))
 
 
-def _support_with_gradient(c, lo, hi, r, cv, lov, hiv, rv, value, lam, inside):
-    """A tape expression equal to `value` whose gradient is the maximum's (envelope theorem):
-    d/dc = d*, d/dR = R/lam (ball active), d/d(bound_i) = c_i - bound_i/lam on active bounds,
-    and for rows whose box lies inside the ball, the box corner's gradient."""
+# ---------------------------------------------------------------- the support as a primitive
+
+_LAST_SOLUTION = threading.local()  # per thread: the forward's multiplier, for its gradients
+
+
+def _ball_box_maximum(c, lo, hi, radius):
+    """max c^T d over ||d|| <= R, lo <= d <= hi per row: `ball_box_support`'s value."""
+    value, lam, inside = ball_box_support(c, lo, hi, radius)
+    _LAST_SOLUTION.entry = [value, lam, inside, None]
+    return value
+
+
+def _envelope(ans, c, lo, hi, radius):
+    """The maximum's partial derivatives (envelope theorem): (d* (M, D), d/d hi, d/d lo,
+    d/dR), with d/dc = d*, d/dR = R/lam (ball active), d/d(bound_i) = c_i - bound_i/lam on
+    active bounds, and for rows whose box lies inside the ball, the box corner's. The
+    forward's multiplier is reused when `ans` is its result (else solved again)."""
+    entry = getattr(_LAST_SOLUTION, "entry", None)
+    if entry is None or entry[0] is not ans:
+        entry = [ans, *ball_box_support(c, lo, hi, radius)[1:], None]
+    if entry[3] is None:
+        entry[3] = _envelope_terms(c, lo, hi, radius, entry[1], entry[2])
+    return entry[3]
+
+
+def _envelope_terms(cv, lov, hiv, rv, lam, inside):
     xp = namespace(cv)
     zero = xp.zeros_like(cv)
     finite = ~inside & (lam > 0)  # lam == 0 (R == 0): d* = 0, see k_r below
     lam_safe = xp.where(finite, lam, xp.ones_like(lam))[:, None]
-    d = xp.clip(lam_safe * cv, lov, hiv)
     at_hi = (lam_safe * cv >= hiv) & finite[:, None]
     at_lo = (lam_safe * cv <= lov) & finite[:, None]
     corner_hi = (cv > 0) & inside[:, None]
     corner_lo = (cv <= 0) & inside[:, None]
-    d_used = xp.where(inside[:, None], xp.where(cv > 0, hiv, lov), d)
+    d_used = xp.where(inside[:, None], xp.where(cv > 0, hiv, lov), xp.clip(lam_safe * cv, lov, hiv))
     k_hi = xp.where(at_hi, cv - hiv / lam_safe, zero) + xp.where(corner_hi, cv, zero)
     k_lo = xp.where(at_lo, cv - lov / lam_safe, zero) + xp.where(corner_lo, cv, zero)
     # d value / dR = R / lam on the sphere; at R == 0 (lam == 0) it is the limit, the norm
@@ -234,11 +228,18 @@ def _support_with_gradient(c, lo, hi, r, cv, lov, hiv, rv, value, lam, inside):
     free_at_zero = ((cv > 0) & (hiv > 0)) | ((cv < 0) & (lov < 0))
     rate_at_zero = xp.sqrt(xp.sum(xp.where(free_at_zero, cv * cv, zero), axis=1))
     k_r = xp.where(finite, rv / lam_safe[:, 0], xp.where(inside, xp.zeros_like(rv), rate_at_zero))
-    grad_terms = P.add(P.add(P.sum(P.multiply(P.subtract(c, cv), d_used), 1, False),
-                             P.sum(P.multiply(P.subtract(hi, hiv), k_hi), 1, False)),
-                       P.add(P.sum(P.multiply(P.subtract(lo, lov), k_lo), 1, False),
-                             P.multiply(P.subtract(r, rv), k_r)))
-    return P.add(grad_terms, value)
+    return d_used, k_hi, k_lo, k_r
+
+
+def _ball_box_vjp(which):
+    def vjp(g, ans, c, lo, hi, radius):
+        term = _envelope(ans, c, lo, hi, radius)[which]
+        return g * term if which == 3 else g[:, None] * term
+    return vjp
+
+
+ball_box_maximum = primitive(_ball_box_maximum, _ball_box_vjp(0), _ball_box_vjp(2), _ball_box_vjp(1),
+                             _ball_box_vjp(3))
 
 
 def certified(worst_logits, logits, onehot, slack=0.0):

@@ -1,15 +1,19 @@
-"""A conv layer as a linear operator on its padded space-to-depth grid, for power iteration.
+"""Kernel: a masked conv layer as a linear operator on its padded space-to-depth grid.
+
+Registered for "masked_conv_operator": it replaces the plain masked conv operator of
+lipref/bounds/operators.py (conv2d and conv2d_transpose with the masks) in the fast
+mode's power iteration. tests/test_kernels_conv_grid.py checks it against the plain one.
 
 Power iteration applies a masked conv layer and its adjoint dozens of times per call. On the
 layer's own layout (N, C, H, W) every application pads its operand, regroups it and crops
 the result: copies as large as the products' inputs, paid again at each step. Here the
 iterate lives on the grid instead, for the whole iteration:
 
-- The grid of an input is `primitives.space_to_depth_rows`: zero-padded by p and up to a
+- The grid of an input is `kernels.conv.space_to_depth_rows`: zero-padded by p and up to a
   multiple of the stride s, each s x s cell one pixel of K = s*s*C channels, (n, gh*gw, K).
   The products treat all samples' pixels as the rows of one (n*gh*gw, K) matrix.
 - The kernel, padded with zeros to th x tw cells of s x s (th = ceil(kh/s)), is a set of
-  taps (u, v) with weights W_t (K, O) (`primitives.tap_weights`). Output (a, b), a < OH and
+  taps (u, v) with weights W_t (K, O) (`kernels.conv.tap_weights`). Output (a, b), a < OH and
   b < OW, is sum_t x[a + u, b + v] @ W_t: on the grid's flattened rows, row r = a*gw + b
   reads row r + shift_t, shift_t = u*gw + v, every tap a row shift of the same grid, and
   a + u < gh, b + v < gw always (the grid is padded far enough). The adjoint is
@@ -37,16 +41,22 @@ Two forms, both exact (only the order of the sums' rounding differs from conv2d'
   (T*O columns) and makes one product with the taps' weights stacked.
 
 Each form copies the narrower side (T*K or T*O numbers per row) and computes no output row
-that is not one (gather) or few (scatter: the grid's rows). Against the layer-layout
-masked Gram step (pad, im2col or taps, crop, sub-pixel gather, interleave), one step on
-4c3f's conv layers at 32 samples and one thread took 0.64-0.77x the time on the stride-2
-layers, and the grid's gather form 0.86-0.91x a row-shift gather on the stride-1 layers
-(BENCHMARKS.md).
+that is not one (gather) or few (scatter: the grid's rows); for what that saves against
+the layer-layout masked Gram step, see BENCHMARKS.md.
 """
-from .. import primitives as P
 from ..backend import namespace
+from ..shapes import conv_output_hw, nchw, nhwc
+from .conv import shifted_columns, shifted_sum, space_to_depth_rows, tap_weights
+from .registry import register
 
 GRID_FORMS = ("gather", "scatter")
+
+
+@register("masked_conv_operator")
+def conv_grid(weight, stride, padding, in_hw):
+    """The masked conv operator's kernel for conv2d(., weight, stride, padding) on inputs of
+    spatial size in_hw: its ConvGrid (masks, layouts, the map and its adjoint)."""
+    return ConvGrid(weight, stride, padding, in_hw)
 
 
 def grid_form(in_channels, out_channels, stride):
@@ -64,7 +74,7 @@ class ConvGrid:
         o, c, kh, kw = weight.shape
         s = stride
         self.stride, self.padding, self.in_hw, self.channels = s, padding, tuple(in_hw), (c, o)
-        self.out_hw = P.conv_output_hw(in_hw[0], in_hw[1], kh, kw, s, padding)
+        self.out_hw = conv_output_hw(in_hw[0], in_hw[1], kh, kw, s, padding)
         th, tw = -(-kh // s), -(-kw // s)
         if (th * s, tw * s) != (kh, kw):  # zero taps past the kernel make it a multiple of s
             padded = xp.zeros((o, c, th * s, tw * s), dtype=weight.dtype)
@@ -76,7 +86,7 @@ class ConvGrid:
         self.form = grid_form(c, o, s) if form is None else form
         if self.form not in GRID_FORMS:
             raise ValueError(f"grid form must be one of {GRID_FORMS}, got {self.form!r}")
-        tap_w = P.tap_weights(weight, s)  # (th, tw, K, O)
+        tap_w = tap_weights(weight, s)  # (th, tw, K, O)
         per_tap = [tap_w[u, v, ...] for u, v in self.taps]
         transposed = [w.T for w in per_tap]
         # a gathering direction stacks its taps' weights (T*in, out), a scattering one puts
@@ -95,7 +105,7 @@ class ConvGrid:
     def to_grid(self, x):
         """(n, C, H, W) -> the input grid (n, gh*gw, s*s*C), zeros on the padding."""
         xp = namespace(x)
-        flat = P.space_to_depth_rows(P._nhwc(x), self.stride, self.padding)[0]
+        flat = space_to_depth_rows(nhwc(x), self.stride, self.padding)[0]
         return xp.reshape(flat, (x.shape[0], self.gh * self.gw, self.width))
 
     def from_grid(self, g):
@@ -105,7 +115,7 @@ class ConvGrid:
         s, p, (c, _), (h, w) = self.stride, self.padding, self.channels, self.in_hw
         cells = xp.permute_dims(xp.reshape(g, (n, self.gh, self.gw, s, s, c)), (0, 1, 3, 2, 4, 5))
         image = xp.reshape(cells, (n, self.gh * s, self.gw * s, c))[:, p:p + h, p:p + w, :]
-        return P._nchw(image)
+        return nchw(image)
 
     def to_outputs(self, y):
         """(n, O, OH, OW) -> the output layout (n, output_pixels(), O); in the scatter form
@@ -114,9 +124,9 @@ class ConvGrid:
         n, o = y.shape[0], y.shape[1]
         oh, ow = self.out_hw
         if self.form == "gather":
-            return xp.reshape(P._nhwc(y), (n, oh * ow, o))
+            return xp.reshape(nhwc(y), (n, oh * ow, o))
         grid = xp.zeros((n, self.gh, self.gw, o), dtype=y.dtype)
-        grid[:, :oh, :ow, :] = P._nhwc(y)
+        grid[:, :oh, :ow, :] = nhwc(y)
         return xp.reshape(grid, (n, self.gh * self.gw, o))
 
     def masks(self, row_mask, col_mask, n, dtype, xp):
@@ -156,6 +166,27 @@ class ConvGrid:
             grid[:, u:u + oh, v:v + ow, :] += products[..., t * k:(t + 1) * k]
         return xp.reshape(grid, (n, self.gh * self.gw, k))
 
+    def operator(self, rows, cols):
+        """apply / apply_adjoint / gram of the masked operator on the grid: rows and cols are
+        `masks`, which also zero the entries that are not the layer's."""
+        def apply(v):
+            out = self.forward(v * cols)
+            out *= rows  # in place: forward returns a new array
+            return out
+
+        def apply_adjoint(u):
+            out = self.adjoint(u * rows)
+            out *= cols
+            return out
+
+        def gram(v):
+            out = self.forward(v)
+            out *= rows
+            out = self.adjoint(out)
+            out *= cols
+            return out
+        return apply, apply_adjoint, gram
+
     def _shifts(self):
         return [u * self.gw + v for u, v in self.taps]
 
@@ -169,18 +200,18 @@ def _rows_times(x, weights):
 
 
 def _shifted_columns(x, shifts, direction):
-    """primitives.shifted_columns over the samples' rows taken together: (n, pixels, w) ->
+    """kernels.conv.shifted_columns over the samples' rows taken together: (n, pixels, w) ->
     (n, pixels, T*w)."""
     xp = namespace(x)
     n, pixels, width = x.shape
-    wide = P.shifted_columns(xp.reshape(x, (n * pixels, width)), shifts, direction)
+    wide = shifted_columns(xp.reshape(x, (n * pixels, width)), shifts, direction)
     return xp.reshape(wide, (n, pixels, len(shifts) * width))
 
 
 def _shifted_sum(products, shifts, direction):
-    """primitives.shifted_sum over the samples' rows taken together: (n, pixels, T*w) ->
+    """kernels.conv.shifted_sum over the samples' rows taken together: (n, pixels, T*w) ->
     (n, pixels, w)."""
     xp = namespace(products)
     n, pixels, total = products.shape
-    acc = P.shifted_sum(xp.reshape(products, (n * pixels, total)), shifts, direction)
+    acc = shifted_sum(xp.reshape(products, (n * pixels, total)), shifts, direction)
     return xp.reshape(acc, (n, pixels, total // len(shifts)))

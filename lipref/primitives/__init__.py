@@ -1,0 +1,48 @@
+"""Primitives: the plain definitions. Each is a forward function on arrays and, right beside
+it, the vector-Jacobian product (backward) for every differentiable argument (see core.py
+for `primitive`, which lifts them onto the tape, and PRIMITIVES, where each is listed).
+
+- elementwise.py: arithmetic with broadcasting and the activations (kinks as written policy);
+- arrays.py: slices, concat, broadcast_to, reshape, and the reductions;
+- linear.py: matmul, linear, conv2d and conv2d_transpose.
+
+A primitive with a faster form asks the kernel dispatcher (lipref/kernels/) at its top and
+runs the kernel it returns; inside `lipref.kernels.reference_only()` (or with
+LIPREF_REFERENCE=1) it runs the code written here. A user adding a primitive checks it with
+lipref.testing.check_grads, the way tests/test_primitives.py checks these.
+"""
+from ..shapes import conv_output_hw  # noqa: F401 (layers and bounds use P.conv_output_hw)
+from ..tape import Var
+from .arrays import broadcast_to, channel_slice, concat, l2_norm, logsumexp, max, reshape, softmax_cross_entropy, sum  # noqa: F401
+from .core import PRIMITIVES, primitive, unbroadcast  # noqa: F401
+from .elementwise import (  # noqa: F401
+                     abs,
+                     add,
+                     clamped_maxmin,
+                     clipped_relu,
+                     divide,
+                     exp,
+                     log,
+                     maximum,
+                     minimum,
+                     multiply,
+                     negative,
+                     relu,
+                     sqrt,
+                     square,
+                     subtract,
+                     where,
+)
+from .linear import conv2d, conv2d_transpose, linear, matmul  # noqa: F401
+
+# Var's operators, installed once the primitives exist, so that `a * b + c` on Vars records
+# on the tape and lipref.tape imports nothing from the primitives.
+Var.__add__ = lambda self, other: add(self, other)
+Var.__radd__ = lambda self, other: add(other, self)
+Var.__sub__ = lambda self, other: subtract(self, other)
+Var.__rsub__ = lambda self, other: subtract(other, self)
+Var.__mul__ = lambda self, other: multiply(self, other)
+Var.__rmul__ = lambda self, other: multiply(other, self)
+Var.__truediv__ = lambda self, other: divide(self, other)
+Var.__rtruediv__ = lambda self, other: divide(other, self)
+Var.__neg__ = lambda self: negative(self)

@@ -1,0 +1,52 @@
+"""Options as data: each config field carries its help, choices and range, and the library's
+functions and the CLI take their defaults from those fields."""
+import inspect
+from dataclasses import fields
+
+import pytest
+
+from lipref.attack import AttackConfig, pgd_l2
+from lipref.bounds import BOUNDS, MODES
+from lipref.certify import CertifyConfig, bounds_per_sample, certify
+from lipref.check import CheckConfig
+from lipref.config import setting, setting_of
+from lipref.layers import ACTIVATIONS
+from lipref.losses import ROBUST_LOSSES
+from lipref.train import TrainConfig
+
+
+@pytest.mark.parametrize("cls", [TrainConfig, CertifyConfig, AttackConfig, CheckConfig])
+def test_every_setting_has_help_and_a_default_inside_its_choices_and_range(cls):
+    for f in fields(cls):
+        if "help" not in f.metadata:
+            continue  # a plain field, not a command-line option (e.g. TrainConfig.seed)
+        meta = f.metadata
+        assert meta["help"] and meta["help"].endswith((".", ")")), f.name
+        if meta["choices"]:
+            assert f.default in meta["choices"], f.name
+        if f.default is not None and meta["min"] is not None:
+            assert f.default >= meta["min"], f.name
+        if f.default is not None and meta["max"] is not None:
+            assert f.default <= meta["max"], f.name
+
+
+def test_choices_are_the_library_constants():
+    assert setting_of(TrainConfig, "bound").metadata["choices"] == BOUNDS
+    assert setting_of(TrainConfig, "loss").metadata["choices"] == ROBUST_LOSSES
+    assert setting_of(TrainConfig, "activation").metadata["choices"] == ACTIVATIONS
+    assert setting_of(CertifyConfig, "mode").metadata["choices"] == MODES
+
+
+def test_library_defaults_are_the_config_defaults():
+    for fn in (certify, bounds_per_sample):
+        params = inspect.signature(fn).parameters
+        assert params["mode"].default == CertifyConfig.mode and params["n_iters"].default == CertifyConfig.n_iters
+        assert params["batch_size"].default == CertifyConfig.batch_size
+    params = inspect.signature(pgd_l2).parameters
+    assert params["n_steps"].default == AttackConfig.steps and params["restarts"].default == AttackConfig.restarts
+
+
+def test_setting_of_names_a_missing_field():
+    assert setting(3, "Three.").default == 3
+    with pytest.raises(KeyError, match="CertifyConfig has no setting 'nothing'"):
+        setting_of(CertifyConfig, "nothing")
