@@ -124,9 +124,10 @@ class _Null:
 
 
 def _load_model(path, backend, dtype):
-    from lipref.models import load_model
+    """A lipref .npz, or a torch .pth / .pt or .onnx model imported in memory (lipref.importing)."""
+    from lipref.importing import load_any_model
     xp = get_backend(backend)
-    return load_model(path, xp, float_dtype(xp, dtype))
+    return load_any_model(path, xp, float_dtype(xp, dtype))
 
 
 def _load_data(spec, data_dir, limit, mode, dtype):
@@ -364,16 +365,25 @@ def _sound_norms(model, rng, verbose, gram_limit):
               help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Draw certified accuracy against radius into this PNG file.")
+@click.option("--audit", is_flag=True,
+              help="Fast mode only: certify the same samples in sound mode too and report how many of the "
+                   "estimates' certificates (the paper's evaluation) hold there, and the median ratio of the "
+                   "estimated to the sound local bound (docs/auditing.md). The sound run's seed comes from OS "
+                   "entropy and is recorded as audit.seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
-            domain, dtype, gram_limit, threads, backend, seed, reference, as_json, samples_path, plot_path, quiet):
+            domain, dtype, gram_limit, threads, backend, seed, reference, audit, as_json, samples_path, plot_path,
+            quiet):
     """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
 
     What is certified: the model's parameters as stored (float32 weights computed in float64
     in sound mode) at the data as read (float64 data stay float64)."""
     from lipref.certify import certify as run_certify
     from lipref.models import atomic_write_bytes
+    if audit and mode != "fast":
+        raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
     model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
     seed = _seed(mode, seed)
@@ -388,6 +398,10 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     summary = result.summary()
     summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
                     "domain": None if pgd_domain is None else list(pgd_domain)})
+    if audit:
+        with _kernels(reference):
+            summary["audit"] = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size,
+                                      gram_limit, threads, backend, quiet)
     if samples_path:
         atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
     if plot_path:
@@ -403,7 +417,8 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
                            {"what": f"PGD accuracy ({pgd_steps} steps)", "value": summary["pgd_accuracy"]},
                            {"what": "certified accuracy, global bound", "value": rows[0]["acc"]},
                            {"what": "certified accuracy, local bound", "value": rows[1]["acc"]},
-                           {"what": "median local/global bound", "value": summary["median_local_over_global"]}],
+                           {"what": "median local/global bound", "value": summary["median_local_over_global"]}]
+                          + _audit_rows(summary.get("audit")),
                           [("what", "quantity", "{}"), ("value", "value", "{:.4f}")]))
         click.echo(f"{summary['seconds']:.1f} s")
     if summary["soundness_violations"]:
@@ -411,6 +426,32 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
                     f"{summary['soundness_violations']} inside the eps-ball. The certificate is wrong; "
                     "please report this with the model and data.", err=True, fg="red", bold=True)
         sys.exit(EXIT_UNSOUND)
+
+
+def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size, gram_limit, threads, backend,
+           quiet):
+    """Sound-mode certification of the samples `estimate` (a fast run) certified, compared with it."""
+    from lipref.audit import audit_summary
+    from lipref.certify import certify as run_certify
+    model, dataset, _ = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
+    seed = _seed("sound", None)
+    rng = host.random.default_rng(seed)
+    norms = _sound_norms(model, rng, not quiet, gram_limit)
+    with _progress(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
+        sound = run_certify(model, dataset.images, dataset.labels, eps, "sound", n_iters, rng, batch_size, 0,
+                            progress=bar.update, sound_norms=norms, threads=threads)
+    return {**audit_summary(estimate, sound), "seed": seed,
+            "sound_certified_accuracy_local": float(sound.certified_local.mean())}
+
+
+def _audit_rows(audit):
+    if audit is None:
+        return []
+    return [{"what": f"audit: of the estimates' {audit['estimate_certified']} certificates, the fraction sound",
+             "value": audit["fraction_confirmed"]},
+            {"what": "audit: certified accuracy in sound mode", "value": audit["sound_certified_accuracy_local"]},
+            {"what": "audit: median estimate / sound local bound",
+             "value": audit["median_estimate_over_sound"]}]
 
 
 # ------------------------------------------------------------------------------------- bound
@@ -434,7 +475,8 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
 @user_errors
 def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
           seed, reference, as_json):
-    """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons."""
+    """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory)."""
     from lipref.certify import bounds_per_sample
     model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
@@ -555,13 +597,25 @@ def data_download(name, data_dir, base_url):
 
 # ------------------------------------------------------------------------- torch interop
 
+def _input_shape(text):
+    """None for "auto", else the integers of "C,H,W" or "D"."""
+    if text == "auto":
+        return None
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape must be auto or integers separated by commas, got {text!r}") from None
+
+
 @main.command("import-torch")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--arch", default="auto", show_default=True,
               help="4c3f, 6c2f, 8c2f, 2c2f, mlp-W..., 'auto' (match the checkpoint's names and shapes), or a "
                    "generic stack 'conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...'.")
-@click.option("--input-shape", default="1,28,28", show_default=True,
-              help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64).")
+@click.option("--input-shape", default="auto", show_default=True,
+              help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64), or auto: the "
+                   "one on which the architecture fits the checkpoint (the datasets' sizes and the first "
+                   "activation's shape are tried).")
 @click.option("--classes", "n_classes", type=int, default=None,
               help="Number of classes (default: read from the last linear layer).")
 @click.option("--activation", type=click.Choice(["auto", *ACTIVATIONS]), default="auto",
@@ -571,13 +625,25 @@ def data_download(name, data_dir, base_url):
 def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
     """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
     from lipref.torch_import import import_torch_checkpoint
-    try:
-        shape = tuple(int(d) for d in input_shape.split(","))
-    except ValueError:
-        raise InputError(f"--input-shape must be integers separated by commas, got {input_shape!r}") from None
+    shape = _input_shape(input_shape)
     model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
+               f"{len(model.layers)} layers, {n_params} parameters")
+
+
+@main.command("import-onnx")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@user_errors
+def import_onnx(onnx_path, out_path):
+    """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
+    framework's export) as a lipref model; anything else is an error naming the node and its op type.
+    Needs the onnx package: pip install 'lipref[onnx]'."""
+    from lipref.onnx_import import import_onnx_model
+    model = import_onnx_model(onnx_path, out_path)
+    n_params = sum(int(v.value.size) for v in model.parameters().values())
+    click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
                f"{len(model.layers)} layers, {n_params} parameters")
 
 

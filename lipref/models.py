@@ -21,8 +21,9 @@ FORMAT = "lipref-model/1"
 ARCHITECTURES = {
     "4c3f": ([(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512]),
     "6c2f": ([(32, 3, 1, 1), (32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512]),
-    "8c2f": ([(64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1), (128, 3, 1, 1), (128, 3, 1, 1), (128, 4, 2, 1),
-              (256, 3, 1, 1), (256, 4, 2, 1)], [256]),
+    # the paper's TinyImageNet model: its strided layers have no padding (64 -> 31 -> 14 -> 6)
+    "8c2f": ([(64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 0), (128, 3, 1, 1), (128, 3, 1, 1), (128, 4, 2, 0),
+              (256, 3, 1, 1), (256, 4, 2, 0)], [256]),
     "2c2f": ([(16, 4, 2, 1), (32, 4, 2, 1)], [100]),  # small, for CPU runs and tests
 }
 
@@ -152,7 +153,7 @@ def model_from_document(path, doc):
         raise ModelFileError(f"{path}: invalid architecture description ({exc})") from None
 
 
-def _checked_value(path, name, a, xp, dtype):
+def checked_value(path, name, a, xp, dtype):
     """Parameter `name` as a backend array of `dtype`: real numbers, finite before and after the cast."""
     if a.dtype.kind not in "fiu":
         raise ModelFileError(f"{path}: parameter {name} has dtype {a.dtype}; parameters must be real numbers")
@@ -182,7 +183,7 @@ def load_model(path, xp, dtype):
         if tuple(arrays[name].shape) != shape:
             raise ModelFileError(f"{path}: parameter {name} has shape {tuple(arrays[name].shape)}, "
                                  f"the architecture needs {shape}")
-    values = {name: _checked_value(path, name, arrays[name], xp, dtype) for name in expected}
+    values = {name: checked_value(path, name, arrays[name], xp, dtype) for name in expected}
     model.load_parameters(values)
     model.metadata = doc.get("metadata", {})
     model.extra_arrays = {k: v for k, v in arrays.items() if k not in expected}

@@ -5,10 +5,15 @@ The paper's code saves `nn.Sequential` models, so parameters are named by module
 "1.max" / "1.min" (clamped MaxMin, half the feature shape). lipref's models use the same
 names and layouts (conv weights (O, C, k, k), linear weights (out, in), Flatten in C order),
 so importing is: find the state dict, build the lipref architecture, check that the names
-and shapes agree exactly, copy the values.
+and shapes agree exactly, copy the values. The official code (yjhuangcd/local-lipschitz)
+stores thresholds and clamps with a leading axis of 1 ([1, C, H, W] or [1, F]); that axis is
+dropped where the rest is the architecture's shape. Its clipped ReLU is max(min(x, t), 0),
+lipref's min(max(x, 0), t): equal for t >= 0, and for t < 0 both are 0 once t is clamped to
+0 at import (`official_layout`), so the imported model computes the checkpoint's function.
 
 `arch` is a named architecture (4c3f, 6c2f, 8c2f, 2c2f, mlp-W1-W2...), "auto" (the named
-architecture, or a dense stack, whose parameter names and shapes fit the checkpoint), or a
+architecture, or a dense stack, whose parameter names and shapes fit the checkpoint; the
+input shape is found the same way when not given), or a
 generic conv/linear stack "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,..." (strides and paddings are
 not in a state dict, so a generic conv stack must be spelled out). torch is optional: it is
 imported inside the functions that need it.
@@ -175,8 +180,28 @@ def expected_shapes(model):
     return model.parameter_shapes()
 
 
+def official_layout(model, arrays):
+    """The checkpoint's arrays in lipref's layout for `model`: a leading axis of 1 dropped
+    from an activation parameter (threshold, max, min) where that leaves the architecture's
+    shape (the official code's [1, C, H, W] and [1, F]), and negative thresholds raised to 0
+    (see the module docstring: the same function)."""
+    expected = expected_shapes(model)
+    out = dict(arrays)
+    for name, a in arrays.items():
+        want = expected.get(name)
+        if want is None or name.rsplit(".", 1)[-1] not in ("threshold", "max", "min"):
+            continue
+        if a.ndim == len(want) + 1 and a.shape[0] == 1 and tuple(a.shape[1:]) == want:
+            out[name] = a[0]
+        if name.endswith(".threshold"):
+            out[name] = host.maximum(out[name], 0.0)
+    return out
+
+
 def mismatches(model, arrays):
-    """Sorted problem lines: missing, unexpected and wrong-shape parameter names."""
+    """Sorted problem lines: missing, unexpected and wrong-shape parameter names (after
+    `official_layout`)."""
+    arrays = official_layout(model, arrays)
     expected = expected_shapes(model)
     problems = [f"missing {name} {shape}" for name, shape in sorted(expected.items()) if name not in arrays]
     problems += [f"unexpected {name} {tuple(arrays[name].shape)}" for name in sorted(set(arrays) - set(expected))]
@@ -186,8 +211,30 @@ def mismatches(model, arrays):
     return problems
 
 
+OFFICIAL_INPUT_SIDES = (28, 32, 64)  # MNIST, CIFAR-10, TinyImageNet
+
+
+def input_shapes_to_try(arrays):
+    """Input shapes a checkpoint may take when none is given: (C, S, S) for the datasets'
+    sides S and the first activation's spatial shape (the paper's first convs keep it), C
+    from the first conv weight; (D,) for a dense first layer."""
+    first = arrays.get("0.weight")
+    if first is None or first.ndim not in (2, 4):
+        raise TorchImportError("cannot infer the input shape: no conv or linear weight 0.weight; give --input-shape")
+    if first.ndim == 2:
+        return [(int(first.shape[1]),)]
+    channels, shapes = int(first.shape[1]), []
+    for key in ("1.threshold", "1.max"):
+        a = arrays.get(key)
+        if a is not None and a.ndim >= 3:
+            shapes.append((channels,) + tuple(int(d) for d in a.shape[-2:]))
+    return shapes + [(channels, side, side) for side in OFFICIAL_INPUT_SIDES if (channels, side, side) not in shapes]
+
+
 def _candidates(arrays, input_shape, n_classes, activation):
-    """[(name, Sequential)] to try for arch="auto"."""
+    """[(name, Sequential)] to try for arch="auto" (input_shape None: every shape to try)."""
+    if input_shape is None:
+        return [c for shape in input_shapes_to_try(arrays) for c in _candidates(arrays, shape, n_classes, activation)]
     out = []
     if len(input_shape) == 3:
         for name in sorted(ARCHITECTURES):
@@ -208,6 +255,8 @@ def _candidates(arrays, input_shape, n_classes, activation):
 def _select(arch, arrays, input_shape, n_classes, activation, path):
     """(arch name, Sequential) whose parameters fit `arrays` exactly, or TorchImportError."""
     if arch != "auto":
+        if input_shape is None:
+            input_shape = _fitting_shape(arch, arrays, n_classes, activation)
         model = build_named_or_generic(arch, input_shape, n_classes, activation)
         problems = mismatches(model, arrays)
         if problems:
@@ -222,11 +271,28 @@ def _select(arch, arrays, input_shape, n_classes, activation, path):
             return name, model
         tried.append((len(problems), name, problems))
     if not tried:
-        raise TorchImportError(f"{path}: no architecture to try for input {tuple(input_shape)}")
+        raise TorchImportError(f"{path}: no architecture to try for input "
+                               f"{'(inferred)' if input_shape is None else tuple(input_shape)}")
     _, name, problems = min(tried)
     raise TorchImportError(f"{path}: no named architecture fits the checkpoint (a conv stack needs "
                            f"--arch conv:OUT:K:STRIDE:PAD,...,fc:WIDTH); closest is {name}: "
                            + "; ".join(problems))
+
+
+def _fitting_shape(arch, arrays, n_classes, activation):
+    """The input shape to try on which `arch` fits the checkpoint with the fewest mismatches
+    (none, where it fits; the caller reports those of the closest)."""
+    scored = []
+    for order, shape in enumerate(input_shapes_to_try(arrays)):
+        try:
+            scored.append((len(mismatches(build_named_or_generic(arch, shape, n_classes, activation), arrays)),
+                           order, shape))
+        except TorchImportError:
+            continue  # the input is too small for this architecture
+    if not scored:
+        raise TorchImportError(f"architecture {arch} fits none of the input shapes tried "
+                               f"({', '.join(map(str, input_shapes_to_try(arrays)))}); give --input-shape")
+    return min(scored)[2]
 
 
 # ---------------------------------------------------------------- the import
@@ -235,14 +301,15 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     """A float32 lipref model (NumPy backend) with the checkpoint's parameters.
 
     path: a torch checkpoint (see `read_state_dict`). arch: a named architecture, "auto", or
-    "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...". input_shape: (C, H, W) or (D,). n_classes: an
+    "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...". input_shape: (C, H, W) or (D,), or None to find
+    the one on which the architecture fits (`input_shapes_to_try`). n_classes: an
     int, or None to read it from the last linear weight. activation: relu, clipped_relu,
     maxmin, or "auto"/None to read it from the parameter names. Missing, unexpected or
     wrong-shape parameters raise TorchImportError listing every one. out_path: when given,
     the model is also saved there (models.save_model, atomic)."""
     arrays = read_state_dict(path)
     try:
-        input_shape = check_shape("input shape", tuple(input_shape))
+        input_shape = None if input_shape is None else check_shape("input shape", tuple(input_shape))
         n_classes = check_int("the number of classes", infer_n_classes(arrays) if n_classes is None else n_classes, 1)
     except InputError as exc:
         raise TorchImportError(f"{path}: {exc}") from None
@@ -251,6 +318,8 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     if activation not in ACTIVATIONS:
         raise TorchImportError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     name, model = _select(arch, arrays, input_shape, int(n_classes), activation, os.fspath(path))
+    arrays = official_layout(model, arrays)
+    input_shape = model.input_shape
     bad = sorted(k for k, a in arrays.items() if not host.all(host.isfinite(a)))
     if bad:
         raise TorchImportError(f"{path}: parameters with NaN or inf: {', '.join(bad)}")

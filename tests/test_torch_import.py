@@ -1,0 +1,97 @@
+"""`import-torch` on checkpoints shaped exactly as the paper's official code writes them.
+
+The official model definitions are rebuilt here in torch from the published facts
+(github yjhuangcd/local-lipschitz, utils.py): nn.Sequential of Conv2d / Linear, the clipped
+ReLU `ReLU_x` (threshold of shape [1, C, H, W] or [1, F], forward clamp(min(x, t), min=0)),
+the clamped MaxMin `ClampGroupSort` (max and min of half the channels, [1, C/2, H, W] or
+[1, F/2]), and a parameterless Flatten; saved as torch.save({'state_dict', 'err', 'epoch'}).
+Each is imported with --arch auto and no input shape, its logits compared with the official
+forward, and `lipref check` run on it. Parameters are drawn at random (thresholds around
+their init, some negative), so the test covers what training can leave behind."""
+import json
+
+import numpy
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'lipref[torch]')")
+
+from official_models import MNIST_4C3F, OFFICIAL, official_model, randomised  # noqa: E402
+
+from cli import main  # noqa: E402
+
+
+def _run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def _save_official(net, path):
+    torch.save({"state_dict": net.state_dict(), "err": 0.25, "epoch": 7}, path)
+
+
+@pytest.mark.parametrize("name, definition, kind, options, arch, activation", OFFICIAL, ids=[o[0] for o in OFFICIAL])
+def test_official_checkpoints_import_with_their_logits_and_pass_check(tmp_path, name, definition, kind, options,
+                                                                       arch, activation):
+    import array_api_compat.numpy as xp
+
+    from lipref.models import load_model
+    net = randomised(official_model(definition, kind, **options), seed=len(name)).float().eval()
+    ckpt, out = tmp_path / f"{name}.pth", tmp_path / f"{name}.npz"
+    _save_official(net, ckpt)
+    result = _run(["import-torch", str(ckpt), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    model = load_model(out, xp, xp.float64)
+    assert model.metadata["arch"] == arch and model.metadata["activation"] == activation
+    assert tuple(model.input_shape) == definition[0] and model.n_classes == definition[3]
+    x = numpy.random.default_rng(1).uniform(0, 1, (3,) + definition[0])
+    with torch.no_grad():
+        expected = net.double()(torch.from_numpy(x)).numpy()
+    got = numpy.asarray(model(xp.asarray(x), record=False))
+    scale = float(numpy.max(numpy.abs(expected)))
+    numpy.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale)  # parameters stored in float32
+    data = tmp_path / "data.npz"
+    numpy.savez(data, images=x.astype(numpy.float32), labels=numpy.array([0, 1, 2]))
+    check = _run(["check", str(out), "--data", str(data), "--iters", "3", "--eps", "0.05", "--json"])
+    assert check.exit_code == 0, check.output
+    assert json.loads(check.stdout)["ok"]
+
+
+def test_negative_thresholds_import_as_the_same_function(tmp_path):
+    """ReLU_x with t < 0 outputs 0; lipref's min(max(x, 0), t) does the same once t is 0."""
+    import array_api_compat.numpy as xp
+
+    from lipref.models import load_model
+    net = official_model(((4,), [], [6], 3), "relux").double()
+    with torch.no_grad():
+        net[1].threshold.copy_(torch.tensor([[-0.5, 0.3, -2.0, 1.0, -0.01, 0.7]]))
+    ckpt, out = tmp_path / "neg.pth", tmp_path / "neg.npz"
+    _save_official(net, ckpt)
+    assert _run(["import-torch", str(ckpt), "--out", str(out)]).exit_code == 0
+    model = load_model(out, xp, xp.float64)
+    assert numpy.all(numpy.asarray(model.parameters()["1.threshold"].value) >= 0)
+    x = numpy.random.default_rng(2).normal(0, 2, (50, 4))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    numpy.testing.assert_allclose(numpy.asarray(model(xp.asarray(x), record=False)), expected, rtol=1e-6, atol=1e-6)
+
+
+def _official_4c3f_state(tmp_path):
+    return official_model(MNIST_4C3F, "relux").state_dict()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.pop("13.bias"), "missing 13.bias"),
+    (lambda s: s.__setitem__("14.weight", torch.zeros(3, 3)), "unexpected 14.weight"),
+    (lambda s: s.__setitem__("1.threshold", torch.zeros(1, 32, 27, 28)), "wrong shape 1.threshold"),
+    (lambda s: s.__setitem__("0.weight", torch.zeros(32, 1, 5, 5)), "wrong shape 0.weight"),
+])
+def test_wrong_or_partial_official_checkpoints_are_one_line_errors(tmp_path, change, message):
+    state = _official_4c3f_state(tmp_path)
+    change(state)
+    ckpt = tmp_path / "bad.pth"
+    torch.save({"state_dict": state, "err": 0.0, "epoch": 1}, ckpt)
+    for args in (["--arch", "4c3f"], []):
+        result = CliRunner().invoke(main, ["import-torch", str(ckpt), "--out", str(tmp_path / "m.npz")] + args)
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.strip().splitlines() if line]
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
