@@ -20,6 +20,7 @@ from lipref.certify import CertifyConfig
 from lipref.check import CheckConfig
 from lipref.config import setting_of
 from lipref.errors import InputError, UserError
+from lipref.inputs import data_for_model, load_model_and_data, load_model_file, resolve_domain, run_seed
 from lipref.layers import ACTIVATIONS
 from lipref.train import TrainConfig
 
@@ -47,49 +48,6 @@ def _positive_eps(ctx, param, value):
         click.echo(f"Error: {param.opts[0]} must be finite and >= 0, got {value}", err=True)
         sys.exit(EXIT_USAGE)
     return value
-
-
-def _seed(mode, seed):
-    """The seed of a run: the given one; in sound mode, else, fresh OS entropy, so that the
-    random starts (Lanczos) cannot have been fitted by whoever made the model; 0 in fast mode."""
-    if seed is not None:
-        return seed
-    if mode == "sound":
-        import secrets
-        return secrets.randbits(63)
-    return 0
-
-
-def _domain(value, dataset):
-    """PGD's domain: (lo, hi) or None. auto: [0, 1] where every value of the data lies in it
-    (every named dataset), else unbounded."""
-    if value == "none":
-        return None
-    if value == "auto":
-        images = dataset.images
-        inside = images.size == 0 or (float(images.min()) >= 0.0 and float(images.max()) <= 1.0)
-        return (0.0, 1.0) if inside else None
-    try:
-        lo, hi = (float(v) for v in value.split(","))
-    except ValueError:
-        raise InputError(f"--domain must be auto, none or LO,HI (two numbers), got {value!r}") from None
-    if not lo < hi:
-        raise InputError(f"--domain LO,HI needs LO < HI, got {value!r}")
-    return (lo, hi)
-
-
-def _compute_dtype(mode, dtype, dataset):
-    """float64 in sound mode; in fast mode float32 unless the data are not exact in float32
-    (then float64: what is certified is the input as given)."""
-    if mode == "sound":
-        if dtype == "float32":
-            raise InputError("sound mode computes in float64; --dtype float32 cannot be sound")
-        return "float64"
-    if dtype != "auto":
-        return dtype
-    images = dataset.images
-    exact = images.dtype == host.float32 or bool(host.all(images.astype(host.float32) == images))
-    return "float32" if exact else "float64"
 
 
 def _table(rows, columns):
@@ -121,41 +79,6 @@ class _Null:
 
     def isatty(self):
         return False
-
-
-def _load_model(path, backend, dtype):
-    """A lipref .npz, or a torch .pth / .pt or .onnx model imported in memory (lipref.importing)."""
-    from lipref.importing import load_any_model
-    xp = get_backend(backend)
-    return load_any_model(path, xp, float_dtype(xp, dtype))
-
-
-def _load_data(spec, data_dir, limit, mode, dtype):
-    """The data as given: named datasets in float64 where the run computes in float64."""
-    wide = mode == "sound" or dtype == "float64"
-    return D.load_data(spec, data_dir, limit, dtype="float64" if wide else "float32")
-
-
-def _load_model_and_data(model_path, spec, data_dir, limit, backend, mode, dtype):
-    """(model, dataset, compute dtype): the data first, since they decide the dtype (`_compute_dtype`)."""
-    dataset = _load_data(spec, data_dir, limit, mode, dtype)
-    compute = _compute_dtype(mode, dtype, dataset)
-    model = _load_model(model_path, backend, compute)
-    return model, _check_fits(model, dataset, spec), compute
-
-
-def _load_for_model(model, spec, data_dir, limit):
-    return _check_fits(model, D.load_data(spec, data_dir, limit), spec)
-
-
-def _check_fits(model, dataset, spec):
-    if tuple(dataset.input_shape) != tuple(model.input_shape):
-        raise D.DataError(f"data {spec} has images of shape {tuple(dataset.input_shape)}, "
-                          f"the model needs {tuple(model.input_shape)}")
-    if dataset.labels.size and int(dataset.labels.max()) >= model.n_classes:
-        raise D.DataError(f"data {spec} has label {int(dataset.labels.max())}, the model has "
-                          f"{model.n_classes} classes")
-    return dataset
 
 
 def _python_type(annotation):
@@ -274,7 +197,7 @@ def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, th
           **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
     from lipref.train import train as run_training
-    options["seed"] = _seed("fast", options["seed"])
+    options["seed"] = run_seed("fast", options["seed"])
     config = TrainConfig(eval_limit=eval_limit, **options)
     train_set = D.load_data(data_spec, data_dir, limit)
     eval_spec = eval_data or (f"{train_set.name}:test" if train_set.split != "file" else data_spec)
@@ -384,11 +307,11 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     from lipref.models import atomic_write_bytes
     if audit and mode != "fast":
         raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
-    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
-    seed = _seed(mode, seed)
+    seed = run_seed(mode, seed)
     rng = host.random.default_rng(seed)
-    pgd_domain = _domain(domain, dataset)
+    pgd_domain = resolve_domain(domain, dataset)
     with _kernels(reference):
         sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
         with _progress(n, "certifying", not quiet) as bar:
@@ -433,8 +356,8 @@ def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch
     """Sound-mode certification of the samples `estimate` (a fast run) certified, compared with it."""
     from lipref.audit import audit_summary
     from lipref.certify import certify as run_certify
-    model, dataset, _ = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
-    seed = _seed("sound", None)
+    model, dataset, _ = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
+    seed = run_seed("sound", None)
     rng = host.random.default_rng(seed)
     norms = _sound_norms(model, rng, not quiet, gram_limit)
     with _progress(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
@@ -478,9 +401,9 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
     MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory)."""
     from lipref.certify import bounds_per_sample
-    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
-    seed = _seed(mode, seed)
+    seed = run_seed(mode, seed)
     rng = host.random.default_rng(seed)
     with _kernels(reference):
         sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
@@ -519,10 +442,10 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     from lipref.bounds.margins import predictions
     if step_size is not None and not 0 < step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {step_size}")
-    model, dataset, compute = _load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
-    pgd_domain = _domain(domain, dataset)
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
+    pgd_domain = resolve_domain(domain, dataset)
     xp = get_backend(backend)
-    seed = _seed("fast", seed)
+    seed = run_seed("fast", seed)
     rng = host.random.default_rng(seed)
     n = int(dataset.labels.shape[0])
     correct = broken = 0
@@ -659,8 +582,8 @@ def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, a
     """Recompute MODEL's logits, masks, bounds, margins and loss gradients with the torch
     reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
     from lipref.check import check_against_torch
-    model = _load_model(model_path, "numpy", "float64")
-    dataset = _load_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
+    model = load_model_file(model_path, "numpy", "float64")
+    dataset = data_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
     rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
                                host.random.default_rng(seed))
     ok = all(r["ok"] for r in rows)
@@ -701,7 +624,7 @@ def info(model_path, as_json):
             for k, v in out.items():
                 click.echo(f"{k:>8}: {v}")
         return
-    model = _load_model(model_path, "numpy", "float32")
+    model = load_model_file(model_path, "numpy", "float32")
     layers = []
     for i, layer in enumerate(model.layers):
         n_params = sum(int(v.value.size) for v in layer.params.values())

@@ -1,36 +1,48 @@
 """Import an ONNX model (a chain of conv, linear and ReLU-like layers) as a lipref model.
 
 ONNX is what TensorFlow (GloRo), Keras, JAX and torch export to, so this makes their models
-auditable. The graph must be one chain from its single input to logits computed by a linear
-layer, made of:
+auditable. The graph must be one chain from its single input, (N, C, H, W) or (N, D) with the
+batch size symbolic or fixed, to logits computed by a linear layer, made of:
 
-- Conv (square kernel, equal strides, equal pads on every side, dilation 1, group 1);
-- Gemm (alpha = beta = 1, transA = 0), or MatMul with a constant, optionally followed by an
-  Add of a constant bias;
-- Relu; Clip with min 0 (no max: ReLU; a scalar max t: a clipped ReLU with threshold t);
+- Conv (square kernel, equal strides, the same pad on every side or auto_pad VALID, dilation
+  1, group 1); Gemm (alpha = beta = 1, transA = 0, transB 0 or 1); MatMul with a constant;
+  each optionally followed by an Add of a constant bias (one per channel after a Conv);
+- Relu, Max(x, 0); Clip with min 0 (no max: ReLU; a scalar max t: a clipped ReLU with
+  threshold t), its bounds as inputs (opset >= 11) or attributes (older);
 - Min(x, T) followed by Relu, Clip(min 0) or Max(., 0): the paper's official clipped ReLU
-  clamp(min(x, T), min=0), with T per neuron ([1, C, H, W], [1, F]) or scalar. Its value is
-  max(min(x, T), 0); lipref's clipped ReLU is min(max(x, 0), T): equal for T >= 0, and for
-  T < 0 both are 0 once T is raised to 0, which the import does;
-- Flatten (axis 1), or Reshape to (N, -1), including the Shape / Gather / Unsqueeze /
-  Concat arithmetic torch's exporter writes for `x.view(x.size(0), -1)` (evaluated here with
-  the batch size as a symbol);
-- Identity and Dropout (inference: the identity).
+  clamp(min(x, T), min=0), T per neuron ([1, C, H, W], [1, F], ...) or scalar;
+- Flatten (axis 1), or Reshape to (N, -1) / (-1, F), including the Shape / Gather / Unsqueeze
+  / Concat arithmetic exporters write for `x.view(x.size(0), -1)` (the batch size a symbol);
+- Identity, and Dropout (at inference the identity).
 
-Anything else (another op, a branch, an attribute outside these) is an OnnxImportError naming
-the node and its op type. The onnx package is optional: imported inside the functions.
+lipref's clipped ReLU is min(max(x, 0), t), the official one max(min(x, t), 0): equal for
+t >= 0, and for t < 0 the official output is 0, which lipref's gives with t = 0. So negative
+thresholds are raised to 0 at import: the imported model computes the file's function.
+
+Anything else (another op, a branch, several inputs, an attribute outside these, a graph not
+ending in a linear layer) is a one-line OnnxImportError naming the node and its op type. The
+onnx package is optional: it is imported inside the functions that need it.
 """
+import math
 import os
 
 from .backend import get_backend, host
-from .errors import UserError
+from .errors import InputError, UserError
 from .layers import ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
 from .models import save_model
 
 ONNX_MISSING = "onnx is not installed: pip install 'lipref[onnx]'"
-OPSET_RANGE = (11, 23)  # the default domain's opsets read: Clip takes min and max as inputs from 11
+# The default domain's opsets read. From 7 Add and Gemm broadcast as NumPy does (no `broadcast`
+# attribute); the ops read here keep their meaning up to 28 (later versions add element types).
+OPSET_RANGE = (7, 28)
 BATCH = "N"  # the batch size, a symbol in shape arithmetic
 SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
+COMMUTATIVE = ("Add", "Min", "Max")  # ops whose data input may be any of their inputs
+ACTIVATION_OPS = ("Relu", "Clip", "Max")  # what may follow a Min(x, T)
+SUPPORTED = ("Conv, Gemm, MatMul (+ Add), Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, Reshape, "
+             "Identity, Dropout")
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+FLOAT32_MAX = float(host.finfo(host.float32).max)
 
 
 class OnnxImportError(UserError, ValueError):
@@ -42,6 +54,7 @@ class OnnxNotInstalled(UserError, ImportError):
 
 
 def require_onnx():
+    """The onnx module, or OnnxNotInstalled with the install command."""
     try:
         import onnx
     except ImportError:
@@ -50,244 +63,353 @@ def require_onnx():
 
 
 def import_onnx_model(path, out_path=None):
-    """A float32 lipref model (NumPy backend) computing the ONNX model in `path`; also saved
-    to out_path when given (models.save_model, atomic)."""
+    """A float32 lipref model (NumPy backend) computing the ONNX model in `path` (see the module
+    docstring for what is read); also saved to out_path when given (models.save_model, atomic)."""
     path = os.fspath(path)
-    proto = _read(path)
-    graph = proto.graph
-    constants = {init.name: _array(init) for init in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in constants]
-    if len(inputs) != 1:
-        raise OnnxImportError(f"{path}: the graph must have one input, found {len(inputs)}")
-    batch = inputs[0].type.tensor_type.shape.dim[0].dim_value or None  # an exporter may fix it
-    chain = _Chain(path, inputs[0].name, _feature_shape(path, inputs[0]), constants, batch)
-    for node in graph.node:
-        chain.add(node)
+    graph = read_onnx(path).graph
+    from onnx import numpy_helper
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    name, shape, batch = _graph_input(path, graph, constants)
+    chain = _Chain(path, name, shape, constants, batch)
+    for index, node in enumerate(graph.node):
+        chain.add(node, index)
     model = chain.finish([o.name for o in graph.output])
-    model.metadata = {"arch": "onnx", "activation": chain.activation(), "input_shape": list(model.input_shape),
-                      "n_classes": model.n_classes, "threshold_init": 1.0, "imported_from": os.path.basename(path)}
+    clipped = any(isinstance(layer, ClippedReLU) for layer in model.layers)
+    model.metadata = {"arch": "onnx", "activation": "clipped_relu" if clipped else "relu", "n_classes": model.n_classes,
+                      "input_shape": list(model.input_shape), "threshold_init": 1.0,
+                      "imported_from": os.path.basename(path)}
     if out_path is not None:
         save_model(out_path, model)
     return model
 
 
-def _read(path):
+def read_onnx(path):
+    """The ModelProto in `path`, its default-domain opset checked against OPSET_RANGE."""
     onnx = require_onnx()
     if not os.path.isfile(path):
         raise OnnxImportError(f"{path}: no such ONNX file")
     try:
         proto = onnx.load(path)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
-        raise OnnxImportError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    opsets = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
-    version = opsets.get("ai.onnx")
+        raise OnnxImportError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".replace("\n", " "))
+    if not proto.HasField("graph"):  # an empty file parses as an empty ModelProto
+        raise OnnxImportError(f"{path}: not an ONNX model (no graph)")
+    version = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
     if version is None or not OPSET_RANGE[0] <= version <= OPSET_RANGE[1]:
         raise OnnxImportError(f"{path}: default-domain opset {version}; lipref reads opsets "
-                              f"{OPSET_RANGE[0]} to {OPSET_RANGE[1]}")
+                              f"{OPSET_RANGE[0]} to {OPSET_RANGE[1]} (re-export with one of those)")
     return proto
 
 
-def _array(tensor):
-    from onnx import numpy_helper
-    return numpy_helper.to_array(tensor)
-
-
-def _feature_shape(path, value_info):
-    dims = value_info.type.tensor_type.shape.dim
+def _graph_input(path, graph, constants):
+    """(name, feature shape, fixed batch size or None) of the graph's one data input, which must
+    be a float tensor (N, C, H, W) or (N, D) with known feature sizes."""
+    inputs = [i for i in graph.input if i.name not in constants]  # old exporters list initializers too
+    if len(inputs) != 1:
+        raise OnnxImportError(f"{path}: the graph must have one input, found {len(inputs)} "
+                              f"({', '.join(i.name for i in inputs)})")
+    value, tensor = inputs[0], inputs[0].type.tensor_type
+    dims = tensor.shape.dim
     shape = tuple(d.dim_value for d in dims[1:])
+    if tensor.elem_type not in FLOAT_TYPES:
+        raise OnnxImportError(f"{path}: input {value.name} has element type {tensor.elem_type}; lipref reads "
+                              "floating-point inputs")
     if len(dims) not in (2, 4) or any(s <= 0 for s in shape):
-        raise OnnxImportError(f"{path}: input {value_info.name} must be (N, C, H, W) or (N, D) with known "
-                              f"feature sizes, got {[d.dim_value or d.dim_param for d in dims]}")
-    return shape
+        raise OnnxImportError(f"{path}: input {value.name} must be (N, C, H, W) or (N, D) with known feature "
+                              f"sizes, got {[d.dim_value or d.dim_param or '?' for d in dims]}")
+    return value.name, shape, dims[0].dim_value or None
+
+
+def _fits(a, shape):
+    """Whether constant `a` broadcast against a batch (N, *shape) leaves that shape unchanged
+    (NumPy's rules, as ONNX's Add, Min, Max and Gemm's C): the same value for every sample."""
+    full = (1, *shape)
+    try:
+        return a.ndim <= len(full) and tuple(host.broadcast_shapes(a.shape, full)) == full
+    except ValueError:
+        return False
 
 
 def _attributes(node):
+    """{name: value} of a node's attributes (strings as str)."""
     from onnx import helper
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
 
 
 class _Chain:
     """The layers read so far: the tensor that carries the data (`current`, of feature shape
-    `shape`), the constants (initializers, Constant nodes, shape arithmetic) and a pending
-    Min(x, T) that the next ReLU-like node turns into a clipped ReLU."""
+    `shape`), the constants (initializers, Constant nodes, shape arithmetic), the parameters
+    (float64 until the end) and a pending Min(x, T) that the next ReLU-like node turns into a
+    clipped ReLU. One `on_<OpType>` method per op read."""
 
     def __init__(self, path, input_name, shape, constants, batch=None):
         self.path, self.current, self.shape, self.constants = path, input_name, tuple(shape), dict(constants)
-        self.batch = batch
-        self.layers, self.params, self.pending_min = [], {}, None
+        self.batch, self.label = batch, None
+        self.layers, self.nodes, self.params, self.pending_min = [], [], {}, None
 
     def error(self, node, what):
-        return OnnxImportError(f"{self.path}: node {node.name or '(unnamed)'} ({node.op_type}): {what}")
+        """An OnnxImportError naming the file, the node (its name, or its index) and its op type."""
+        return OnnxImportError(f"{self.path}: node {self.label} ({node.op_type}): {what}")
 
-    def add(self, node):
+    def add(self, node, index):
+        """Read one node: shape arithmetic on constants, or the next step of the chain."""
+        self.label = node.name or f"#{index}"
+        if node.domain not in ("", "ai.onnx"):
+            raise self.error(node, f"op of domain {node.domain} not supported (lipref reads the default domain)")
         on_constants = all(i in self.constants for i in node.input if i)
         if (node.op_type == "Shape" and node.input[0] == self.current) or (node.op_type in SHAPE_OPS and on_constants):
-            self.constants[node.output[0]] = self.shape_op(node)
+            try:
+                self.constants[node.output[0]] = self.shape_op(node)
+            except OnnxImportError:
+                raise
+            except (IndexError, KeyError, TypeError, ValueError) as exc:  # NumPy's word for a malformed node
+                raise self.error(node, f"constant arithmetic lipref cannot evaluate ({type(exc).__name__}: {exc})"
+                                 .replace("\n", " ")) from None
             return
-        data = [i for i in node.input if i and i not in self.constants]
-        if data != [self.current]:
-            raise self.error(node, "not on the chain from the input to the logits (a branch, or an op on "
-                                   "constants lipref does not evaluate)")
         handler = getattr(self, "on_" + node.op_type, None)
         if handler is None:
-            raise self.error(node, "op type not supported (lipref reads Conv, Gemm, MatMul, Add, Relu, Clip, "
-                                   "Min + Relu, Max, Flatten, Reshape, Identity, Dropout)")
-        if self.pending_min is not None and node.op_type not in ("Relu", "Clip", "Max"):
+            hint = " (export the logits without it)" if node.op_type in ("Softmax", "LogSoftmax") else ""
+            raise self.error(node, f"op type not supported{hint}; lipref reads {SUPPORTED}")
+        data = [i for i in node.input if i and i not in self.constants]
+        if data != [self.current] or (node.op_type not in COMMUTATIVE and node.input[0] != self.current):
+            raise self.error(node, "not on the chain from the input to the logits (a branch, several data inputs, "
+                                   "or an op on constants lipref does not evaluate)")
+        if self.pending_min is not None and node.op_type not in ACTIVATION_OPS:
             raise self.error(node, "a Min(x, T) must be followed by Relu, Clip(min 0) or Max(., 0)")
         handler(node)
         self.current = node.output[0]
-
-    def constant(self, node, name):
-        return self.constants[name] if name else None
 
     def shape_op(self, node):
         """Shape arithmetic on constants, the batch size a symbol (object arrays)."""
         a, args = _attributes(node), [self.constants.get(i) for i in node.input]
         op = node.op_type
         if op == "Constant":
-            return _array(a["value"]) if "value" in a else host.asarray(a.get("value_ints", a.get("value_int")))
+            return self.constant_value(node, a)
         if op == "Shape":
-            return host.asarray([self.batch or BATCH, *self.shape], dtype=object)
+            full = [self.batch or BATCH, *self.shape] if node.input[0] == self.current else list(args[0].shape)
+            return host.asarray(full[a.get("start", 0):a.get("end")], dtype=object)
         if op == "Gather":
-            return host.take(args[0], args[1].astype(int), axis=a.get("axis", 0))
-        if op in ("Unsqueeze", "Squeeze"):
+            return host.asarray(host.take(args[0], args[1].astype(int), axis=a.get("axis", 0)), dtype=args[0].dtype)
+        if op in ("Unsqueeze", "Squeeze"):  # axes: an attribute before opset 13, an input from 13
             axes = a.get("axes", None if len(args) < 2 else [int(v) for v in args[1]])
-            if op == "Squeeze":
-                return host.squeeze(args[0], axis=None if axes is None else tuple(axes))
-            return host.expand_dims(args[0], tuple(axes))
+            axes = None if axes is None else tuple(axes)
+            return host.squeeze(args[0], axis=axes) if op == "Squeeze" else host.expand_dims(args[0], axes)
         if op == "Concat":
-            items = [e for v in args for e in host.atleast_1d(v).tolist()]  # 1-D: shapes
-            return host.asarray(items, dtype=object if BATCH in items else None)
-        return args[0]  # Cast, Identity: the values stay what they are
+            return host.concatenate([host.atleast_1d(v) for v in args], axis=a.get("axis", 0))
+        if op == "Cast" and args[0].dtype != object:
+            from onnx import helper
+            return args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+        return args[0]  # Identity, or a Cast of the batch symbol: the values stay what they are
 
-    def affine(self, layer, weight, bias):
-        index = len(self.layers)
+    def constant_value(self, node, a):
+        """The value of a Constant node (`value`, `value_float(s)` or `value_int(s)`)."""
+        from onnx import numpy_helper
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        key = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in a), None)
+        if key is not None:
+            return host.asarray(a[key], dtype=host.float32 if "float" in key else host.int64)
+        raise self.error(node, f"attribute {', '.join(a) or '(none)'}: lipref reads numeric constants only")
+
+    def param(self, node, name, what):
+        """Constant input `name` of `node` as float64, refused (naming the node and the constant)
+        unless real, finite and within float32's range: lipref keeps float32 parameters."""
+        a = self.constants[name]
+        if a.dtype.kind not in "fiu":
+            raise self.error(node, f"{what} {name} has dtype {a.dtype}; parameters must be real numbers")
+        a = a.astype(host.float64)
+        if not host.all(host.isfinite(a)):
+            raise self.error(node, f"{what} {name} contains NaN or inf")
+        if a.size and float(host.max(host.abs(a))) > FLOAT32_MAX:
+            raise self.error(node, f"{what} {name} has values beyond float32's range (max {FLOAT32_MAX:.3g})")
+        return a
+
+    def optional(self, node, position, what):
+        """Optional constant input `position` of `node` checked by `param`, or None when absent."""
+        return self.param(node, node.input[position], what) if len(node.input) > position and node.input[position] \
+            else None
+
+    def data_constant(self, node, what):
+        """The one constant input of a two-input Add / Min / Max, checked by `param`."""
+        names = [i for i in node.input if i in self.constants]
+        if len(node.input) != 2 or len(names) != 1:
+            raise self.error(node, f"lipref reads {node.op_type} of the data and one constant")
+        return self.param(node, names[0], what)
+
+    def push(self, node, layer):
+        """Append a layer, remembering the node it comes from (for the error messages)."""
         self.layers.append(layer)
-        self.params[f"{index}.weight"] = host.asarray(weight, dtype=host.float64)
-        self.params[f"{index}.bias"] = host.asarray(bias, dtype=host.float64)
+        self.nodes.append(f"{self.label} ({node.op_type})")
+
+    def affine(self, node, layer, weight, bias):
+        """Append a Conv2d / Linear layer with its weight and bias."""
+        index = len(self.layers)
+        self.push(node, layer)
+        self.params[f"{index}.weight"], self.params[f"{index}.bias"] = weight, bias
         self.shape = layer.out_shape
 
+    def bias_vector(self, node, b, shape):
+        """Constant b as the bias of outputs of feature shape `shape`: b must broadcast to
+        (1, *shape) without widening the output, and be one value per channel for a conv."""
+        if not _fits(b, shape):
+            raise self.error(node, f"bias of shape {tuple(b.shape)} does not fit outputs {shape}")
+        full = host.broadcast_to(b, (1, *shape))[0]
+        if len(shape) == 3 and not host.all(full == full[:, :1, :1]):
+            raise self.error(node, "a bias that varies over the image: lipref's conv bias is one per channel")
+        return host.array(full[:, 0, 0] if len(shape) == 3 else full)
+
     def on_Conv(self, node):
+        """Conv as lipref's Conv2d (see the module docstring for the attributes read)."""
         a = _attributes(node)
-        weight, bias = self.constant(node, node.input[1]), self.constant(node, node.input[2] if len(node.input) > 2
-                                                                        else "")
-        kernel = a.get("kernel_shape", list(weight.shape[2:]))
-        strides, pads, dilations = a.get("strides", [1, 1]), a.get("pads", [0, 0, 0, 0]), a.get("dilations", [1, 1])
-        if a.get("group", 1) != 1 or set(dilations) != {1} or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            raise self.error(node, f"group {a.get('group', 1)}, dilations {list(dilations)}, auto_pad "
-                                   f"{a.get('auto_pad', 'NOTSET')}: lipref reads group 1, dilation 1, explicit pads")
-        if len(set(kernel)) != 1 or len(set(strides)) != 1 or len(set(pads)) != 1:
-            raise self.error(node, f"kernel {list(kernel)}, strides {list(strides)}, pads {list(pads)}: lipref "
-                                   "reads square kernels, equal strides and the same padding on every side")
-        if len(self.shape) != 3 or weight.shape[1] != self.shape[0]:
-            raise self.error(node, f"weight {tuple(weight.shape)} does not fit its input {self.shape}")
-        conv = Conv2d(self.shape, weight.shape[0], int(kernel[0]), int(strides[0]), int(pads[0]))
-        self.affine(conv, weight, host.zeros(weight.shape[0]) if bias is None else bias)
+        group, dilations = a.get("group", 1), list(a.get("dilations", [1, 1]))
+        if group != 1 or set(dilations) != {1}:
+            raise self.error(node, f"group {group}, dilations {dilations}: lipref reads group 1, dilation 1")
+        weight = self.param(node, node.input[1], "weight")
+        if weight.ndim != 4 or len(self.shape) != 3 or weight.shape[1] != self.shape[0]:
+            raise self.error(node, f"weight {tuple(weight.shape)} does not fit its input {self.shape} "
+                                   "(lipref reads 2-D convolutions)")
+        kernel, strides, mode = list(a.get("kernel_shape", weight.shape[2:])), list(a.get("strides", [1, 1])), \
+            a.get("auto_pad", "NOTSET")
+        if mode not in ("NOTSET", "VALID"):
+            raise self.error(node, f"auto_pad {mode}: lipref reads explicit pads or VALID")
+        pads = [0] * 4 if mode == "VALID" else list(a.get("pads", [0] * 4))
+        if kernel != list(weight.shape[2:]) or len(set(kernel)) != 1 or len(set(strides)) != 1 or len(set(pads)) != 1:
+            raise self.error(node, f"kernel {kernel}, strides {strides}, pads {pads}: lipref reads square kernels, "
+                                   "equal strides and the same padding on every side")
+        bias = self.optional(node, 2, "bias")
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise self.error(node, f"bias {node.input[2]} of shape {bias.shape} for {weight.shape[0]} channels")
+        try:
+            conv = Conv2d(self.shape, weight.shape[0], int(kernel[0]), int(strides[0]), int(pads[0]))
+        except InputError as exc:
+            raise self.error(node, str(exc)) from None
+        self.affine(node, conv, weight, host.zeros(weight.shape[0]) if bias is None else bias)
 
     def linear(self, node, weight, bias):
-        if len(self.shape) != 1 or weight.shape[1] != self.shape[0]:
+        """Append a Linear layer (weight (out, in)); bias as Gemm's C (None: zeros)."""
+        if weight.ndim != 2 or len(self.shape) != 1 or weight.shape[1] != self.shape[0]:
             raise self.error(node, f"weight (out, in) {tuple(weight.shape)} does not fit its input {self.shape}")
-        bias = host.zeros(weight.shape[0]) if bias is None else host.reshape(bias, (-1,))
-        if bias.shape != (weight.shape[0],):
-            raise self.error(node, f"bias of shape {bias.shape} for {weight.shape[0]} outputs")
-        self.affine(Linear(weight.shape[1], weight.shape[0]), weight, bias)
+        out = weight.shape[0]
+        bias = host.zeros(out) if bias is None else self.bias_vector(node, bias, (out,))
+        self.affine(node, Linear(weight.shape[1], out), host.array(weight), bias)
 
     def on_Gemm(self, node):
+        """Gemm(x, B, C) = x B^T + C (transB 1) or x B + C (transB 0)."""
         a = _attributes(node)
-        if a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0 or a.get("transA", 0):
-            raise self.error(node, "lipref reads Gemm with alpha = beta = 1 and transA = 0")
-        b = self.constant(node, node.input[1])
-        bias = self.constant(node, node.input[2]) if len(node.input) > 2 else None
-        self.linear(node, b if a.get("transB", 0) else b.T, bias)
+        alpha, beta, trans_a = a.get("alpha", 1.0), a.get("beta", 1.0), a.get("transA", 0)
+        if alpha != 1.0 or beta != 1.0 or trans_a:
+            raise self.error(node, f"alpha {alpha}, beta {beta}, transA {trans_a}: lipref reads Gemm with "
+                                   "alpha = beta = 1 and transA = 0")
+        b = self.param(node, node.input[1], "weight")
+        self.linear(node, b if a.get("transB", 0) else b.T, self.optional(node, 2, "bias"))
 
     def on_MatMul(self, node):
-        self.linear(node, self.constant(node, node.input[1]).T, None)
+        """MatMul(x, B) = x B: a Linear with weight B^T (an Add after it gives the bias)."""
+        self.linear(node, self.param(node, node.input[1], "weight").T, None)
 
     def on_Add(self, node):
-        last = len(self.layers) - 1
-        bias = next(self.constants[i] for i in node.input if i in self.constants)
-        if last < 0 or not isinstance(self.layers[last], Linear) or host.size(bias) != self.shape[0]:
-            raise self.error(node, "lipref reads Add only as the bias of the linear layer before it")
-        self.params[f"{last}.bias"] = self.params[f"{last}.bias"] + host.reshape(bias, (-1,))
+        """Add of a constant right after a Conv / Gemm / MatMul: folded into that layer's bias."""
+        if not self.layers or not self.layers[-1].is_affine:
+            raise self.error(node, "lipref reads Add only as the bias of the Conv, Gemm or MatMul right before it")
+        key = f"{len(self.layers) - 1}.bias"
+        self.params[key] = self.params[key] + self.bias_vector(node, self.data_constant(node, "bias"), self.shape)
 
-    def activation_layer(self, node, threshold):
-        """ReLU, or a clipped ReLU with `threshold` (T, or a pending Min's T) raised to >= 0."""
-        if self.pending_min is not None:
-            threshold, self.pending_min = self.pending_min, None
-        if threshold is None:
-            self.layers.append(ReLU(self.shape))
+    def activation_layer(self, node, high):
+        """Append a ReLU, or a clipped ReLU of threshold min(T, high) (T: a pending Min's
+        constant) broadcast to the feature shape and raised to >= 0 (module docstring)."""
+        t, self.pending_min = self.pending_min, None
+        if high is not None:
+            t = high if t is None else host.minimum(t, high)
+        if t is None:
+            self.push(node, ReLU(self.shape))
             return
-        t = host.asarray(threshold, dtype=host.float64)
-        if t.ndim == len(self.shape) + 1 and t.shape[0] == 1:
-            t = t[0]
-        try:
-            t = host.broadcast_to(t, self.shape)
-        except ValueError:
-            raise self.error(node, f"threshold of shape {t.shape} for features {self.shape}") from None
-        self.params[f"{len(self.layers)}.threshold"] = host.maximum(t, 0.0)
-        self.layers.append(ClippedReLU(self.shape, 1.0))
+        t = host.asarray(t, dtype=host.float64)
+        if not _fits(t, self.shape):  # the official [1, C, H, W] / [1, F] fit
+            raise self.error(node, f"threshold of shape {tuple(t.shape)} for features {self.shape}")
+        self.params[f"{len(self.layers)}.threshold"] = host.maximum(host.broadcast_to(t, (1, *self.shape))[0], 0.0)
+        self.push(node, ClippedReLU(self.shape, 1.0))
 
     def on_Relu(self, node):
+        """Relu: a ReLU, or the end of a Min(x, T) clipped ReLU."""
         self.activation_layer(node, None)
 
+    def clip_bound(self, node, a, key, position):
+        """Clip's `key` ("min" / "max") as a float, None when absent: an attribute before opset
+        11, an input from 11."""
+        name = node.input[position] if len(node.input) > position else ""
+        if key not in a and not name:
+            return None
+        value = host.asarray(a[key] if key in a else self.constants[name], dtype=host.float64)
+        if value.size != 1 or host.isnan(value).any():
+            raise self.error(node, f"Clip's {key} must be one number, got {value.tolist()}")
+        return float(value.reshape(()))
+
     def on_Clip(self, node):
+        """Clip(x, 0) (or max inf) is a ReLU, Clip(x, 0, t) a clipped ReLU of threshold t >= 0."""
         a = _attributes(node)
-        low, high = (self.constant(node, n) if n else None for n in (list(node.input) + ["", ""])[1:3])
-        low, high = a.get("min", low), a.get("max", high)
-        if low is None or float(host.asarray(low)) != 0.0:
-            raise self.error(node, f"Clip with min {low}: lipref reads clipped ReLUs, min 0")
-        if high is not None and (host.size(high) != 1 or self.pending_min is not None):
-            raise self.error(node, "Clip's max must be one number (and absent after a Min)")
-        self.activation_layer(node, None if high is None else float(host.asarray(high)))
+        low, high = self.clip_bound(node, a, "min", 1), self.clip_bound(node, a, "max", 2)
+        if low != 0.0:
+            raise self.error(node, f"Clip with min {low}: lipref reads Clip with min 0 (a ReLU or clipped ReLU)")
+        if high is not None and not 0.0 <= high <= FLOAT32_MAX and high != math.inf:
+            raise self.error(node, f"Clip with max {high}: lipref reads a max in [0, {FLOAT32_MAX:.3g}] or inf")
+        self.activation_layer(node, None if high == math.inf else high)
 
     def on_Max(self, node):
-        other = next(self.constants[i] for i in node.input if i in self.constants)
-        if host.any(host.asarray(other) != 0):
+        """Max(x, 0): a ReLU, or the end of a Min(x, T) clipped ReLU."""
+        c = self.data_constant(node, "constant")
+        if host.any(c != 0) or not _fits(c, self.shape):
             raise self.error(node, "lipref reads Max only as Max(x, 0), a ReLU")
         self.activation_layer(node, None)
 
     def on_Min(self, node):
-        self.pending_min = next(self.constants[i] for i in node.input if i in self.constants)
+        """Min(x, T): held until the ReLU-like node after it makes the pair a clipped ReLU."""
+        self.pending_min = self.data_constant(node, "threshold")
 
-    def flatten(self):
+    def flatten(self, node):
+        """Append a Flatten where the features are not already a vector (C order, as ONNX's)."""
         if len(self.shape) > 1:
-            self.layers.append(Flatten(self.shape))
+            self.push(node, Flatten(self.shape))
             self.shape = self.layers[-1].out_shape
 
     def on_Flatten(self, node):
-        if _attributes(node).get("axis", 1) != 1:
-            raise self.error(node, "lipref reads Flatten with axis 1")
-        self.flatten()
+        """Flatten(axis 1): (N, ...) to (N, features)."""
+        axis = _attributes(node).get("axis", 1)
+        if axis not in (1, -len(self.shape)):
+            raise self.error(node, f"axis {axis}: lipref reads Flatten with axis 1")
+        self.flatten(node)
 
     def on_Reshape(self, node):
-        target = [t if t == BATCH else int(t) for t in host.atleast_1d(self.constants[node.input[1]]).tolist()]
-        features = int(host.prod(self.shape))
-        if len(target) != 2 or target[0] not in (BATCH, 0, -1, self.batch) or target[1] not in (-1, features):
-            raise self.error(node, f"lipref reads Reshape to (N, -1) only, got {target}")
-        self.flatten()
+        """Reshape to (N, -1), (N, features) or (-1, features): a Flatten."""
+        items = host.atleast_1d(self.constants[node.input[1]]).tolist()
+        target = [t if t == BATCH else int(t) for t in items]
+        features = math.prod(self.shape)
+        batch = {BATCH, -1, self.batch} | (set() if _attributes(node).get("allowzero", 0) else {0})
+        if len(target) != 2 or target[0] not in batch or target[1] not in (features, -1) or target == [-1, -1]:
+            raise self.error(node, f"target shape {target}: lipref reads Reshape to (N, -1) only")
+        self.flatten(node)
 
-    def on_Identity(self, node):
-        pass
+    def on_Dropout(self, node):
+        """Identity, and Dropout at inference: nothing to do (a constant training_mode true is refused)."""
+        if len(node.input) > 2 and node.input[2] and bool(host.any(self.constants[node.input[2]])):
+            raise self.error(node, "training_mode is true: lipref reads inference graphs")
 
-    on_Dropout = on_Identity
+    on_Identity = on_Dropout
 
     def finish(self, outputs):
-        if self.pending_min is not None or outputs != [self.current]:
-            raise OnnxImportError(f"{self.path}: the graph's output must be the logits of its last linear "
-                                  f"layer (outputs {outputs}, the chain ends at {self.current})")
+        """The Sequential with float32 parameters, once the chain ends in a linear layer whose
+        output is the graph's one output."""
+        if len(outputs) != 1 or outputs[0] != self.current or self.pending_min is not None:
+            raise OnnxImportError(f"{self.path}: the graph's one output must be the logits of its last layer "
+                                  f"(outputs {outputs}; the chain of layers ends at {self.current})")
         if not self.layers or not isinstance(self.layers[-1], Linear):
-            raise OnnxImportError(f"{self.path}: the last layer must be linear (Gemm or MatMul): lipref's bounds "
-                                  "need the logits as an affine map of the last activations")
-        bad = sorted(k for k, v in self.params.items() if not host.all(host.isfinite(v)))
-        big = sorted(k for k, v in self.params.items() if v.size and host.max(host.abs(v)) > host.finfo("float32").max)
-        if bad or big:
-            raise OnnxImportError(f"{self.path}: parameters with NaN, inf or values beyond float32: "
-                                  + ", ".join(bad + big))
+            last = f"with node {self.nodes[-1]}" if self.nodes else "before any layer"
+            raise OnnxImportError(f"{self.path}: the graph ends {last}; lipref needs the logits computed by a "
+                                  "linear layer (Gemm, or MatMul + Add) last")
+        big = sorted(k for k, v in self.params.items() if float(host.max(host.abs(v))) > FLOAT32_MAX)
+        if big:  # a Gemm bias plus an Add's constant beyond float32
+            raise OnnxImportError(f"{self.path}: parameters beyond float32's range: {', '.join(big)}")
         model = Sequential(self.layers)
         xp = get_backend("numpy")
         model.load_parameters({k: xp.asarray(v, dtype=xp.float32) for k, v in self.params.items()})
         return model
-
-    def activation(self):
-        kinds = {type(layer) for layer in self.layers}
-        return "clipped_relu" if ClippedReLU in kinds else "relu"
