@@ -28,6 +28,13 @@ EXIT_USAGE = 2
 EXIT_UNSOUND = 3
 
 
+def _unquoted(text):
+    """`text` without the quotes a KeyError puts around its message (and only those)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def user_errors(fn):
     """Turn lipref's own errors (a UserError: something the user can fix) into one line on
     stderr and exit code 2. Anything else is a bug in lipref and keeps its traceback."""
@@ -36,7 +43,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            message = " ".join(str(exc).strip("'\"").split()) or type(exc).__name__
+            message = " ".join(_unquoted(str(exc)).split()) or type(exc).__name__
             click.echo(f"Error: {message}", err=True)
             sys.exit(EXIT_USAGE)
     return wrapper

@@ -371,3 +371,23 @@ def test_reference_switches_the_kernels_off_inside_each_command(trained_model, t
         assert trained.exit_code == 0 and json.loads(trained.stdout)["reference"] is bool(flag)
     assert seen == [False, False, False] + [baseline] * 3
     assert kernels.enabled() == baseline
+
+
+def test_one_line_errors_keep_their_quotes_and_lose_a_key_errors():
+    import click
+
+    from cli import user_errors
+    from lipref.errors import UserError
+
+    class KeyUserError(UserError, KeyError):
+        pass
+
+    for exc, expected in ((UserError("onnx is not installed: pip install 'lipref[onnx]'"),
+                           "Error: onnx is not installed: pip install 'lipref[onnx]'"),
+                          (KeyUserError("no such key"), "Error: no such key")):
+        @click.command()
+        @user_errors
+        def failing(exc=exc):
+            raise exc
+        result = CliRunner().invoke(failing, [])
+        assert result.exit_code == 2 and result.output.strip() == expected, result.output
