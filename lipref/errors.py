@@ -5,6 +5,7 @@ other exception is a bug inside lipref and keeps its traceback. Each class also 
 from the built-in type a Python caller would expect (ValueError, ImportError, ...), so
 library users may catch either.
 """
+import importlib
 
 
 class UserError(Exception):
@@ -23,6 +24,15 @@ class BoundsOverflowError(UserError, FloatingPointError):
 class MissingExtraError(UserError, ImportError):
     """An optional extra that a requested feature needs is not installed (the message says
     which `pip install 'lipref[...]'`)."""
+
+
+def import_extra(module, message, error=MissingExtraError):
+    """The optional `module`, imported; `error(message)` (a MissingExtraError naming the
+    extra to install) when it is not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise error(message) from None
 
 
 class RunFolderError(UserError, OSError):

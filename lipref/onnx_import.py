@@ -27,7 +27,7 @@ import math
 import os
 
 from .backend import get_backend, host
-from .errors import InputError, UserError
+from .errors import InputError, MissingExtraError, UserError, import_extra
 from .layers import ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
 from .models import save_model
 
@@ -49,17 +49,13 @@ class OnnxImportError(UserError, ValueError):
     """An ONNX file that cannot be imported (unreadable, or a graph outside what lipref reads)."""
 
 
-class OnnxNotInstalled(UserError, ImportError):
+class OnnxNotInstalled(MissingExtraError):
     """The onnx package is needed for this operation and is not installed."""
 
 
 def require_onnx():
     """The onnx module, or OnnxNotInstalled with the install command."""
-    try:
-        import onnx
-    except ImportError:
-        raise OnnxNotInstalled(ONNX_MISSING) from None
-    return onnx
+    return import_extra("onnx", ONNX_MISSING, OnnxNotInstalled)
 
 
 def import_onnx_model(path, out_path=None):

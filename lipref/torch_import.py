@@ -22,7 +22,7 @@ import os
 import re
 
 from .backend import get_backend, host
-from .errors import InputError, UserError
+from .errors import InputError, MissingExtraError, UserError, import_extra
 from .layers import ACTIVATIONS, check_int, check_shape
 from .models import ARCHITECTURES, build_architecture, build_stack, save_model
 
@@ -34,17 +34,13 @@ class TorchImportError(UserError, ValueError):
     """A checkpoint that cannot be imported (unreadable, or names/shapes that do not fit)."""
 
 
-class TorchNotInstalled(UserError, ImportError):
+class TorchNotInstalled(MissingExtraError):
     """torch is needed for this operation and is not installed."""
 
 
 def require_torch():
     """The torch module, or TorchNotInstalled with the install command."""
-    try:
-        import torch
-    except ImportError:
-        raise TorchNotInstalled(TORCH_MISSING) from None
-    return torch
+    return import_extra("torch", TORCH_MISSING, TorchNotInstalled)
 
 
 # ---------------------------------------------------------------- reading the checkpoint
@@ -214,13 +210,14 @@ def mismatches(model, arrays):
 OFFICIAL_INPUT_SIDES = (28, 32, 64)  # MNIST, CIFAR-10, TinyImageNet
 
 
-def input_shapes_to_try(arrays):
+def input_shapes_to_try(arrays, path):
     """Input shapes a checkpoint may take when none is given: (C, S, S) for the datasets'
     sides S and the first activation's spatial shape (the paper's first convs keep it), C
     from the first conv weight; (D,) for a dense first layer."""
     first = arrays.get("0.weight")
     if first is None or first.ndim not in (2, 4):
-        raise TorchImportError("cannot infer the input shape: no conv or linear weight 0.weight; give --input-shape")
+        raise TorchImportError(f"{path}: cannot infer the input shape: no conv or linear weight 0.weight; "
+                               "give --input-shape")
     if first.ndim == 2:
         return [(int(first.shape[1]),)]
     channels, shapes = int(first.shape[1]), []
@@ -231,10 +228,11 @@ def input_shapes_to_try(arrays):
     return shapes + [(channels, side, side) for side in OFFICIAL_INPUT_SIDES if (channels, side, side) not in shapes]
 
 
-def _candidates(arrays, input_shape, n_classes, activation):
+def _candidates(arrays, input_shape, n_classes, activation, path):
     """[(name, Sequential)] to try for arch="auto" (input_shape None: every shape to try)."""
     if input_shape is None:
-        return [c for shape in input_shapes_to_try(arrays) for c in _candidates(arrays, shape, n_classes, activation)]
+        return [c for shape in input_shapes_to_try(arrays, path)
+                for c in _candidates(arrays, shape, n_classes, activation, path)]
     out = []
     if len(input_shape) == 3:
         for name in sorted(ARCHITECTURES):
@@ -256,7 +254,7 @@ def _select(arch, arrays, input_shape, n_classes, activation, path):
     """(arch name, Sequential) whose parameters fit `arrays` exactly, or TorchImportError."""
     if arch != "auto":
         if input_shape is None:
-            input_shape = _fitting_shape(arch, arrays, n_classes, activation)
+            input_shape = _fitting_shape(arch, arrays, n_classes, activation, path)
         model = build_named_or_generic(arch, input_shape, n_classes, activation)
         problems = mismatches(model, arrays)
         if problems:
@@ -265,7 +263,7 @@ def _select(arch, arrays, input_shape, n_classes, activation, path):
                                    + "; ".join(problems))
         return arch, model
     tried = []
-    for name, model in _candidates(arrays, input_shape, n_classes, activation):
+    for name, model in _candidates(arrays, input_shape, n_classes, activation, path):
         problems = mismatches(model, arrays)
         if not problems:
             return name, model
@@ -279,19 +277,19 @@ def _select(arch, arrays, input_shape, n_classes, activation, path):
                            + "; ".join(problems))
 
 
-def _fitting_shape(arch, arrays, n_classes, activation):
+def _fitting_shape(arch, arrays, n_classes, activation, path):
     """The input shape to try on which `arch` fits the checkpoint with the fewest mismatches
     (none, where it fits; the caller reports those of the closest)."""
-    scored = []
-    for order, shape in enumerate(input_shapes_to_try(arrays)):
+    shapes, scored = input_shapes_to_try(arrays, path), []
+    for order, shape in enumerate(shapes):
         try:
             scored.append((len(mismatches(build_named_or_generic(arch, shape, n_classes, activation), arrays)),
                            order, shape))
         except TorchImportError:
             continue  # the input is too small for this architecture
     if not scored:
-        raise TorchImportError(f"architecture {arch} fits none of the input shapes tried "
-                               f"({', '.join(map(str, input_shapes_to_try(arrays)))}); give --input-shape")
+        raise TorchImportError(f"{path}: architecture {arch} fits none of the input shapes tried "
+                               f"({', '.join(map(str, shapes))}); give --input-shape")
     return min(scored)[2]
 
 

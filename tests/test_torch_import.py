@@ -95,3 +95,15 @@ def test_wrong_or_partial_official_checkpoints_are_one_line_errors(tmp_path, cha
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.strip().splitlines() if line]
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output, result.output
+
+
+def test_an_input_shape_that_cannot_be_inferred_is_an_error_naming_the_file(tmp_path):
+    state = official_model(MNIST_4C3F, "relux").state_dict()
+    state.pop("0.weight")
+    ckpt = tmp_path / "no-first-weight.pth"
+    torch.save({"state_dict": state}, ckpt)
+    for args in (["--arch", "4c3f"], []):
+        result = CliRunner().invoke(main, ["import-torch", str(ckpt), "--out", str(tmp_path / "m.npz")] + args)
+        lines = [line for line in result.output.strip().splitlines() if line]
+        assert result.exit_code == 2 and len(lines) == 1, result.output
+        assert "no-first-weight.pth: cannot infer the input shape" in lines[0], result.output
