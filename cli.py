@@ -157,6 +157,73 @@ engine_options = [
 dtype_option = setting_option(CertifyConfig, "dtype")
 domain_option = setting_option(CertifyConfig, "domain")
 
+SAME_ANSWERS = ("The results equal a single-process run's, bit for bit: every random draw comes from the seed and "
+                "the sample's index, never from a shard or a worker.")
+distributed_options = [
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Cut the samples into shards computed by a Dask LocalCluster of N worker processes on this "
+                      "machine, one thread each (pip install 'lipref[distributed]'). " + SAME_ANSWERS),
+    click.option("--scheduler", default=None, metavar="ADDRESS",
+                 help="Cut the samples into shards computed on the Dask cluster of the scheduler at ADDRESS "
+                      "(tcp://host:8786); every worker must read MODEL at the same path. " + SAME_ANSWERS),
+    click.option("--shard-size", type=click.IntRange(min=1), default=None,
+                 help="Samples per shard, a multiple of --batch-size (default: one batch)."),
+    click.option("--shards-dir", type=click.Path(file_okay=False), default=None,
+                 help="Write each finished shard's results into this folder as it arrives (with a manifest of the "
+                      "run), so that --resume can continue an interrupted run; without --workers or --scheduler "
+                      "the shards run in this process."),
+    click.option("--resume", is_flag=True,
+                 help="Continue the run in --shards-dir: compute only the shards missing there (refused if the "
+                      "folder was made with other options, model or data; the seed is the folder's)."),
+]
+
+
+def _sharding(workers, scheduler, shard_size, shards_dir, resume):
+    """The run's lipref.distributed.Sharding, once its options fit together."""
+    from lipref.distributed import Sharding
+    if workers and scheduler:
+        raise InputError("give --workers N (a cluster on this machine) or --scheduler ADDRESS, not both")
+    if resume and not shards_dir:
+        raise InputError("--resume continues the run in --shards-dir DIR: give the folder")
+    return Sharding(scheduler, workers, shard_size, shards_dir, resume)
+
+
+def _sharded_seed(mode, seed, sharding):
+    """run_seed, except that a resumed run takes the seed its shard folder recorded."""
+    from lipref.distributed import resumed_seed
+    from lipref.seeds import check_seed
+    if seed is None:
+        seed = resumed_seed(sharding.folder, sharding.resume)
+    return check_seed(run_seed(mode, seed))
+
+
+@contextlib.contextmanager
+def _shard_progress(total, label, enabled):
+    """update(n) for one bar over a sharded run's samples: done / total, rate and time left."""
+    started = time.perf_counter()
+    with click.progressbar(length=total, label=label, file=sys.stderr if enabled else _Null(), show_pos=True,
+                           show_eta=True, item_show_func=lambda text: text) as bar:
+        def update(n):
+            rate = (bar.pos + n) / max(time.perf_counter() - started, 1e-9)
+            bar.update(n, f"{rate:.1f} samples/s")
+        yield update
+
+
+def _plan_shards(model_path, dataset, options, sharding):
+    """The run's lipref.distributed.ShardPlan (None when not sharded)."""
+    from lipref.distributed import plan_shards
+    return plan_shards(model_path, dataset.images, dataset.labels, options, sharding) if sharding.requested else None
+
+
+def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, label, quiet):
+    """(the joined result, the JSON's "workers", "shards" and "shards_computed"): the run cut
+    into shards (lipref.distributed, `plan` from plan_shards), computed where `sharding` says."""
+    from lipref import distributed
+    with _shard_progress(int(dataset.labels.shape[0]), label, not quiet) as progress:
+        run = distributed.run_sharded(model_path, dataset.images, dataset.labels, options, norms, sharding,
+                                      progress, threads, plan)
+    return distributed.joined_shards(run, options), distributed.summary(run)
+
 
 def apply_options(options):
     def decorator(fn):
@@ -263,15 +330,16 @@ class _TrainProgress:
 
 # ----------------------------------------------------------------------------------- certify
 
-def _sound_norms(model, rng, verbose, gram_limit):
-    """Sound mode's certified global norms, computed once per model, with a line on stderr
-    (the slowest step of sound mode; see BENCHMARKS.md)."""
-    from lipref.bounds import sound_global_norms
-    if verbose:
+def _global_norms(model, mode, n_iters, seed, verbose, gram_limit):
+    """The run's global norms (certify.global_norms_once), computed once before any batch or
+    shard; in sound mode with a line on stderr (its slowest step; see BENCHMARKS.md)."""
+    from lipref.certify import global_norms_once
+    sound = verbose and mode == "sound"
+    if sound:
         click.echo("sound mode: certifying each layer's global norm (once per model) ...", err=True)
     start = time.perf_counter()
-    norms = sound_global_norms(model, rng, gram_limit)
-    if verbose:
+    norms = global_norms_once(model, mode, n_iters, seed, gram_limit)
+    if sound:
         click.echo(f"sound mode: global norms certified in {time.perf_counter() - start:.1f} s", err=True)
     return norms
 
@@ -301,33 +369,49 @@ def _sound_norms(model, rng, verbose, gram_limit):
                    "estimated to the sound local bound (docs/auditing.md). The sound run's seed comes from OS "
                    "entropy and is recorded as audit.seed.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@apply_options(distributed_options)
 @user_errors
 def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
             domain, dtype, gram_limit, threads, backend, seed, reference, audit, as_json, samples_path, plot_path,
-            quiet):
+            quiet, workers, scheduler, shard_size, shards_dir, resume):
     """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
     MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
 
     What is certified: the model's parameters as stored (float32 weights computed in float64
-    in sound mode) at the data as read (float64 data stay float64)."""
+    in sound mode) at the data as read (float64 data stay float64).
+
+    With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
+    Dask cluster; the results equal a single-process run's bit for bit (every random draw
+    comes from the seed and the sample's index), and the JSON adds workers and shards."""
     from lipref.certify import certify as run_certify
+    from lipref.distributed import ShardOptions
     from lipref.models import atomic_write_bytes
     if audit and mode != "fast":
         raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
+    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
+    if audit and sharding.requested:
+        raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
-    seed = run_seed(mode, seed)
-    rng = host.random.default_rng(seed)
+    seed = _sharded_seed(mode, seed, sharding)
     pgd_domain = resolve_domain(domain, dataset)
+    extra = {}
+    options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
+                           pgd_restarts, pgd_domain)
+    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
     with _kernels(reference):
-        sound_norms = _sound_norms(model, rng, not quiet, gram_limit) if mode == "sound" else None
-        with _progress(n, "certifying", not quiet) as bar:
-            result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                                 pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, sound_norms=sound_norms,
-                                 threads=threads)
+        norms = _global_norms(model, mode, n_iters, seed, not quiet, gram_limit)
+        if sharding.requested:
+            result, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "certifying",
+                                         quiet)
+        else:
+            with _progress(n, "certifying", not quiet) as bar:
+                result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, None, batch_size,
+                                     pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, threads=threads,
+                                     seed=seed, norms=norms)
     summary = result.summary()
     summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
-                    "domain": None if pgd_domain is None else list(pgd_domain)})
+                    "domain": None if pgd_domain is None else list(pgd_domain), **extra})
     if audit:
         with _kernels(reference):
             summary["audit"] = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size,
@@ -365,11 +449,10 @@ def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch
     from lipref.certify import certify as run_certify
     model, dataset, _ = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
     seed = run_seed("sound", None)
-    rng = host.random.default_rng(seed)
-    norms = _sound_norms(model, rng, not quiet, gram_limit)
+    norms = _global_norms(model, "sound", n_iters, seed, not quiet, gram_limit)
     with _progress(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
-        sound = run_certify(model, dataset.images, dataset.labels, eps, "sound", n_iters, rng, batch_size, 0,
-                            progress=bar.update, sound_norms=norms, threads=threads)
+        sound = run_certify(model, dataset.images, dataset.labels, eps, "sound", n_iters, None, batch_size, 0,
+                            progress=bar.update, threads=threads, seed=seed, norms=norms)
     return {**audit_summary(estimate, sound), "seed": seed,
             "sound_certified_accuracy_local": float(sound.certified_local.mean())}
 
@@ -401,25 +484,37 @@ def _audit_rows(audit):
 @reference_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print {seed, reference, samples: [{index, label, prediction, global, local, "
-                   "constant_fraction}]}.")
+                   "constant_fraction}]} (sharded: also workers, shards).")
+@apply_options(distributed_options)
 @user_errors
 def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
-          seed, reference, as_json):
+          seed, reference, as_json, workers, scheduler, shard_size, shards_dir, resume):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
-    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory)."""
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
+
+    With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
+    Dask cluster; the bounds equal a single-process run's bit for bit."""
     from lipref.certify import bounds_per_sample
+    from lipref.distributed import ShardOptions
+    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
-    seed = run_seed(mode, seed)
-    rng = host.random.default_rng(seed)
+    seed = _sharded_seed(mode, seed, sharding)
+    extra = {}
+    options = ShardOptions("bound", eps, mode, n_iters, batch_size, seed, backend, compute, reference)
+    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
     with _kernels(reference):
-        sound_norms = _sound_norms(model, rng, True, gram_limit) if mode == "sound" else None
-        with _progress(n, "bounding", True) as bar:
-            samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, rng, batch_size,
-                                        progress=bar.update, sound_norms=sound_norms, threads=threads)
+        norms = _global_norms(model, mode, n_iters, seed, True, gram_limit)
+        if sharding.requested:
+            samples, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "bounding",
+                                          False)
+        else:
+            with _progress(n, "bounding", True) as bar:
+                samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, None,
+                                            batch_size, progress=bar.update, threads=threads, seed=seed, norms=norms)
     if as_json:
         _emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
-                    "seed": seed, "dtype": compute, "reference": reference, "samples": samples})
+                    "seed": seed, "dtype": compute, "reference": reference, **extra, "samples": samples})
         return
     rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
             for r in samples]

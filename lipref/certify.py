@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .attack import pgd_l2
 from .backend import host, namespace, to_host
-from .bounds import MODES, network_bounds, sound_global_norms
+from .bounds import MODES, global_norms, network_bounds, sound_global_norms
 from .bounds import margins as M
 from .bounds.certificates import GRAM_LIMIT
 from .bounds.rounding import last_layer_gamma as _gamma
@@ -25,6 +25,7 @@ from .bounds.rounding import logit_slack, margin_slack, support_radius
 from .config import FLOAT_DTYPES, setting
 from .data.batches import batches
 from .errors import InputError
+from .seeds import BOUNDS, PGD, check_seed, global_rng, sample_streams, seed_from
 
 DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data or the mode need it (cli._compute_dtype)
 
@@ -146,50 +147,86 @@ def certify_bounds(bounds, last_weight, last_bias, onehot, eps, mode, cap_at_eps
     return cert, r
 
 
-def _certify_batch(model, x, labels, eps, mode, n_iters, rng, global_vectors, sound_norms, threads):
+@dataclass(frozen=True)
+class GlobalNorms:
+    """What every batch and shard of a run shares, computed once up front from the seed (never
+    warm-started from batch to batch, so no batch depends on another): fast mode's global
+    power-iteration vectors (each batch takes the norms at them), sound mode's certified
+    global norms."""
+    vectors: dict = None
+    sound: list = None
+
+
+def global_norms_once(model, mode, n_iters, seed, gram_limit=GRAM_LIMIT):
+    """GlobalNorms of a run: fast mode, n_iters power-iteration steps from starts drawn from
+    [seed, GLOBAL]; sound mode, `sound_global_norms` (its rng from the same stream)."""
+    if mode == "sound":
+        return GlobalNorms(sound=sound_global_norms(model, global_rng(seed), gram_limit))
+    _, vectors = global_norms(model, "fast", n_iters, global_rng(seed), {}, False)
+    return GlobalNorms(vectors=vectors)
+
+
+def run_seed_of(seed, rng):
+    """The seed of a run: `seed`, or one drawn from `rng` (callers that pass a Generator)."""
+    if seed is not None:
+        return check_seed(seed)
+    if rng is None:
+        raise InputError("certify and bound need seed (or rng, a numpy Generator) for the random starts")
+    return seed_from(rng)
+
+
+def _norms_of(model, mode, n_iters, seed, norms, sound_norms):
+    if norms is not None:
+        return norms
+    if mode == "sound" and sound_norms is not None:
+        return GlobalNorms(sound=sound_norms)
+    return global_norms_once(model, mode, n_iters, seed)
+
+
+def _bounds(model, x, eps, bound, mode, n_iters, streams, norms, threads):
+    """network_bounds of one batch with the run's global norms (global_iters=0: the norms at
+    the given vectors) and, for the local bound, each sample's own start vectors."""
+    return network_bounds(model, x, eps, bound, mode, n_iters, streams, None, norms.vectors,
+                          sound_norms=norms.sound, threads=threads, global_iters=0)
+
+
+def _certify_batch(model, x, labels, eps, mode, n_iters, streams, norms, threads):
     weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
     onehot = M.one_hot(labels, model.n_classes, x.dtype)
-    local = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
-                           sound_norms=sound_norms, threads=threads)
-    glob = network_bounds(model, x, eps, "global", mode, n_iters, rng, None, local.global_vectors,
-                          sound_norms=sound_norms, threads=threads)
+    local = _bounds(model, x, eps, "local", mode, n_iters, streams, norms, threads)
+    glob = _bounds(model, x, eps, "global", mode, n_iters, None, norms, threads)  # draws nothing
     out = {}
     for name, b in (("local", local), ("global", glob)):
         cert, radius = certify_bounds(b, weight, bias, onehot, eps, mode, cap_at_eps=name == "local")
         out[name] = (to_host(b.lipschitz), to_host(cert), to_host(radius))
     preds = to_host(M.predictions(local.logits))
     fractions = [to_host(a.constant_fraction) for a in local.activations]
-    return out, preds, fractions, local.global_vectors
-
-
-def _sound_norms_once(model, mode, rng, sound_norms):
-    """Sound mode's certified global norms for every batch of a run: the given ones, or
-    computed here once per model (network_bounds would otherwise compute them per batch)."""
-    if mode == "sound" and sound_norms is None:
-        return sound_global_norms(model, rng)
-    return sound_norms
+    return out, preds, fractions
 
 
 def bounds_per_sample(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
-                      batch_size=CertifyConfig.batch_size, progress=None, sound_norms=None, threads=None):
+                      batch_size=CertifyConfig.batch_size, progress=None, sound_norms=None, threads=None, seed=None,
+                      first_index=0, norms=None):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
     x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
-    layer. The global bound's power-iteration vectors carry over from batch to batch; in
-    sound mode the global norms are certified once (`sound_global_norms`, unless given).
-    threads: for network_bounds (None: the backend's default)."""
+    layer. Random starts come from (seed, index) (lipref.seeds; seed drawn from rng when
+    not given), the global norms from `norms` (GlobalNorms; computed once here when None,
+    or from sound_norms), so no sample's draws depend on its batch (see `certify`).
+    first_index: the index in the whole dataset of images[0] (a shard's offset). threads:
+    for network_bounds."""
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
-    samples, global_vectors = [], None
-    sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
+    seed = run_seed_of(seed, rng)
+    norms = _norms_of(model, mode, n_iters, seed, norms, sound_norms)
+    samples = []
     for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
-        b = network_bounds(model, x, eps, "local", mode, n_iters, rng, None, global_vectors,
-                           sound_norms=sound_norms, threads=threads)
-        global_vectors = b.global_vectors
+        streams = sample_streams(seed, first_index + s, first_index + e, BOUNDS)
+        b = _bounds(model, x, eps, "local", mode, n_iters, streams, norms, threads)
         preds, local = to_host(M.predictions(b.logits)), to_host(b.lipschitz)
         glob = float(to_host(b.global_lipschitz))
         fractions = [to_host(a.constant_fraction) for a in b.activations]
         for i in range(e - s):
-            samples.append({"index": s + i, "label": int(labels[s + i]), "prediction": int(preds[i]),
+            samples.append({"index": first_index + s + i, "label": int(labels[s + i]), "prediction": int(preds[i]),
                             "global": glob, "local": float(local[i]),
                             "constant_fraction": [float(f[i]) for f in fractions]})
         if progress is not None:
@@ -199,32 +236,35 @@ def bounds_per_sample(model, images, labels, eps, mode=CertifyConfig.mode, n_ite
 
 def certify(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
             batch_size=CertifyConfig.batch_size, pgd_steps=0, pgd_restarts=CertifyConfig.pgd_restarts, domain=None,
-            progress=None, sound_norms=None, threads=None):
+            progress=None, sound_norms=None, threads=None, seed=None, first_index=0, norms=None):
     """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
 
     mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
-    bounds; the model must be float64; the global norms are certified once, by
-    `sound_global_norms` unless given as sound_norms). pgd_steps > 0 also runs l2 PGD
-    (step eps/4, random start, pgd_restarts restarts) inside the ball and the data domain
-    `domain` ((lo, hi), which must hold the data, or None: unbounded); a certified sample
-    that PGD breaks at a point within eps (measured in float64) is a soundness violation.
-    progress(n_done) is called after each batch. threads: for network_bounds and PGD
-    (None: the backend's default)."""
+    bounds; the model must be float64). Every random draw comes from (seed, sample index)
+    (lipref.seeds; seed drawn from rng when not given), the global norms from `norms`
+    (GlobalNorms, computed once here when None, or sound mode's sound_norms), so no sample's
+    draws depend on its batch: shards of whole batches give the same numbers bit for bit
+    (first_index: the index in the whole dataset of images[0]), other batch sizes the same
+    to the rounding of the kernels' sums (which may pick their order by block size).
+    pgd_steps > 0 also runs l2 PGD (step eps/4, random start, pgd_restarts restarts) inside
+    the ball and the data domain `domain` ((lo, hi), which must hold the data, or None:
+    unbounded); a certified sample that PGD breaks at a point within eps (measured in
+    float64) is a soundness violation. progress(n_done) is called after each batch.
+    threads: for network_bounds and PGD (None: the backend's default)."""
     if not 0 <= eps < float("inf"):
         raise InputError(f"eps must be finite and >= 0, got {eps}")
-    if rng is None:
-        raise InputError("certify needs rng (a numpy Generator) for power-iteration starts and PGD")
+    seed = run_seed_of(seed, rng)
     if int(labels.shape[0]) == 0:
         raise InputError("nothing to certify: the dataset has no examples")
     params = next(iter(model.parameters().values())).value
     xp = namespace(params)
     start = time.perf_counter()
     parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
-    global_vectors = None
-    sound_norms = _sound_norms_once(model, mode, rng, sound_norms)
+    norms = _norms_of(model, mode, n_iters, seed, norms, sound_norms)
     for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
-        out, preds, fractions, global_vectors = _certify_batch(model, x, y, eps, mode, n_iters, rng,
-                                                              global_vectors, sound_norms, threads)
+        first, last = first_index + s, first_index + e
+        out, preds, fractions = _certify_batch(model, x, y, eps, mode, n_iters, sample_streams(seed, first, last, BOUNDS),
+                                               norms, threads)
         for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
             parts["l" + key].append(lip)
             parts["c" + key].append(cert)
@@ -232,7 +272,8 @@ def certify(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=Certify
         parts["pred"].append(preds)
         parts["frac"].append(fractions)
         if pgd_steps > 0:
-            attack = pgd_l2(model, x, y, eps, rng, pgd_steps, None, pgd_restarts, domain, threads)
+            attack = pgd_l2(model, x, y, eps, sample_streams(seed, first, last, PGD), pgd_steps, None, pgd_restarts,
+                            domain, threads)
             parts["broken"].append(to_host(attack.success) & _within(to_host(attack.adversarial), images[s:e], eps))
         if progress is not None:
             progress(e - s)
@@ -259,8 +300,36 @@ def _assemble(parts, labels, eps, mode, n_iters, pgd_steps, seconds):
         constant_fraction=fractions, pgd_steps=pgd_steps, seconds=seconds)
     if pgd_steps > 0:
         result.pgd_broken = cat(parts["broken"]) & result.correct
-        certified_any = result.certified_local | result.certified_global
-        result.violations = [int(i) for i in host.nonzero(certified_any & result.pgd_broken)[0]]
+    result.violations = _violations(result)
+    return result
+
+
+def _violations(result):
+    """Indices of certified samples that PGD broke inside the ball."""
+    if result.pgd_broken is None:
+        return []
+    certified_any = result.certified_local | result.certified_global
+    return [int(i) for i in host.nonzero(certified_any & result.pgd_broken)[0]]
+
+
+# the per-sample arrays of a Certification, in the order a shard stores them
+PER_SAMPLE = ("labels", "predictions", "correct", "global_bound", "local_bound", "certified_global", "certified_local",
+              "radius_global", "radius_local", "constant_fraction", "pgd_broken")
+
+
+def certification_arrays(result):
+    """{name: host array} of a Certification's per-sample fields (pgd_broken left out when no
+    attack ran): what a shard sends back and stores."""
+    return {k: getattr(result, k) for k in PER_SAMPLE if getattr(result, k) is not None}
+
+
+def joined_certification(shards, eps, mode, n_iters, pgd_steps, seconds):
+    """One Certification from the `certification_arrays` of consecutive shards, in sample
+    order; the same arrays, value for value, as one run over all samples."""
+    arrays = {k: host.concatenate([s[k] for s in shards]) for k in shards[0]}
+    result = Certification(eps=float(eps), mode=mode, n_iters=n_iters, pgd_steps=pgd_steps, seconds=seconds,
+                           **{k: arrays.get(k) for k in PER_SAMPLE})
+    result.violations = _violations(result)
     return result
 
 

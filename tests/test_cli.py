@@ -242,6 +242,7 @@ def test_bound_sound_mode_certificate_and_gram_limit(model_file):
 
 # every option of every command and the default its --help shows (None: no default shown), as
 # before the options were read from the library's config dataclasses
+SHARDING = {"--workers": None, "--scheduler": None, "--shard-size": None, "--shards-dir": None, "--resume": None}
 OPTIONS = {
     "train": {"--out": None, "--resume": None, "--data": "embedded:train", "--data-dir": None, "--limit": None,
               "--eval-data": None, "--eval-limit": 200, "--arch": "2c2f", "--activation": "relu",
@@ -255,10 +256,10 @@ OPTIONS = {
                 "--iters": 100, "--pgd-steps": 100, "--pgd-restarts": 1, "--batch-size": 100, "--domain": "auto",
                 "--dtype": "auto", "--gram-limit": 8192, "--threads": None, "--backend": "numpy", "--seed": None,
                 "--json": None, "--samples": None, "--plot": None, "--quiet": None, "--reference": None,
-                "--audit": None},
+                "--audit": None, **SHARDING},
     "bound": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--iters": 100,
               "--mode": "fast", "--batch-size": 100, "--dtype": "auto", "--gram-limit": 8192, "--threads": None,
-              "--backend": "numpy", "--seed": None, "--json": None, "--reference": None},
+              "--backend": "numpy", "--seed": None, "--json": None, "--reference": None, **SHARDING},
     "attack": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--steps": 100,
                "--step-size": None, "--restarts": 1, "--batch-size": 100, "--domain": "auto", "--dtype": "auto",
                "--threads": None, "--backend": "numpy", "--seed": None, "--json": None},
