@@ -22,6 +22,8 @@ from lipref.config import setting_of
 from lipref.errors import InputError, UserError
 from lipref.inputs import data_for_model, load_model_and_data, load_model_file, resolve_domain, run_seed
 from lipref.layers import ACTIVATIONS
+from lipref.recipes import RECIPES, apply_recipe
+from lipref.recipes import recipe as recipe_values
 from lipref.train import TrainConfig
 
 EXIT_USAGE = 2
@@ -89,7 +91,8 @@ class _Null:
 
 
 def _python_type(annotation):
-    return annotation if isinstance(annotation, type) else {"int": int, "float": float, "str": str}[annotation]
+    return annotation if isinstance(annotation, type) else {"int": int, "float": float, "str": str,
+                                                             "bool": bool}[annotation]
 
 
 def setting_option(cls, name, flag=None, **overrides):
@@ -98,6 +101,11 @@ def setting_option(cls, name, flag=None, **overrides):
     and `overrides` (a callback, a command-specific help) from here."""
     f = setting_of(cls, name)
     meta, kind = f.metadata, _python_type(f.type)
+    flag = flag or "--" + name.replace("_", "-")
+    if kind is bool:
+        return click.option(f"{flag}/--no-{flag[2:]}", name, default=f.default,
+                            help=f"{meta.get('help')} [default: {flag[2:] if f.default else '--no-' + flag[2:]}]",
+                            **overrides)
     if meta.get("choices"):
         value_type = click.Choice(list(meta["choices"]))
     elif meta.get("min") is not None or meta.get("max") is not None:
@@ -107,7 +115,7 @@ def setting_option(cls, name, flag=None, **overrides):
     options = {"type": value_type, "default": f.default, "show_default": f.default is not None,
                "help": meta.get("help")}
     options.update(overrides)
-    return click.option(flag or "--" + name.replace("_", "-"), name, **options)
+    return click.option(flag, name, **options)
 
 
 def settings_options(cls, *names, **per_name):
@@ -248,6 +256,9 @@ def main():
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder: checkpoint.npz, best.npz, model.npz, history.json.")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+              help="The paper's setting for one model (lipref/recipes.py); printed when used. Options given "
+                   "explicitly override it.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same options).")
 @click.option("--data", "data_spec", default="embedded:train", show_default=True,
               help="Training data (dataset[:split] or .npz), as for certify.")
@@ -258,8 +269,9 @@ def main():
 @setting_option(TrainConfig, "eval_limit")
 @apply_options(settings_options(
     TrainConfig, "arch", "activation", "threshold_init", "epochs", "batch_size", "eps_train", "eps_eval", "warmup",
-    "ramp", "kappa_end", "lr", "lr_end", "decay_start", "loss", "bound", "sparsity", "saturation_weight", "n_iters",
-    "eval_iters", "dtype", eps_train={"flag": "--eps", "callback": _positive_eps},
+    "ramp", "kappa_start", "kappa_end", "lr", "lr_end", "decay_start", "loss", "bound", "sparsity",
+    "saturation_weight", "n_iters", "eval_iters", "crop_padding", "flip", "best_from", "layer_inits", "dtype",
+    eps_train={"flag": "--eps", "callback": _positive_eps},
     eps_eval={"callback": _positive_eps}, n_iters={"flag": "--iters"}))
 @threads_option
 @apply_options(engine_options)
@@ -267,10 +279,14 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
-def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, reference, as_json, quiet,
-          **options):
+def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, reference, as_json,
+          quiet, **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
     from lipref.train import train as run_training
+    if recipe is not None:
+        options["data_spec"] = data_spec
+        options = _with_recipe(recipe, options)
+        data_spec = options.pop("data_spec")
     options["seed"] = run_seed("fast", options["seed"])
     config = TrainConfig(eval_limit=eval_limit, **options)
     train_set = D.load_data(data_spec, data_dir, limit)
@@ -291,6 +307,23 @@ def train(out_dir, resume, data_spec, data_dir, limit, eval_data, eval_limit, th
                                 ("median_local_over_global", "local/global", "{:.3f}")]))
     click.echo(f"eps {history[-1]['eps']:g} on {history[-1]['n']} evaluation examples; "
                f"models in {out_dir}/ (best.npz = best certified accuracy, model.npz = last epoch)")
+
+
+def _with_recipe(name, options):
+    """`options` with recipe `name`'s values where the user gave none; prints what it set."""
+    ctx = click.get_current_context()
+    explicit = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+    given = {k for k in options if ctx.get_parameter_source(k) in explicit}
+    options, used = apply_recipe(name, options, given)
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    shown = " ".join(f"{flags[k]} {v:g}" if isinstance(v, float) else
+                     (flags[k] if v else "--no-" + flags[k][2:]) if isinstance(v, bool) else f"{flags[k]} {v}"
+                     for k, v in used.items())
+    click.echo(f"recipe {name} sets: {shown}", err=True)
+    if given & set(recipe_values(name)):
+        click.echo(f"  (given explicitly, kept: {', '.join(flags[k] for k in sorted(given & set(recipe_values(name))))})",
+                   err=True)
+    return options
 
 
 class _TrainProgress:
@@ -683,11 +716,11 @@ def import_onnx(onnx_path, out_path):
 def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, as_json):
     """Recompute MODEL's logits, masks, bounds, margins and loss gradients with the torch
     reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
-    from lipref.check import check_against_torch
+    from lipref.check import LOSSES, check_against_torch
     model = load_model_file(model_path, "numpy", "float64")
     dataset = data_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
     rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
-                               host.random.default_rng(seed))
+                               host.random.default_rng(seed), loss_names=LOSSES)
     ok = all(r["ok"] for r in rows)
     if as_json:
         _emit_json({"model": model_path, "against": against, "ok": ok, "n": int(dataset.labels.shape[0]),

@@ -127,6 +127,7 @@ def torch_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
     """The same in torch (the reference implementation), float32."""
     import torch
 
+    from lipref.reference import torch_margins as RM
     from lipref.reference import torch_reference as R
     net = R.to_torch(model, torch.float32)
     xt, yt = torch.as_tensor(x), torch.as_tensor(labels, dtype=torch.int64)
@@ -142,7 +143,7 @@ def torch_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
 
     def gradients():
         b = R.network_bounds(net, xt, eps, n_iters, lv, gv, "local", shapes)
-        return torch.autograd.grad(R.gloro_loss(b.logits, last, yt, b.radius), params)
+        return torch.autograd.grad(RM.gloro_loss(b.logits, last, yt, b.radius), params)
     return values if mode == "values" else gradients
 
 

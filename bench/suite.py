@@ -239,7 +239,8 @@ def case_train_step_4c3f(impl, repeats, batch=128, n_iters=2, eps=1.58):
     if impl == "torch":
         import torch
 
-        from lipref.reference.torch_reference import gloro_loss, input_shapes, network_bounds, to_torch
+        from lipref.reference.torch_margins import gloro_loss
+        from lipref.reference.torch_reference import input_shapes, network_bounds, to_torch
         net = to_torch(model, torch.float32)
         shapes = input_shapes(net, (1, 28, 28))
         opt = torch.optim.Adam(net.parameters(), lr=1e-4)

@@ -33,7 +33,7 @@ from .tape import grad, value_of
 from .torch_import import require_torch
 
 TOLERANCE = 1e-6
-LOSSES = ("gloro", "bcp")
+LOSSES = ("gloro", "bcp", "gloro-bcp")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def lipref_loss_gradients(model, x, labels, eps, n_iters, global_vectors, local_
 def torch_values(model, x, labels, eps, n_iters, global_vectors, local_vectors, loss_names):
     """{quantity: host array} from the torch reference: the same quantities as lipref's side."""
     torch = require_torch()
+    from .reference import torch_margins as RM
     from .reference import torch_reference as R
     net = R.to_torch(model, torch.float64)
     xt = torch.as_tensor(x, dtype=torch.float64)
@@ -124,8 +125,8 @@ def torch_values(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
                          {i: torch.as_tensor(v) for i, v in global_vectors.items()})
     last = list(net)[-1].weight
     out = {"logits": b.logits, "global bound": b.global_lipschitz, "local bound": b.lipschitz,
-           "gloro worst logits": R.gloro_worst_logits(b.logits, last, yt, b.radius),
-           "bcp worst logits": R.bcp_worst_logits(b.logits, last, yt, b.radius, b.penultimate, b.lower, b.upper),
+           "gloro worst logits": RM.gloro_worst_logits(b.logits, last, yt, b.radius),
+           "bcp worst logits": RM.bcp_worst_logits(b.logits, last, yt, b.radius, b.penultimate, b.lower, b.upper),
            "penultimate box": torch.cat([b.lower.reshape(-1), b.upper.reshape(-1)])}
     for act in b.activations:
         out[f"box layer {act.index}"] = torch.cat([act.lower.reshape(-1), act.upper.reshape(-1)])
@@ -136,7 +137,7 @@ def torch_values(model, x, labels, eps, n_iters, global_vectors, local_vectors, 
         out[f"local norm layer {i}"] = norm
     params = dict(net.named_parameters())
     for loss in loss_names:
-        value = R.gloro_loss(b.logits, last, yt, b.radius) if loss == "gloro" else R.bcp_loss(b, last, yt)
+        value = RM.robust_loss(loss, b, last, yt)
         grads = torch.autograd.grad(value, list(params.values()), retain_graph=True, allow_unused=True)
         out[f"{loss} loss"] = value
         for (name, p), g in zip(params.items(), grads):

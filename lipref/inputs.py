@@ -7,13 +7,14 @@ from . import data as D
 from .backend import float_dtype, get_backend, host
 from .errors import InputError
 from .importing import load_any_model
+from .seeds import check_seed
 
 
 def run_seed(mode, seed):
     """The seed of a run: the given one; in sound mode, else, fresh OS entropy, so that the
     random starts (Lanczos) cannot have been fitted by whoever made the model; 0 in fast mode."""
     if seed is not None:
-        return seed
+        return check_seed(seed)
     if mode == "sound":
         return secrets.randbits(63)
     return 0

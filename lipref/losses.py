@@ -5,6 +5,8 @@
   logit max_{j != y} z_j + R ||w_j - w_y|| (the worst-case logit of the other classes), with
   the label y. Small when z_y beats every class even after the worst move within the ball.
 - `bcp_loss`: the cross-entropy over the worst-case logits of the ball-and-box last layer.
+- `gloro_bcp_loss`: GloRo's form with the bottom logit taken from the ball-and-box
+  worst-case logits instead of R ||w_j - w_y|| (never larger, so never a looser loss).
 - `mixed_loss`: kappa * clean + (1 - kappa) * robust, the paper's schedule mixes the two.
 - `sparsity_loss`: pushes clipped neurons to be constant on the ball (off or saturated).
 
@@ -17,7 +19,7 @@ from .errors import InputError
 from .layers import ClampedMaxMin, ClippedReLU, ReLU
 from .tape import value_of
 
-ROBUST_LOSSES = ("gloro", "bcp")
+ROBUST_LOSSES = ("gloro", "bcp", "gloro-bcp")
 
 
 def _mean(values):
@@ -33,30 +35,45 @@ def clean_loss(logits, onehot):
     return _mean(P.softmax_cross_entropy(logits, onehot))
 
 
-def gloro_loss(bounds, last_weight, onehot):
-    """Cross-entropy over [z, bottom logit] with the true class y (GloRo, Leino et al. 2021)."""
+def _with_bottom_logit(logits, bottom, onehot):
+    """Cross-entropy over [z, bottom] with the true class y: GloRo's form of a robust loss."""
     xp = namespace(value_of(onehot))
-    logits = bounds.logits
-    bottom = M.gloro_bottom_logit(logits, last_weight, onehot, bounds.radius)
     n = value_of(onehot).shape[0]
     augmented = P.concat([logits, bottom], 1)
     target = xp.concat([onehot, xp.zeros((n, 1), dtype=onehot.dtype)], axis=1)
     return _mean(P.softmax_cross_entropy(augmented, target))
 
 
+def _bcp_worst(bounds, last_weight, onehot):
+    return M.bcp_worst_logits(bounds.logits, last_weight, onehot, bounds.radius, bounds.penultimate,
+                              bounds.lower, bounds.upper)
+
+
+def gloro_loss(bounds, last_weight, onehot):
+    """Cross-entropy over [z, bottom logit] with the true class y (GloRo, Leino et al. 2021)."""
+    bottom = M.gloro_bottom_logit(bounds.logits, last_weight, onehot, bounds.radius)
+    return _with_bottom_logit(bounds.logits, bottom, onehot)
+
+
+def gloro_bcp_loss(bounds, last_weight, onehot):
+    """GloRo's loss whose bottom logit is max_{j != y} of the ball-and-box worst-case logits,
+    z_j + max_{d in ball and box} (w_j - w_y) . d (the official MNIST recipe, `--gloro` there)."""
+    bottom = M.bottom_logit(_bcp_worst(bounds, last_weight, onehot), onehot)
+    return _with_bottom_logit(bounds.logits, bottom, onehot)
+
+
 def bcp_loss(bounds, last_weight, onehot):
     """Cross-entropy over the ball-and-box worst-case logits (the paper's tighter last layer)."""
-    worst = M.bcp_worst_logits(bounds.logits, last_weight, onehot, bounds.radius, bounds.penultimate,
-                               bounds.lower, bounds.upper)
-    return _mean(P.softmax_cross_entropy(worst, onehot))
+    return _mean(P.softmax_cross_entropy(_bcp_worst(bounds, last_weight, onehot), onehot))
+
+
+ROBUST = {"gloro": gloro_loss, "bcp": bcp_loss, "gloro-bcp": gloro_bcp_loss}
 
 
 def robust_loss(kind, bounds, last_weight, onehot):
-    if kind == "gloro":
-        return gloro_loss(bounds, last_weight, onehot)
-    if kind == "bcp":
-        return bcp_loss(bounds, last_weight, onehot)
-    raise InputError(f"unknown robust loss {kind!r}; choose one of {', '.join(ROBUST_LOSSES)}")
+    if kind not in ROBUST:
+        raise InputError(f"unknown robust loss {kind!r}; choose one of {', '.join(ROBUST_LOSSES)}")
+    return ROBUST[kind](bounds, last_weight, onehot)
 
 
 def mixed_loss(kind, bounds, last_weight, onehot, kappa):

@@ -13,7 +13,19 @@ import tempfile
 from .backend import host, to_host
 from .data.files import read_npz_checked
 from .errors import InputError, UserError
-from .layers import Conv2d, Flatten, Linear, Sequential, activation_layer, check_int, check_shape, layer_from_spec
+from .layers import (
+    ClampedMaxMin,
+    ClippedReLU,
+    Conv2d,
+    Flatten,
+    Linear,
+    Sequential,
+    activation_layer,
+    check_int,
+    check_shape,
+    layer_from_spec,
+)
+from .tape import Var
 
 FORMAT = "lipref-model/1"
 
@@ -81,6 +93,40 @@ def build_model(arch, input_shape, n_classes, xp, dtype, rng, activation="relu",
     model.metadata = {"arch": arch, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": n_classes, "threshold_init": threshold_init}
     return model
+
+
+def layer_inits(text):
+    """The per-activation-layer initial thresholds of `--layer-inits`: None, or a list of
+    floats (clipped ReLU: "T,...") or (hi, lo) pairs (MaxMin: "HI:LO,...")."""
+    if text is None:
+        return None
+    out = []
+    for item in str(text).split(","):
+        try:
+            parts = [float(v) for v in item.split(":")]
+        except ValueError:
+            raise InputError(f"layer inits: {item.strip()!r} is not a number or HI:LO") from None
+        if len(parts) > 2 or any(v != v or abs(v) == float("inf") for v in parts):
+            raise InputError(f"layer inits: {item.strip()!r} is not a finite T or HI:LO")
+        out.append(parts[0] if len(parts) == 1 else tuple(parts))
+    return out
+
+
+def set_layer_inits(model, inits, xp, dtype):
+    """Fill each clipped ReLU's thresholds (a float) or MaxMin's clamps (a (hi, lo) pair) from `inits`."""
+    if inits is None:
+        return
+    acts = [layer for layer in model.layers if isinstance(layer, (ClippedReLU, ClampedMaxMin))]
+    if len(inits) != len(acts):
+        raise InputError(f"layer inits: {len(inits)} values for {len(acts)} activation layers with thresholds")
+    for layer, init in zip(acts, inits):
+        pair = isinstance(layer, ClampedMaxMin)
+        if pair != isinstance(init, tuple):
+            raise InputError(f"layer inits: {init!r} does not fit a {type(layer).__name__} layer "
+                             f"({'HI:LO' if pair else 'one threshold'})")
+        values = dict(zip(("max", "min"), init)) if pair else {"threshold": init}
+        for name, value in values.items():
+            layer.params[name] = Var(xp.full(layer.params[name].value.shape, value, dtype=dtype))
 
 
 def atomic_write_bytes(path, data):

@@ -1,7 +1,8 @@
 """Training schedules as plain functions of the (fractional) epoch t = epoch + step / steps.
 
 The paper's recipe: `warmup` epochs of clean training (eps = 0, kappa = 1); then, over
-`ramp` epochs, eps grows linearly 0 -> eps_train and kappa falls linearly 1 -> kappa_end,
+`ramp` epochs, eps grows linearly 0 -> eps_train and kappa moves linearly kappa_start ->
+kappa_end (1 -> 0 for BCP; 0 -> 0, the robust loss alone, in the official GloRo recipe),
 interpolated within each epoch; afterwards both stay at their end values. The learning rate
 is constant until `decay_start`, then decays exponentially to `lr_end` at the last epoch.
 """
@@ -20,6 +21,7 @@ class Schedule:
     lr: float = 1e-3
     lr_end: float = 1e-3
     decay_start: float = None  # None: decay over the epochs after the ramp
+    kappa_start: float = 1.0
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -28,8 +30,8 @@ class Schedule:
             raise InputError(f"eps_train must be >= 0, got {self.eps_train}")
         if self.warmup < 0 or self.ramp < 0:
             raise InputError(f"warmup and ramp must be >= 0, got {self.warmup}, {self.ramp}")
-        if not 0.0 <= self.kappa_end <= 1.0:
-            raise InputError(f"kappa_end must be in [0, 1], got {self.kappa_end}")
+        if not (0.0 <= self.kappa_end <= 1.0 and 0.0 <= self.kappa_start <= 1.0):
+            raise InputError(f"kappa_start and kappa_end must be in [0, 1], got {self.kappa_start}, {self.kappa_end}")
         if self.lr <= 0 or self.lr_end <= 0:
             raise InputError(f"learning rates must be > 0, got {self.lr}, {self.lr_end}")
 
@@ -52,7 +54,9 @@ def eps_at(schedule, t):
 
 def kappa_at(schedule, t):
     """Weight of the clean loss at fractional epoch t (1 during warm-up)."""
-    return 1.0 - (1.0 - schedule.kappa_end) * ramp_fraction(schedule, t)
+    if t < schedule.warmup:
+        return 1.0
+    return schedule.kappa_start + (schedule.kappa_end - schedule.kappa_start) * ramp_fraction(schedule, t)
 
 
 def lr_at(schedule, t):

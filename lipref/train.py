@@ -10,7 +10,8 @@ gradient is the blocks' weighted sum).
 
 A run folder holds: checkpoint.npz (model, optimiser state, schedule position, history;
 written atomically after every epoch), best.npz (the model with the best certified accuracy
-on the evaluation set), model.npz (the final model), history.json, and vectors/ (the
+on the evaluation set among those trained at least `first_best_epoch` epochs, by default
+the end of the ramp), model.npz (the final model), history.json, and vectors/ (the
 per-sample power-iteration vectors, memory-mapped). Everything random is drawn from
 generators seeded by (seed, epoch), so a resumed run replays its interrupted epoch exactly.
 """
@@ -25,11 +26,21 @@ from .bounds import BOUNDS, global_norms, network_bounds, start_vectors
 from .bounds import margins as M
 from .certify import certify
 from .config import FLOAT_DTYPES, setting
+from .data.augment import augment
 from .errors import InputError, RunFolderError, TrainingDiverged
 from .layers import ACTIVATIONS
-from .models import atomic_write_bytes, build_model, load_model, model_to_bytes, save_model
+from .models import (
+    atomic_write_bytes,
+    build_model,
+    layer_inits,
+    load_model,
+    model_to_bytes,
+    save_model,
+    set_layer_inits,
+)
 from .optim import Adam
 from .schedules import Schedule, eps_at, kappa_at, lr_at
+from .seeds import check_seed
 from .tape import grad, value_of
 from .vectors import VectorStore, epoch_folder, remove_other_epochs
 
@@ -51,14 +62,17 @@ class TrainConfig:
     eps_train: float = setting(0.5, "Training radius (l2), reached at the end of the ramp.")
     eps_eval: float = setting(None, "Radius of the per-epoch evaluation (default: --eps).")  # None: eps_train
     warmup: float = setting(1.0, "Epochs of clean training first.")
-    ramp: float = setting(4.0, "Epochs over which eps grows 0 -> --eps and kappa falls 1 -> --kappa-end.")
+    ramp: float = setting(4.0, "Epochs over which eps grows 0 -> --eps and kappa moves --kappa-start -> --kappa-end.")
     kappa_end: float = setting(0.0, "Final weight of the clean loss in kappa*CE + (1-kappa)*robust.", minimum=0,
                                maximum=1)
+    kappa_start: float = setting(1.0, "Weight of the clean loss when the ramp starts (0 with --kappa-end 0: the "
+                                      "robust loss alone, as the official GloRo recipe).", minimum=0, maximum=1)
     lr: float = setting(1e-3, "Adam learning rate.")
     lr_end: float = setting(1e-4, "Learning rate reached at the last epoch (exponential decay after the ramp).")
     decay_start: float = setting(None, "Epoch where the decay starts (default: end of ramp).")
-    loss: str = setting("gloro", "Robust loss: GloRo's bottom logit or the ball-and-box worst-case logits.",
-                        choices=losses.ROBUST_LOSSES)
+    loss: str = setting("gloro", "Robust loss: gloro (bottom logit z_j + R ||w_j - w_y||), bcp (the "
+                                 "ball-and-box worst-case logits) or gloro-bcp (GloRo's bottom logit from the "
+                                 "ball-and-box worst case; the official MNIST recipe).", choices=losses.ROBUST_LOSSES)
     bound: str = setting("local", "Lipschitz bound inside the loss.", choices=BOUNDS)
     sparsity: float = setting(0.0, "Weight of the sparsity loss that pushes neurons to be constant on the ball "
                                    "(paper: 0.01-0.1).")
@@ -67,6 +81,13 @@ class TrainConfig:
     n_iters: int = setting(2, "Power-iteration steps per training step (warm-started per sample).", minimum=1)
     eval_iters: int = setting(20, "Power-iteration steps in the per-epoch evaluation.", minimum=1)
     eval_limit: int = setting(200, "Examples used for the per-epoch evaluation.", minimum=1)
+    crop_padding: int = setting(0, "Augmentation: random crop after padding each side with this many zeros "
+                                   "(0: none; the official CIFAR recipe: 4).", minimum=0)
+    flip: bool = setting(False, "Augmentation: horizontal flip with probability 1/2.")
+    best_from: float = setting(None, "Epochs trained before a model may become best.npz (default: the end of the "
+                                     "ramp, as the official code; 0: any epoch).", minimum=0)
+    layer_inits: str = setting(None, "Initial threshold per activation layer, comma separated (clipped ReLU: T; "
+                                     "MaxMin: HI:LO); overrides --threshold-init.")
     seed: int = 0
     dtype: str = setting("float32", "Floating-point type of the training.", choices=FLOAT_DTYPES)
     backend: str = "numpy"
@@ -83,10 +104,18 @@ class TrainConfig:
         if self.eps_eval is not None and self.eps_eval < 0:
             raise InputError(f"eps_eval must be >= 0, got {self.eps_eval}")
         self.schedule()  # validates epochs, eps, warmup, ramp, kappa, lr
+        layer_inits(self.layer_inits)  # validates the list
+        check_seed(self.seed)
 
     def schedule(self):
         return Schedule(self.epochs, self.eps_train, self.warmup, self.ramp, self.kappa_end, self.lr, self.lr_end,
-                        self.decay_start)
+                        self.decay_start, self.kappa_start)
+
+    @property
+    def first_best_epoch(self):
+        """Epochs trained before a model may become best.npz (at most the last epoch)."""
+        start = self.warmup + self.ramp if self.best_from is None else self.best_from
+        return min(start, float(self.epochs))
 
     @property
     def eval_eps(self):
@@ -165,6 +194,7 @@ class Trainer:
                              f"trains classifiers of at most {MAX_CLASSES} classes")
         self.model = build_model(c.arch, self.train_set.input_shape, self.train_set.n_classes, self.xp, self.dtype,
                                  _rng(c.seed, 0xA11), c.activation, c.threshold_init)
+        set_layer_inits(self.model, layer_inits(c.layer_inits), self.xp, self.dtype)
         self.optimizer = self._make_optimizer()
         self.epoch = 0
         self.history = []
@@ -221,7 +251,9 @@ class Trainer:
             self.epoch += 1
             record = self._evaluate()
             self.history.append(record)
-            if self.best is None or record["certified_accuracy_local"] > self.best["certified_accuracy_local"]:
+            eligible = self.epoch >= c.first_best_epoch
+            if eligible and (self.best is None or
+                             record["certified_accuracy_local"] > self.best["certified_accuracy_local"]):
                 self.best = record
                 self.model.metadata["best"] = record
                 save_model(self.run_dir / "best.npz", self.model)
@@ -267,7 +299,7 @@ class Trainer:
     def _step(self, index, eps, kappa, lr, rng, previous, current):
         c = self.config
         xp = self.xp
-        x = to_backend(self.train_set.images[index], xp, self.dtype)
+        x = to_backend(augment(self.train_set.images[index], rng, c.crop_padding, c.flip), xp, self.dtype)
         y = to_backend(self.train_set.labels[index], xp)
         onehot = M.one_hot(y, self.model.n_classes, self.dtype)
         params = self.model.parameters()

@@ -251,7 +251,8 @@ OPTIONS = {
               "--decay-start": None, "--loss": "gloro", "--bound": "local", "--sparsity": 0.0,
               "--saturation-weight": 0.1, "--iters": 2, "--eval-iters": 20, "--dtype": "float32",
               "--threads": None, "--backend": "numpy", "--seed": None, "--json": None, "--quiet": None,
-              "--reference": None},
+              "--reference": None, "--recipe": None, "--kappa-start": 1.0, "--crop-padding": 0, "--flip": None,
+              "--best-from": None, "--layer-inits": None},
     "certify": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--mode": "fast",
                 "--iters": 100, "--pgd-steps": 100, "--pgd-restarts": 1, "--batch-size": 100, "--domain": "auto",
                 "--dtype": "auto", "--gram-limit": 8192, "--threads": None, "--backend": "numpy", "--seed": None,
@@ -269,7 +270,7 @@ OPTIONS = {
     "check": {"--against": "torch", "--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": 0.1,
               "--iters": 50, "--seed": 0, "--json": None},
 }
-CHOICES = {("train", "--activation"): {"relu", "clipped_relu", "maxmin"}, ("train", "--loss"): {"gloro", "bcp"},
+CHOICES = {("train", "--activation"): {"relu", "clipped_relu", "maxmin"}, ("train", "--loss"): {"gloro", "bcp", "gloro-bcp"},
            ("train", "--bound"): {"local", "global"}, ("train", "--dtype"): {"float32", "float64"},
            ("certify", "--mode"): {"fast", "sound"}, ("certify", "--dtype"): {"auto", "float32", "float64"},
            ("bound", "--mode"): {"fast", "sound"}, ("train", "--backend"): {"numpy", "cupy"},

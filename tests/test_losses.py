@@ -90,9 +90,9 @@ def test_clean_and_mixed_losses(xp, seed, n, k):
         losses.mixed_loss("tight", b, w, onehot, 0.5)
 
 
-def _bcp_value(logits, weight, radius, h, lower, upper, labels):
-    """Reference BCP loss by scipy-free brute force: the exact support max c^T d over the ball
-    and the box is found by a fine bisection on the KKT multiplier in numpy (float64)."""
+def _bcp_worst(logits, weight, radius, h, lower, upper, labels):
+    """Reference ball-and-box worst-case logits by brute force: the exact support max c^T d over
+    the ball and the box is found by a fine bisection on the KKT multiplier in numpy (float64)."""
     n, k = logits.shape
     worst = logits.copy()
     for i in range(n):
@@ -112,36 +112,99 @@ def _bcp_value(logits, weight, radius, h, lower, upper, labels):
                         a = m
                 v = c @ numpy.clip(b * c, lo, hi)
             worst[i, j] += min(v, radius[i] * numpy.linalg.norm(c))
-    z = worst - worst.max(axis=1, keepdims=True)
-    return numpy.mean(numpy.log(numpy.exp(z).sum(axis=1)) - z[numpy.arange(n), labels])
+    return worst
+
+
+def _cross_entropy(z, labels):
+    z = z - z.max(axis=1, keepdims=True)
+    return numpy.mean(numpy.log(numpy.exp(z).sum(axis=1)) - z[numpy.arange(z.shape[0]), labels])
+
+
+def _bcp_value(logits, weight, radius, h, lower, upper, labels):
+    return _cross_entropy(_bcp_worst(logits, weight, radius, h, lower, upper, labels), labels)
+
+
+def _gloro_bcp_value(logits, weight, radius, h, lower, upper, labels):
+    """GloRo's cross-entropy over [z, max_{j != y} worst_j] with the brute-force worst case."""
+    worst = _bcp_worst(logits, weight, radius, h, lower, upper, labels)
+    worst[numpy.arange(logits.shape[0]), labels] = -numpy.inf
+    return _cross_entropy(numpy.concatenate([logits, worst.max(axis=1, keepdims=True)], axis=1), labels)
+
+
+def _penultimate_box(rng, n, d):
+    h = rng.standard_normal((n, d))
+    return h, h - rng.uniform(0.01, 0.5, (n, d)), h + rng.uniform(0.01, 0.5, (n, d))
 
 
 @settings(deadline=None, max_examples=15)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 3), k=st.integers(2, 4), d=st.integers(2, 6))
-def test_bcp_loss_value_and_gradient_match_finite_differences(seed, n, k, d):
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 3), k=st.integers(2, 4), d=st.integers(2, 6),
+       kind=st.sampled_from(["bcp", "gloro-bcp"]))
+def test_ball_box_losses_value_and_gradient_match_finite_differences(seed, n, k, d, kind):
     import array_api_compat.numpy as xp
     rng, logits, weight, radius, labels = _draw(seed, n, k, d)
-    h = rng.standard_normal((n, d))
-    lower = h - rng.uniform(0.01, 0.5, (n, d))
-    upper = h + rng.uniform(0.01, 0.5, (n, d))
-    args = [logits, weight, radius, h, lower, upper]
+    args = [logits, weight, radius, *_penultimate_box(rng, n, d)]
+    reference = {"bcp": _bcp_value, "gloro-bcp": _gloro_bcp_value}[kind]
 
     def loss_of(a):
         b = _bounds(xp, a[0], a[2], a[3], a[4], a[5])
         w = Var(xp.asarray(a[1]))
-        return b, w, losses.bcp_loss(b, w, one_hot(xp.asarray(labels), k, xp.float64))
+        return b, w, losses.robust_loss(kind, b, w, one_hot(xp.asarray(labels), k, xp.float64))
 
     b, w, loss = loss_of(args)
-    assert abs(float(loss.value) - _bcp_value(*args, labels)) < 1e-8
+    assert abs(float(loss.value) - reference(*args, labels)) < 1e-8
     grads = grad(loss, [b.logits, w, b.radius, b.penultimate, b.lower, b.upper])
     # directional finite difference along a random direction for every input at once
     direction = [rng.standard_normal(a.shape) for a in args]
     step = 1e-6
-    plus = _bcp_value(*[a + step * v for a, v in zip(args, direction)], labels)
-    minus = _bcp_value(*[a - step * v for a, v in zip(args, direction)], labels)
+    plus = reference(*[a + step * v for a, v in zip(args, direction)], labels)
+    minus = reference(*[a - step * v for a, v in zip(args, direction)], labels)
     fd = (plus - minus) / (2 * step)
     analytic = sum(float(numpy.sum(to_numpy(g) * v)) for g, v in zip(grads, direction))
     assert abs(fd - analytic) <= 1e-4 * (1 + abs(fd))
+
+
+@settings(deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 4), k=st.integers(2, 6), d=st.integers(1, 6),
+       box=st.floats(0.01, 100.0))
+def test_gloro_bcp_is_never_above_gloro_and_equals_it_without_a_box(xp, seed, n, k, d, box):
+    """The ball-and-box maximum is at most the ball's, R ||w_j - w_y||, so the bottom logit and
+    the loss can only fall; with a box far larger than the ball they are GloRo's."""
+    rng, logits, weight, radius, labels = _draw(seed, n, k, d)
+    h = rng.standard_normal((n, d))
+    onehot = one_hot(xp.asarray(labels), k, xp.float64)
+    w = Var(xp.asarray(weight))
+    for half_width, same in ((box, False), (1e6, True)):
+        b = _bounds(xp, logits, radius, h, h - half_width, h + half_width)
+        ours = float(to_numpy(losses.gloro_bcp_loss(b, w, onehot).value))
+        gloro = float(to_numpy(losses.gloro_loss(b, w, onehot).value))
+        assert ours <= gloro + 1e-12 * (1 + abs(gloro))
+        if same:
+            assert ours == pytest.approx(gloro, rel=1e-12, abs=1e-12)
+
+
+def test_gloro_bcp_matches_autograd_where_the_box_binds(xp):
+    """A box tighter than the ball in every coordinate: the worst case is the box corner, so the
+    loss is a plain function autograd differentiates (float64, all inputs)."""
+    rng, logits, weight, radius, labels = _draw(5, 3, 4, 5)
+    radius = radius + 10.0  # the corner lies inside the ball
+    h, lower, upper = _penultimate_box(rng, 3, 5)
+    onehot_h = numpy.eye(4)[labels]
+
+    def ref(z, wt, lo, hi):
+        diff = wt[None, :, :] - (onehot_h @ wt)[:, None, :]
+        up = (weight[None, :, :] - (onehot_h @ weight)[:, None, :]) > 0  # the corner's side, fixed near the point
+        corner = up * (hi - h)[:, None, :] + (1 - up) * (lo - h)[:, None, :]
+        worst = z + anp.sum(diff * corner, axis=2)
+        bottom = anp.max(anp.where(onehot_h > 0, -1e30, worst), axis=1)
+        aug = anp.concatenate([z, bottom[:, None]], axis=1)
+        return _a_cross_entropy(aug, anp.concatenate([onehot_h, anp.zeros((3, 1))], axis=1))
+
+    b = _bounds(xp, logits, radius, h, lower, upper)
+    w = Var(xp.asarray(weight))
+    loss = losses.gloro_bcp_loss(b, w, one_hot(xp.asarray(labels), 4, xp.float64))
+    _close(xp, loss.value, ref(logits, weight, lower, upper), rtol=1e-12)
+    for i, g in enumerate(grad(loss, [b.logits, w, b.lower, b.upper])):
+        _close(xp, g, agrad(ref, i)(logits, weight, lower, upper), rtol=1e-9, atol=1e-12)
 
 
 def _a_sparsity(lb, ub, theta, c):
@@ -217,3 +280,13 @@ def test_schedule_without_ramp_and_bad_values():
         args.update(bad)
         with pytest.raises(ValueError):
             Schedule(**args)
+
+
+def test_kappa_start_zero_is_the_robust_loss_alone_after_warmup():
+    s = Schedule(epochs=6, eps_train=1.0, warmup=1, ramp=3, kappa_end=0.0, kappa_start=0.0)
+    assert kappa_at(s, 0.99) == 1.0  # warm-up stays clean
+    assert [kappa_at(s, t) for t in (1.0, 2.5, 4.0, 5.9)] == [0.0, 0.0, 0.0, 0.0]
+    s = Schedule(epochs=6, eps_train=1.0, warmup=0, ramp=4, kappa_end=0.2, kappa_start=0.6)
+    assert kappa_at(s, 0) == 0.6 and kappa_at(s, 2) == pytest.approx(0.4) and kappa_at(s, 4) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="kappa_start"):
+        Schedule(epochs=3, eps_train=0.5, kappa_start=1.5)

@@ -23,6 +23,7 @@ from lipref.backend import get_backend  # noqa: E402
 from lipref.bounds.margins import ball_box_support  # noqa: E402
 from lipref.layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential  # noqa: E402
 from lipref.models import ARCHITECTURES, build_model, load_model  # noqa: E402
+from lipref.reference import torch_margins as RM  # noqa: E402
 from lipref.reference import torch_reference as R  # noqa: E402
 from lipref.torch_import import TORCH_MISSING, TorchImportError, TorchNotInstalled, import_torch_checkpoint  # noqa: E402
 
@@ -77,7 +78,8 @@ def test_drawn_small_models_match_reference(layout, kind, seed, eps, n_iters, ba
     model, rng = small_model(layout, kind, seed)
     x = rng.uniform(0.0, 1.0, (batch,) + model.input_shape)
     labels = rng.integers(0, model.n_classes, batch)
-    assert_all_ok(C.check_against_torch(model, x, labels, eps, n_iters, rng, loss_names=("gloro", "bcp")))
+    losses = ("gloro", "bcp", "gloro-bcp")
+    assert_all_ok(C.check_against_torch(model, x, labels, eps, n_iters, rng, loss_names=losses))
 
 
 def test_comparison_ignores_rounding_noise_in_a_zero_gradient_but_not_real_differences():
@@ -152,7 +154,8 @@ def test_masks_are_exercised(kind):
 # ---------------------------------------------------------------- named architectures
 
 @pytest.mark.parametrize("arch,shape,activation,batch,loss_names", [
-    ("4c3f", (1, 28, 28), "relu", 2, ("gloro", "bcp")),
+    ("4c3f", (1, 28, 28), "relu", 2, ("gloro", "bcp", "gloro-bcp")),
+    ("4c3f", (1, 28, 28), "clipped_relu", 2, ("gloro-bcp",)),
     ("4c3f", (3, 32, 32), "clipped_relu", 2, ("gloro",)),
     ("6c2f", (3, 32, 32), "relu", 2, ("gloro",)),
     ("6c2f", (3, 32, 32), "maxmin", 2, ("gloro",)),
@@ -165,7 +168,7 @@ def test_named_architectures_match_reference(arch, shape, activation, batch, los
     labels = rng.integers(0, 10, batch)
     results = C.check_against_torch(model, x, labels, 0.05, 2, rng, loss_names=loss_names)
     assert_all_ok(results)
-    assert any(r["quantity"].startswith("gloro grad") for r in results)
+    assert all(any(r["quantity"].startswith(f"{loss} grad") for r in results) for loss in loss_names)
 
 
 # ---------------------------------------------------------------- pieces of the reference
@@ -192,7 +195,7 @@ def test_reference_bcp_support_matches_lipref():
     lo, hi = -rng.uniform(0, 0.5, (200, 12)), rng.uniform(0, 0.5, (200, 12))
     radius = rng.uniform(0.05, 1.5, 200)
     ours, _, _ = ball_box_support(c, lo, hi, radius)
-    exact = R.ball_box_support(*(torch.as_tensor(a) for a in (c, lo, hi, radius)))
+    exact = RM.ball_box_support(*(torch.as_tensor(a) for a in (c, lo, hi, radius)))
     numpy.testing.assert_allclose(ours, exact.numpy(), rtol=1e-12, atol=1e-14)
 
 

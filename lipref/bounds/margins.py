@@ -38,13 +38,18 @@ def gloro_worst_logits(logits, last_weight, onehot, radius):
     return P.add(logits, P.multiply(diff_norms, r))  # zero at j = y
 
 
+def bottom_logit(worst, onehot):
+    """GloRo's extra "bottom" logit from worst-case logits: max over j != y of worst_j, (N, 1)."""
+    xp = namespace(value_of(worst))
+    dtype = value_of(worst).dtype
+    very_low = xp.asarray(-1e30 if dtype == xp.float64 else -1e15, dtype=dtype)
+    others = P.where(value_of(onehot) > 0, very_low, worst)
+    return P.reshape(P.max(others, 1, False), (value_of(worst).shape[0], 1))
+
+
 def gloro_bottom_logit(logits, last_weight, onehot, radius):
     """GloRo's extra logit: max over j != y of z_j + R ||w_j - w_y||, shape (N, 1)."""
-    worst = gloro_worst_logits(logits, last_weight, onehot, radius)
-    xp = namespace(value_of(logits))
-    very_low = xp.asarray(-1e30 if value_of(logits).dtype == xp.float64 else -1e15, dtype=value_of(logits).dtype)
-    others = P.where(value_of(onehot) > 0, very_low, worst)
-    return P.reshape(P.max(others, 1, False), (value_of(logits).shape[0], 1))
+    return bottom_logit(gloro_worst_logits(logits, last_weight, onehot, radius), onehot)
 
 
 def ball_box_support(c, lo, hi, radius, multiplier=None):
