@@ -27,7 +27,7 @@ from .data.batches import batches
 from .errors import InputError
 from .seeds import BOUNDS, PGD, check_seed, global_rng, sample_streams, seed_from
 
-DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data or the mode need it (cli._compute_dtype)
+DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data or the mode need it (inputs.compute_dtype)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Options as data: a dataclass field that carries its help text, choices and range, so that
-a command's defaults and choices are written once, in the library (cli.py reads them)."""
+a command's defaults and choices are written once, in the library (lipref/commands/ reads them)."""
 from dataclasses import field, fields
 
 FLOAT_DTYPES = ("float32", "float64")

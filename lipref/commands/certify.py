@@ -1,0 +1,342 @@
+"""`lipref certify`, `lipref bound` and `lipref attack`, in one process or sharded over a Dask
+cluster (lipref.distributed)."""
+import contextlib
+import json
+import sys
+import time
+
+import click
+
+from lipref import data as D
+from lipref.attack import AttackConfig
+from lipref.backend import float_dtype, get_backend, host, to_host
+from lipref.certify import CertifyConfig
+from lipref.commands.common import (
+    EXIT_UNSOUND,
+    NullBar,
+    apply_options,
+    data_options,
+    domain_option,
+    dtype_option,
+    emit_json,
+    engine_options,
+    format_table,
+    gram_limit_option,
+    kernels_for,
+    positive_eps,
+    progress_bar,
+    reference_option,
+    setting_option,
+    settings_options,
+    threads_option,
+    user_errors,
+)
+from lipref.errors import InputError
+from lipref.inputs import load_model_and_data, resolve_domain, run_seed
+
+SAME_ANSWERS = ("The results equal a single-process run's, bit for bit: every random draw comes from the seed and "
+                "the sample's index, never from a shard or a worker.")
+distributed_options = [
+    click.option("--workers", type=click.IntRange(min=1), default=None,
+                 help="Cut the samples into shards computed by a Dask LocalCluster of N worker processes on this "
+                      "machine, one thread each (pip install 'lipref[distributed]'). " + SAME_ANSWERS),
+    click.option("--scheduler", default=None, metavar="ADDRESS",
+                 help="Cut the samples into shards computed on the Dask cluster of the scheduler at ADDRESS "
+                      "(tcp://host:8786); every worker must read MODEL at the same path. " + SAME_ANSWERS),
+    click.option("--shard-size", type=click.IntRange(min=1), default=None,
+                 help="Samples per shard, a multiple of --batch-size (default: one batch)."),
+    click.option("--shards-dir", type=click.Path(file_okay=False), default=None,
+                 help="Write each finished shard's results into this folder as it arrives (with a manifest of the "
+                      "run), so that --resume can continue an interrupted run; without --workers or --scheduler "
+                      "the shards run in this process."),
+    click.option("--resume", is_flag=True,
+                 help="Continue the run in --shards-dir: compute only the shards missing there (refused if the "
+                      "folder was made with other options, model or data; the seed is the folder's)."),
+]
+
+
+def _sharding(workers, scheduler, shard_size, shards_dir, resume):
+    """The run's lipref.distributed.Sharding, once its options fit together."""
+    from lipref.distributed import Sharding
+    if workers and scheduler:
+        raise InputError("give --workers N (a cluster on this machine) or --scheduler ADDRESS, not both")
+    if resume and not shards_dir:
+        raise InputError("--resume continues the run in --shards-dir DIR: give the folder")
+    return Sharding(scheduler, workers, shard_size, shards_dir, resume)
+
+
+def _sharded_seed(mode, seed, sharding):
+    """run_seed, except that a resumed run takes the seed its shard folder recorded."""
+    from lipref.distributed import resumed_seed
+    from lipref.seeds import check_seed
+    if seed is None:
+        seed = resumed_seed(sharding.folder, sharding.resume)
+    return check_seed(run_seed(mode, seed))
+
+
+@contextlib.contextmanager
+def _shard_progress(total, label, enabled):
+    """update(n) for one bar over a sharded run's samples: done / total, rate and time left."""
+    started = time.perf_counter()
+    with click.progressbar(length=total, label=label, file=sys.stderr if enabled else NullBar(), show_pos=True,
+                           show_eta=True, item_show_func=lambda text: text) as bar:
+        def update(n):
+            rate = (bar.pos + n) / max(time.perf_counter() - started, 1e-9)
+            bar.update(n, f"{rate:.1f} samples/s")
+        yield update
+
+
+def _plan_shards(model_path, dataset, options, sharding):
+    """The run's lipref.distributed.ShardPlan (None when not sharded)."""
+    from lipref.distributed import plan_shards
+    return plan_shards(model_path, dataset.images, dataset.labels, options, sharding) if sharding.requested else None
+
+
+def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, label, quiet):
+    """(the joined result, the JSON's "workers", "shards" and "shards_computed"): the run cut
+    into shards (lipref.distributed, `plan` from plan_shards), computed where `sharding` says."""
+    from lipref import distributed
+    with _shard_progress(int(dataset.labels.shape[0]), label, not quiet) as progress:
+        run = distributed.run_sharded(model_path, dataset.images, dataset.labels, options, norms, sharding,
+                                      progress, threads, plan)
+    return distributed.joined_shards(run, options), distributed.summary(run)
+
+
+
+
+# ----------------------------------------------------------------------------------- certify
+
+def _global_norms(model, mode, n_iters, seed, verbose, gram_limit):
+    """The run's global norms (certify.global_norms_once), computed once before any batch or
+    shard; in sound mode with a line on stderr (its slowest step; see BENCHMARKS.md)."""
+    from lipref.certify import global_norms_once
+    sound = verbose and mode == "sound"
+    if sound:
+        click.echo("sound mode: certifying each layer's global norm (once per model) ...", err=True)
+    start = time.perf_counter()
+    norms = global_norms_once(model, mode, n_iters, seed, gram_limit)
+    if sound:
+        click.echo(f"sound mode: global norms certified in {time.perf_counter() - start:.1f} s", err=True)
+    return norms
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=positive_eps, help="Radius of the l2 ball.")
+@apply_options(settings_options(CertifyConfig, "mode", "n_iters", "pgd_steps", "pgd_restarts", "batch_size",
+                                n_iters={"flag": "--iters"}))
+@domain_option
+@dtype_option
+@gram_limit_option
+@threads_option
+@apply_options(engine_options)
+@reference_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
+                   "seed, reference, ...} as JSON.")
+@click.option("--samples", "samples_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Draw certified accuracy against radius into this PNG file.")
+@click.option("--audit", is_flag=True,
+              help="Fast mode only: certify the same samples in sound mode too and report how many of the "
+                   "estimates' certificates (the paper's evaluation) hold there, and the median ratio of the "
+                   "estimated to the sound local bound (docs/auditing.md). The sound run's seed comes from OS "
+                   "entropy and is recorded as audit.seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@apply_options(distributed_options)
+@user_errors
+def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
+            domain, dtype, gram_limit, threads, backend, seed, reference, audit, as_json, samples_path, plot_path,
+            quiet, workers, scheduler, shard_size, shards_dir, resume):
+    """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
+
+    What is certified: the model's parameters as stored (float32 weights computed in float64
+    in sound mode) at the data as read (float64 data stay float64).
+
+    With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
+    Dask cluster; the results equal a single-process run's bit for bit (every random draw
+    comes from the seed and the sample's index), and the JSON adds workers and shards."""
+    from lipref.certify import certify as run_certify
+    from lipref.distributed import ShardOptions
+    from lipref.models import atomic_write_bytes
+    if audit and mode != "fast":
+        raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
+    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
+    if audit and sharding.requested:
+        raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    n = int(dataset.labels.shape[0])
+    seed = _sharded_seed(mode, seed, sharding)
+    pgd_domain = resolve_domain(domain, dataset)
+    extra = {}
+    options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
+                           pgd_restarts, pgd_domain)
+    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
+    with kernels_for(reference):
+        norms = _global_norms(model, mode, n_iters, seed, not quiet, gram_limit)
+        if sharding.requested:
+            result, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "certifying",
+                                         quiet)
+        else:
+            with progress_bar(n, "certifying", not quiet) as bar:
+                result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, None, batch_size,
+                                     pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, threads=threads,
+                                     seed=seed, norms=norms)
+    summary = result.summary()
+    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
+                    "domain": None if pgd_domain is None else list(pgd_domain), **extra})
+    if audit:
+        with kernels_for(reference):
+            summary["audit"] = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size,
+                                      gram_limit, threads, backend, quiet)
+    if samples_path:
+        atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
+    if plot_path:
+        from lipref.plots import plot_certified_accuracy
+        plot_certified_accuracy(result, plot_path, title=f"{model_path} on {data_spec}")
+    if as_json:
+        emit_json(summary)
+    else:
+        rows = [{"bound": "global", "acc": summary["certified_accuracy_global"]},
+                {"bound": "local", "acc": summary["certified_accuracy_local"]}]
+        click.echo(f"{model_path} on {data_spec} ({n} examples), eps = {eps:g}, mode = {mode}")
+        click.echo(format_table([{"what": "clean accuracy", "value": summary["clean_accuracy"]},
+                           {"what": f"PGD accuracy ({pgd_steps} steps)", "value": summary["pgd_accuracy"]},
+                           {"what": "certified accuracy, global bound", "value": rows[0]["acc"]},
+                           {"what": "certified accuracy, local bound", "value": rows[1]["acc"]},
+                           {"what": "median local/global bound", "value": summary["median_local_over_global"]}]
+                          + _audit_rows(summary.get("audit")),
+                          [("what", "quantity", "{}"), ("value", "value", "{:.4f}")]))
+        click.echo(f"{summary['seconds']:.1f} s")
+    if summary["soundness_violations"]:
+        click.secho(f"SOUNDNESS ERROR: PGD changed the prediction of certified samples "
+                    f"{summary['soundness_violations']} inside the eps-ball. The certificate is wrong; "
+                    "please report this with the model and data.", err=True, fg="red", bold=True)
+        sys.exit(EXIT_UNSOUND)
+
+
+def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size, gram_limit, threads, backend,
+           quiet):
+    """Sound-mode certification of the samples `estimate` (a fast run) certified, compared with it."""
+    from lipref.audit import audit_summary
+    from lipref.certify import certify as run_certify
+    model, dataset, _ = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
+    seed = run_seed("sound", None)
+    norms = _global_norms(model, "sound", n_iters, seed, not quiet, gram_limit)
+    with progress_bar(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
+        sound = run_certify(model, dataset.images, dataset.labels, eps, "sound", n_iters, None, batch_size, 0,
+                            progress=bar.update, threads=threads, seed=seed, norms=norms)
+    return {**audit_summary(estimate, sound), "seed": seed,
+            "sound_certified_accuracy_local": float(sound.certified_local.mean())}
+
+
+def _audit_rows(audit):
+    if audit is None:
+        return []
+    return [{"what": f"audit: of the estimates' {audit['estimate_certified']} certificates, the fraction sound",
+             "value": audit["fraction_confirmed"]},
+            {"what": "audit: certified accuracy in sound mode", "value": audit["sound_certified_accuracy_local"]},
+            {"what": "audit: median estimate / sound local bound",
+             "value": audit["median_estimate_over_sound"]}]
+
+
+# ------------------------------------------------------------------------------------- bound
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=positive_eps, help="Radius of the l2 ball.")
+@apply_options(settings_options(
+    CertifyConfig, "n_iters", "mode", "batch_size",
+    n_iters={"flag": "--iters", "help": "Power-iteration (fast) or Lanczos (sound) steps per layer."},
+    mode={"help": "fast: power-iteration estimates; sound: upper bounds (float64)."}))
+@dtype_option
+@gram_limit_option
+@threads_option
+@apply_options(engine_options)
+@reference_option
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {seed, reference, samples: [{index, label, prediction, global, local, "
+                   "constant_fraction}]} (sharded: also workers, shards).")
+@apply_options(distributed_options)
+@user_errors
+def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
+          seed, reference, as_json, workers, scheduler, shard_size, shards_dir, resume):
+    """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
+
+    With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
+    Dask cluster; the bounds equal a single-process run's bit for bit."""
+    from lipref.certify import bounds_per_sample
+    from lipref.distributed import ShardOptions
+    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    n = int(dataset.labels.shape[0])
+    seed = _sharded_seed(mode, seed, sharding)
+    extra = {}
+    options = ShardOptions("bound", eps, mode, n_iters, batch_size, seed, backend, compute, reference)
+    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
+    with kernels_for(reference):
+        norms = _global_norms(model, mode, n_iters, seed, True, gram_limit)
+        if sharding.requested:
+            samples, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "bounding",
+                                          False)
+        else:
+            with progress_bar(n, "bounding", True) as bar:
+                samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, None,
+                                            batch_size, progress=bar.update, threads=threads, seed=seed, norms=norms)
+    if as_json:
+        emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
+                    "seed": seed, "dtype": compute, "reference": reference, **extra, "samples": samples})
+        return
+    rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
+            for r in samples]
+    click.echo(format_table(rows, [("index", "index", "{}"), ("label", "label", "{}"), ("prediction", "pred", "{}"),
+                             ("global", "global", "{:.4g}"), ("local", "local", "{:.4g}"),
+                             ("ratio", "local/global", "{:.3f}"), ("const", "constant fraction per layer", "{}")]))
+
+
+# ------------------------------------------------------------------------------------ attack
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@apply_options(data_options)
+@click.option("--eps", type=float, required=True, callback=positive_eps, help="Radius of the l2 ball.")
+@apply_options(settings_options(AttackConfig, "steps", "step_size", "restarts"))
+@setting_option(CertifyConfig, "batch_size")
+@domain_option
+@dtype_option
+@threads_option
+@apply_options(engine_options)
+@click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
+@user_errors
+def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, domain, dtype,
+           threads, backend, seed, as_json):
+    """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
+    from lipref.attack import pgd_l2
+    from lipref.bounds.margins import predictions
+    if step_size is not None and not 0 < step_size < float("inf"):
+        raise InputError(f"--step-size must be finite and > 0, got {step_size}")
+    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
+    pgd_domain = resolve_domain(domain, dataset)
+    xp = get_backend(backend)
+    seed = run_seed("fast", seed)
+    rng = host.random.default_rng(seed)
+    n = int(dataset.labels.shape[0])
+    correct = broken = 0
+    for _, _, x, y in D.batches(dataset.images, dataset.labels, batch_size, xp, float_dtype(xp, compute)):
+        ok = to_host(predictions(model(x, record=False)) == y)
+        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, pgd_domain, threads=threads)
+        correct += int(ok.sum())
+        broken += int((to_host(result.success) & ok).sum())
+    out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,
+           "seed": seed, "domain": None if pgd_domain is None else list(pgd_domain),
+           "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}
+    if as_json:
+        emit_json(out)
+    else:
+        click.echo(format_table([out], [("n", "n", "{}"), ("eps", "eps", "{:g}"), ("clean_accuracy", "clean", "{:.4f}"),
+                                  ("pgd_accuracy", "PGD", "{:.4f}")]))

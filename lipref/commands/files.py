@@ -1,0 +1,206 @@
+"""`lipref data`, `import-torch`, `import-onnx`, `check` and `info`: datasets, model files
+from elsewhere, the torch reference, and what is installed."""
+import json
+import sys
+
+import click
+
+from lipref import data as D
+from lipref.backend import host
+from lipref.check import CheckConfig
+from lipref.commands.common import (
+    apply_options,
+    data_options,
+    emit_json,
+    format_table,
+    positive_eps,
+    setting_option,
+    settings_options,
+    user_errors,
+)
+from lipref.errors import InputError
+from lipref.inputs import data_for_model, load_model_file
+from lipref.layers import ACTIVATIONS
+
+# -------------------------------------------------------------------------------------- data
+
+@click.group()
+def data():
+    """List, verify and download datasets."""
+
+
+@data.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_list(as_json):
+    """Known datasets, where they are looked for, and whether their files verify."""
+    rows = []
+    for name, info in D.DATASETS.items():
+        report = D.verify(name)
+        status = "ok" if all(s == D.OK for _, s in report) else ", ".join(sorted({s for _, s in report if s != D.OK}))
+        rows.append({"name": name, "shape": "x".join(map(str, info.input_shape)), "classes": info.n_classes,
+                     "status": status, "where": " | ".join(str(d) for d in D.search_dirs(name))})
+    if as_json:
+        emit_json(rows)
+    else:
+        click.echo(format_table(rows, [("name", "dataset", "{}"), ("shape", "shape", "{}"), ("classes", "classes", "{}"),
+                                 ("status", "files", "{}"), ("where", "searched in", "{}")]))
+
+
+@data.command("verify")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder to check.")
+@user_errors
+def data_verify(name, data_dir):
+    """Check NAME's files against their checksums (exit 2 if any is missing or wrong)."""
+    report = D.verify(name, data_dir)
+    for file_name, status in report:
+        click.echo(f"{status:>12}  {file_name}")
+    if any(s != D.OK for _, s in report):
+        raise D.DataError(f"{name}: {sum(s != D.OK for _, s in report)} file(s) missing or with a bad checksum")
+
+
+@data.command("download")
+@click.argument("name")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Destination folder (default ~/.cache/lipref/<name>).")
+@click.option("--base-url", default=None, help="Download from this address instead of the canonical one.")
+@user_errors
+def data_download(name, data_dir, base_url):
+    """Download NAME from its canonical address, verifying every file's checksum."""
+    def progress(file_name, done, total):
+        if total:
+            click.echo(f"\r{file_name}: {100 * done // total:3d}%", nl=False, err=True)
+    paths = D.download(name, data_dir, base_url, progress)
+    click.echo("", err=True)
+    for p in paths:
+        click.echo(str(p))
+
+
+# ------------------------------------------------------------------------- torch interop
+
+def _input_shape(text):
+    """None for "auto", else the integers of "C,H,W" or "D"."""
+    if text == "auto":
+        return None
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise InputError(f"--input-shape must be auto or integers separated by commas, got {text!r}") from None
+
+
+@click.command("import-torch")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--arch", default="auto", show_default=True,
+              help="4c3f, 6c2f, 8c2f, 2c2f, mlp-W..., 'auto' (match the checkpoint's names and shapes), or a "
+                   "generic stack 'conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...'.")
+@click.option("--input-shape", default="auto", show_default=True,
+              help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64), or auto: the "
+                   "one on which the architecture fits the checkpoint (the datasets' sizes and the first "
+                   "activation's shape are tried).")
+@click.option("--classes", "n_classes", type=int, default=None,
+              help="Number of classes (default: read from the last linear layer).")
+@click.option("--activation", type=click.Choice(["auto", *ACTIVATIONS]), default="auto",
+              show_default=True, help="Activation (auto: from the parameter names: threshold, max/min).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@user_errors
+def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
+    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
+    from lipref.torch_import import import_torch_checkpoint
+    shape = _input_shape(input_shape)
+    model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
+    n_params = sum(int(v.value.size) for v in model.parameters().values())
+    click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
+               f"{len(model.layers)} layers, {n_params} parameters")
+
+
+@click.command("import-onnx")
+@click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@user_errors
+def import_onnx(onnx_path, out_path):
+    """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
+    framework's export) as a lipref model; anything else is an error naming the node and its op type.
+    Needs the onnx package: pip install 'lipref[onnx]'."""
+    from lipref.onnx_import import import_onnx_model
+    model = import_onnx_model(onnx_path, out_path)
+    n_params = sum(int(v.value.size) for v in model.parameters().values())
+    click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
+               f"{len(model.layers)} layers, {n_params} parameters")
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@setting_option(CheckConfig, "against")
+@apply_options(data_options)
+@apply_options(settings_options(CheckConfig, "eps", "n_iters", "seed", eps={"callback": positive_eps},
+                                n_iters={"flag": "--iters"}))
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@user_errors
+def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, as_json):
+    """Recompute MODEL's logits, masks, bounds, margins and loss gradients with the torch
+    reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
+    from lipref.check import LOSSES, check_against_torch
+    model = load_model_file(model_path, "numpy", "float64")
+    dataset = data_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
+    rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
+                               host.random.default_rng(seed), loss_names=LOSSES)
+    ok = all(r["ok"] for r in rows)
+    if as_json:
+        emit_json({"model": model_path, "against": against, "ok": ok, "n": int(dataset.labels.shape[0]),
+                    "results": rows})
+    else:
+        table_rows = [dict(r, verdict="ok" if r["ok"] else "DIFFERS") for r in rows]
+        click.echo(format_table(table_rows, [("quantity", "quantity", "{}"), ("max_rel_diff", "largest difference", "{:.3g}"),
+                                       ("unit", "unit", "{}"), ("tolerance", "tolerance", "{:.0e}"),
+                                       ("verdict", "", "{}")]))
+        click.echo(f"{'all within tolerance' if ok else 'SOME QUANTITIES DIFFER'} "
+                   f"({dataset.labels.shape[0]} examples, eps {eps:g}, {n_iters} power iterations)")
+    if not ok:
+        sys.exit(1)
+
+
+# -------------------------------------------------------------------------------------- info
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@user_errors
+def info(model_path, as_json):
+    """Describe MODEL (layers, parameters, training metadata), or the installation when no MODEL."""
+    from lipref.backend import cupy_unavailable_reason, host_blas
+    if model_path is None:
+        import platform
+        reason = cupy_unavailable_reason()
+        blas, hint = host_blas()
+        out = {"python": platform.python_version(), "numpy": host.__version__, "blas": blas,
+               "cupy": "available" if reason is None else reason}
+        if hint:
+            out["hint"] = hint
+        if as_json:
+            emit_json(out)
+        else:
+            for k, v in out.items():
+                click.echo(f"{k:>8}: {v}")
+        return
+    model = load_model_file(model_path, "numpy", "float32")
+    layers = []
+    for i, layer in enumerate(model.layers):
+        n_params = sum(int(v.value.size) for v in layer.params.values())
+        layers.append({"index": i, "layer": layer.kind, "in": "x".join(map(str, layer.in_shape)),
+                       "out": "x".join(map(str, layer.out_shape)), "params": n_params})
+    out = {"model": model_path, "layers": layers, "parameters": sum(r["params"] for r in layers),
+           "metadata": model.metadata}
+    if as_json:
+        emit_json(out)
+        return
+    click.echo(format_table(layers, [("index", "#", "{}"), ("layer", "layer", "{}"), ("in", "input", "{}"),
+                               ("out", "output", "{}"), ("params", "parameters", "{}")]))
+    click.echo(f"{out['parameters']} parameters")
+    meta = model.metadata
+    best = meta.get("best")
+    keys = ("epoch", "clean_accuracy", "certified_accuracy_local", "eps")
+    if isinstance(best, dict) and all(isinstance(best.get(k), (int, float)) for k in keys):
+        click.echo(f"best epoch {best['epoch']}: clean {best['clean_accuracy']:.3f}, certified "
+                   f"{best['certified_accuracy_local']:.3f} at eps {best['eps']:g}")
+    elif best is not None:  # metadata is free-form: show it, never fail on it
+        click.echo(f"best: {json.dumps(best)[:200]}")

@@ -1,0 +1,132 @@
+"""`lipref train`: options (from TrainConfig, or a --recipe preset), progress, the history table."""
+import sys
+
+import click
+
+from lipref import data as D
+from lipref.commands.common import (
+    apply_options,
+    emit_json,
+    engine_options,
+    format_table,
+    kernels_for,
+    positive_eps,
+    reference_option,
+    setting_option,
+    settings_options,
+    threads_option,
+    user_errors,
+)
+from lipref.inputs import run_seed
+from lipref.recipes import RECIPES, apply_recipe
+from lipref.recipes import recipe as recipe_values
+from lipref.train import TrainConfig
+
+# ------------------------------------------------------------------------------------- train
+
+@click.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: checkpoint.npz, best.npz, model.npz, history.json.")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+              help="The paper's setting for one model (lipref/recipes.py); printed when used. Options given "
+                   "explicitly override it.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same options).")
+@click.option("--data", "data_spec", default="embedded:train", show_default=True,
+              help="Training data (dataset[:split] or .npz), as for certify.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data files.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on the first N examples only.")
+@click.option("--eval-data", default=None,
+              help="Data for the per-epoch certified accuracy (default: the training set's test split).")
+@setting_option(TrainConfig, "eval_limit")
+@apply_options(settings_options(
+    TrainConfig, "arch", "activation", "threshold_init", "epochs", "batch_size", "eps_train", "eps_eval", "warmup",
+    "ramp", "kappa_start", "kappa_end", "lr", "lr_end", "decay_start", "loss", "bound", "sparsity",
+    "saturation_weight", "n_iters", "eval_iters", "crop_padding", "flip", "best_from", "layer_inits", "dtype",
+    eps_train={"flag": "--eps", "callback": positive_eps},
+    eps_eval={"callback": positive_eps}, n_iters={"flag": "--iters"}))
+@threads_option
+@apply_options(engine_options)
+@reference_option
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@user_errors
+def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, reference, as_json,
+          quiet, **options):
+    """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
+    from lipref.train import train as run_training
+    if recipe is not None:
+        options["data_spec"] = data_spec
+        options = _with_recipe(recipe, options)
+        data_spec = options.pop("data_spec")
+    options["seed"] = run_seed("fast", options["seed"])
+    config = TrainConfig(eval_limit=eval_limit, **options)
+    train_set = D.load_data(data_spec, data_dir, limit)
+    eval_spec = eval_data or (f"{train_set.name}:test" if train_set.split != "file" else data_spec)
+    eval_set = D.load_data(eval_spec, data_dir, eval_limit)
+    reporter = _TrainProgress(not quiet, config.epochs)
+    try:
+        with kernels_for(reference):
+            history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
+    finally:
+        reporter.close()
+    if as_json:
+        emit_json({"out": out_dir, "reference": reference, "history": history})
+        return
+    click.echo(format_table(history, [("epoch", "epoch", "{}"), ("clean_accuracy", "clean", "{:.3f}"),
+                                ("certified_accuracy_global", "cert(global)", "{:.3f}"),
+                                ("certified_accuracy_local", "cert(local)", "{:.3f}"),
+                                ("median_local_over_global", "local/global", "{:.3f}")]))
+    click.echo(f"eps {history[-1]['eps']:g} on {history[-1]['n']} evaluation examples; "
+               f"models in {out_dir}/ (best.npz = best certified accuracy, model.npz = last epoch)")
+
+
+def _with_recipe(name, options):
+    """`options` with recipe `name`'s values where the user gave none; prints what it set."""
+    ctx = click.get_current_context()
+    explicit = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+    given = {k for k in options if ctx.get_parameter_source(k) in explicit}
+    options, used = apply_recipe(name, options, given)
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    shown = " ".join(f"{flags[k]} {v:g}" if isinstance(v, float) else
+                     (flags[k] if v else "--no-" + flags[k][2:]) if isinstance(v, bool) else f"{flags[k]} {v}"
+                     for k, v in used.items())
+    click.echo(f"recipe {name} sets: {shown}", err=True)
+    if given & set(recipe_values(name)):
+        click.echo(f"  (given explicitly, kept: {', '.join(flags[k] for k in sorted(given & set(recipe_values(name))))})",
+                   err=True)
+    return options
+
+
+class _TrainProgress:
+    """Progress of a training run: a bar per epoch on a terminal, a line per epoch otherwise."""
+
+    def __init__(self, enabled, epochs):
+        self.enabled, self.epochs = enabled, epochs
+        self.bar = None
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, event):
+        if not self.enabled:
+            return
+        if event["event"] == "step":
+            if self.tty:
+                if self.bar is None:
+                    self.bar = click.progressbar(length=event["steps"], file=sys.stderr,
+                                                 label=f"epoch {event['epoch'] + 1}/{self.epochs}")
+                    self.bar.__enter__()
+                self.bar.update(1)
+            elif event["step"] % max(1, event["steps"] // 10) == 0 or event["step"] == event["steps"]:
+                # not a terminal (a log file): about ten lines per epoch
+                click.echo(f"epoch {event['epoch'] + 1}/{self.epochs} step {event['step']}/{event['steps']} "
+                           f"loss {event['loss']:.4f} eps {event['eps']:.3f} kappa {event['kappa']:.2f}",
+                           err=True)
+        elif event["event"] == "epoch_end":
+            self.close()
+            click.echo(f"epoch {event['epoch']}: clean {event['clean_accuracy']:.3f}, certified "
+                       f"{event['certified_accuracy_local']:.3f} (local) {event['certified_accuracy_global']:.3f} "
+                       f"(global) at eps {event['eps']:g}", err=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
