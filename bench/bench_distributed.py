@@ -45,7 +45,7 @@ CLI = [sys.executable, str(ROOT / "cli.py")]
 
 def train_model(out, data_dir):
     """The protocol's model, trained for one epoch only (the timing, not the accuracy, matters)."""
-    subprocess.run(CLI + ["train", "--out", str(out), "--data", "mnist:test", "--data-dir", data_dir, "--limit",
+    subprocess.run(CLI + ["train", "--resume", "--out", str(out), "--data", "mnist:test", "--data-dir", data_dir, "--limit",
                           "5000", "--arch", "4c3f", "--bound", "global", "--loss", "gloro", "--eps", "1.58",
                           "--epochs", "1", "--eval-limit", "100", "--quiet", "--json"],
                    check=True, stdout=subprocess.DEVNULL)
@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile (recorded in the JSON)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -143,7 +144,7 @@ def main():
            "sharded_global_norms_seconds": global_norm_seconds(errn),
            "certified_accuracy_local": single["certified_accuracy_local"], "samples_identical": same,
            "in_process": parts,
-           "note": "2-core machine shared with another user's training run at the same time: one run, noisy"}
+           "note": args.note}
     print(json.dumps({k: v for k, v in out.items() if k != "in_process"}, indent=1))
     print(json.dumps({k: v for k, v in parts.items() if k != "shard_seconds"}, indent=1))
     if args.json:

@@ -1,6 +1,6 @@
 """The local-against-global training study of docs/results.md, on 2 CPU cores.
 
-    python bench/study.py            # about 90 minutes; rerunning resumes (finished runs are kept)
+    python bench/study.py            # about an hour on 2 cores; rerunning resumes (finished runs are kept)
     python bench/study.py --quick    # the same pipeline on tiny data (a smoke test, a minute)
 
 Every setting is trained with the global and with the local bound, 3 seeds each, on
