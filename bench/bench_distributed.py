@@ -45,8 +45,8 @@ CLI = [sys.executable, str(ROOT / "cli.py")]
 
 def train_model(out, data_dir):
     """The protocol's model, trained for one epoch only (the timing, not the accuracy, matters)."""
-    subprocess.run(CLI + ["train", "--resume", "--out", str(out), "--data", "mnist:test", "--data-dir", data_dir, "--limit",
-                          "5000", "--arch", "4c3f", "--bound", "global", "--loss", "gloro", "--eps", "1.58",
+    subprocess.run(CLI + ["train", "--resume", "--out", str(out), "--data", "mnist:test", "--data-dir", data_dir,
+                          "--limit", "5000", "--arch", "4c3f", "--bound", "global", "--loss", "gloro", "--eps", "1.58",
                           "--epochs", "1", "--eval-limit", "100", "--quiet", "--json"],
                    check=True, stdout=subprocess.DEVNULL)
     return out / "model.npz"

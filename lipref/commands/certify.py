@@ -200,22 +200,26 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     if as_json:
         emit_json(summary)
     else:
-        rows = [{"bound": "global", "acc": summary["certified_accuracy_global"]},
-                {"bound": "local", "acc": summary["certified_accuracy_local"]}]
-        click.echo(f"{model_path} on {data_spec} ({n} examples), eps = {eps:g}, mode = {mode}")
-        click.echo(format_table([{"what": "clean accuracy", "value": summary["clean_accuracy"]},
-                           {"what": f"PGD accuracy ({pgd_steps} steps)", "value": summary["pgd_accuracy"]},
-                           {"what": "certified accuracy, global bound", "value": rows[0]["acc"]},
-                           {"what": "certified accuracy, local bound", "value": rows[1]["acc"]},
-                           {"what": "median local/global bound", "value": summary["median_local_over_global"]}]
-                          + _audit_rows(summary.get("audit")),
-                          [("what", "quantity", "{}"), ("value", "value", "{:.4f}")]))
-        click.echo(f"{summary['seconds']:.1f} s")
+        _print_certification(summary, f"{model_path} on {data_spec} ({n} examples), eps = {eps:g}, mode = {mode}",
+                             pgd_steps)
     if summary["soundness_violations"]:
         click.secho(f"SOUNDNESS ERROR: PGD changed the prediction of certified samples "
                     f"{summary['soundness_violations']} inside the eps-ball. The certificate is wrong; "
                     "please report this with the model and data.", err=True, fg="red", bold=True)
         sys.exit(EXIT_UNSOUND)
+
+
+def _print_certification(summary, heading, pgd_steps):
+    """certify's table: accuracies, the median bound ratio and, with --audit, the audit's rows."""
+    click.echo(heading)
+    rows = [{"what": "clean accuracy", "value": summary["clean_accuracy"]},
+            {"what": f"PGD accuracy ({pgd_steps} steps)", "value": summary["pgd_accuracy"]},
+            {"what": "certified accuracy, global bound", "value": summary["certified_accuracy_global"]},
+            {"what": "certified accuracy, local bound", "value": summary["certified_accuracy_local"]},
+            {"what": "median local/global bound", "value": summary["median_local_over_global"]}]
+    click.echo(format_table(rows + _audit_rows(summary.get("audit")),
+                            [("what", "quantity", "{}"), ("value", "value", "{:.4f}")]))
+    click.echo(f"{summary['seconds']:.1f} s")
 
 
 def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size, gram_limit, threads, backend,
@@ -294,9 +298,16 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
         return
     rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
             for r in samples]
-    click.echo(format_table(rows, [("index", "index", "{}"), ("label", "label", "{}"), ("prediction", "pred", "{}"),
-                             ("global", "global", "{:.4g}"), ("local", "local", "{:.4g}"),
-                             ("ratio", "local/global", "{:.3f}"), ("const", "constant fraction per layer", "{}")]))
+    columns = [
+        ("index", "index", "{}"),
+        ("label", "label", "{}"),
+        ("prediction", "pred", "{}"),
+        ("global", "global", "{:.4g}"),
+        ("local", "local", "{:.4g}"),
+        ("ratio", "local/global", "{:.3f}"),
+        ("const", "constant fraction per layer", "{}"),
+    ]
+    click.echo(format_table(rows, columns))
 
 
 # ------------------------------------------------------------------------------------ attack
@@ -338,5 +349,10 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     if as_json:
         emit_json(out)
     else:
-        click.echo(format_table([out], [("n", "n", "{}"), ("eps", "eps", "{:g}"), ("clean_accuracy", "clean", "{:.4f}"),
-                                  ("pgd_accuracy", "PGD", "{:.4f}")]))
+        columns = [
+            ("n", "n", "{}"),
+            ("eps", "eps", "{:g}"),
+            ("clean_accuracy", "clean", "{:.4f}"),
+            ("pgd_accuracy", "PGD", "{:.4f}"),
+        ]
+        click.echo(format_table([out], columns))

@@ -42,8 +42,14 @@ def data_list(as_json):
     if as_json:
         emit_json(rows)
     else:
-        click.echo(format_table(rows, [("name", "dataset", "{}"), ("shape", "shape", "{}"), ("classes", "classes", "{}"),
-                                 ("status", "files", "{}"), ("where", "searched in", "{}")]))
+        columns = [
+            ("name", "dataset", "{}"),
+            ("shape", "shape", "{}"),
+            ("classes", "classes", "{}"),
+            ("status", "files", "{}"),
+            ("where", "searched in", "{}"),
+        ]
+        click.echo(format_table(rows, columns))
 
 
 @data.command("verify")
@@ -101,7 +107,8 @@ def _input_shape(text):
               help="Number of classes (default: read from the last linear layer).")
 @click.option("--activation", type=click.Choice(["auto", *ACTIVATIONS]), default="auto",
               show_default=True, help="Activation (auto: from the parameter names: threshold, max/min).")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="The lipref model file to write.")
 @user_errors
 def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
     """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
@@ -115,7 +122,8 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
 
 @click.command("import-onnx")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The lipref model file to write.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
+              help="The lipref model file to write.")
 @user_errors
 def import_onnx(onnx_path, out_path):
     """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
@@ -150,9 +158,14 @@ def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, a
                     "results": rows})
     else:
         table_rows = [dict(r, verdict="ok" if r["ok"] else "DIFFERS") for r in rows]
-        click.echo(format_table(table_rows, [("quantity", "quantity", "{}"), ("max_rel_diff", "largest difference", "{:.3g}"),
-                                       ("unit", "unit", "{}"), ("tolerance", "tolerance", "{:.0e}"),
-                                       ("verdict", "", "{}")]))
+        columns = [
+            ("quantity", "quantity", "{}"),
+            ("max_rel_diff", "largest difference", "{:.3g}"),
+            ("unit", "unit", "{}"),
+            ("tolerance", "tolerance", "{:.0e}"),
+            ("verdict", "", "{}"),
+        ]
+        click.echo(format_table(table_rows, columns))
         click.echo(f"{'all within tolerance' if ok else 'SOME QUANTITIES DIFFER'} "
                    f"({dataset.labels.shape[0]} examples, eps {eps:g}, {n_iters} power iterations)")
     if not ok:
@@ -193,8 +206,14 @@ def info(model_path, as_json):
     if as_json:
         emit_json(out)
         return
-    click.echo(format_table(layers, [("index", "#", "{}"), ("layer", "layer", "{}"), ("in", "input", "{}"),
-                               ("out", "output", "{}"), ("params", "parameters", "{}")]))
+    columns = [
+        ("index", "#", "{}"),
+        ("layer", "layer", "{}"),
+        ("in", "input", "{}"),
+        ("out", "output", "{}"),
+        ("params", "parameters", "{}"),
+    ]
+    click.echo(format_table(layers, columns))
     click.echo(f"{out['parameters']} parameters")
     meta = model.metadata
     best = meta.get("best")

@@ -72,10 +72,14 @@ def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_l
     if as_json:
         emit_json({"out": out_dir, "reference": reference, "history": history})
         return
-    click.echo(format_table(history, [("epoch", "epoch", "{}"), ("clean_accuracy", "clean", "{:.3f}"),
-                                ("certified_accuracy_global", "cert(global)", "{:.3f}"),
-                                ("certified_accuracy_local", "cert(local)", "{:.3f}"),
-                                ("median_local_over_global", "local/global", "{:.3f}")]))
+    columns = [
+        ("epoch", "epoch", "{}"),
+        ("clean_accuracy", "clean", "{:.3f}"),
+        ("certified_accuracy_global", "cert(global)", "{:.3f}"),
+        ("certified_accuracy_local", "cert(local)", "{:.3f}"),
+        ("median_local_over_global", "local/global", "{:.3f}"),
+    ]
+    click.echo(format_table(history, columns))
     click.echo(f"eps {history[-1]['eps']:g} on {history[-1]['n']} evaluation examples; "
                f"models in {out_dir}/ (best.npz = best certified accuracy, model.npz = last epoch)")
 
@@ -91,9 +95,9 @@ def _with_recipe(name, options):
                      (flags[k] if v else "--no-" + flags[k][2:]) if isinstance(v, bool) else f"{flags[k]} {v}"
                      for k, v in used.items())
     click.echo(f"recipe {name} sets: {shown}", err=True)
-    if given & set(recipe_values(name)):
-        click.echo(f"  (given explicitly, kept: {', '.join(flags[k] for k in sorted(given & set(recipe_values(name))))})",
-                   err=True)
+    kept = sorted(given & set(recipe_values(name)))
+    if kept:
+        click.echo(f"  (given explicitly, kept: {', '.join(flags[k] for k in kept)})", err=True)
     return options
 
 
