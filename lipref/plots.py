@@ -7,7 +7,7 @@ from .errors import MissingExtraError
 from .models import atomic_write_bytes
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -22,7 +22,7 @@ def plot_certified_accuracy(result, path, title=""):
 
     Global bound: a sample's radius is exact for the GloRo margin, so the curve is drawn on
     [0, 2 eps]. Local bound: valid up to eps (the ball its bound was computed on)."""
-    plt = _pyplot()
+    plt = pyplot()
     eps = result.eps if result.eps > 0 else 1.0
     radii = host.linspace(0.0, 2 * eps, 101)
     curve = certified_accuracy_curve(result, radii)

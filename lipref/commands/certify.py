@@ -22,7 +22,6 @@ from lipref.commands.common import (
     engine_options,
     format_table,
     gram_limit_option,
-    kernels_for,
     positive_eps,
     progress_bar,
     reference_option,
@@ -33,6 +32,7 @@ from lipref.commands.common import (
 )
 from lipref.errors import InputError
 from lipref.inputs import load_model_and_data, resolve_domain, run_seed
+from lipref.kernels import reference_only_if
 
 SAME_ANSWERS = ("The results equal a single-process run's, bit for bit: every random draw comes from the seed and "
                 "the sample's index, never from a shard or a worker.")
@@ -175,7 +175,7 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
                            pgd_restarts, pgd_domain)
     plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
-    with kernels_for(reference):
+    with reference_only_if(reference):
         norms = _global_norms(model, mode, n_iters, seed, not quiet, gram_limit)
         if sharding.requested:
             result, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "certifying",
@@ -189,7 +189,7 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
                     "domain": None if pgd_domain is None else list(pgd_domain), **extra})
     if audit:
-        with kernels_for(reference):
+        with reference_only_if(reference):
             summary["audit"] = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size,
                                       gram_limit, threads, backend, quiet)
     if samples_path:
@@ -283,7 +283,7 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     extra = {}
     options = ShardOptions("bound", eps, mode, n_iters, batch_size, seed, backend, compute, reference)
     plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
-    with kernels_for(reference):
+    with reference_only_if(reference):
         norms = _global_norms(model, mode, n_iters, seed, True, gram_limit)
         if sharding.requested:
             samples, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "bounding",

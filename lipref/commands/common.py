@@ -1,6 +1,5 @@
 """What every command shares: the one-line error handler, tables, JSON, progress bars, and
 click options read from the library's config dataclasses (defaults and help written once)."""
-import contextlib
 import functools
 import json
 import sys
@@ -107,13 +106,6 @@ def setting_option(cls, name, flag=None, **overrides):
 def settings_options(cls, *names, **per_name):
     """setting_option for each of `names`, with per_name[name] a dict of its overrides."""
     return [setting_option(cls, name, **per_name.get(name, {})) for name in names]
-
-
-def kernels_for(reference):
-    """Inside: the plain definitions alone with --reference (lipref.kernels.reference_only), else
-    the registered kernels."""
-    from lipref.kernels import reference_only
-    return reference_only() if reference else contextlib.nullcontext()
 
 
 reference_option = click.option(

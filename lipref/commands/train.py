@@ -9,7 +9,6 @@ from lipref.commands.common import (
     emit_json,
     engine_options,
     format_table,
-    kernels_for,
     positive_eps,
     reference_option,
     setting_option,
@@ -18,6 +17,7 @@ from lipref.commands.common import (
     user_errors,
 )
 from lipref.inputs import run_seed
+from lipref.kernels import reference_only_if
 from lipref.recipes import RECIPES, apply_recipe
 from lipref.recipes import recipe as recipe_values
 from lipref.train import TrainConfig
@@ -65,7 +65,7 @@ def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_l
     eval_set = D.load_data(eval_spec, data_dir, eval_limit)
     reporter = _TrainProgress(not quiet, config.epochs)
     try:
-        with kernels_for(reference):
+        with reference_only_if(reference):
             history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
     finally:
         reporter.close()

@@ -63,13 +63,19 @@ def file_payload(path):
     return raw, True
 
 
-def md5_of(path):
-    """Hex md5 of a file's bytes, read in chunks (archives can be hundreds of MB)."""
-    digest = hashlib.md5(usedforsecurity=False)
+def hex_digest(path, algorithm):
+    """Hex digest (hashlib's `algorithm`) of a file's bytes, read in chunks (archives can be
+    hundreds of MB)."""
+    digest = hashlib.new(algorithm, usedforsecurity=False)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def md5_of(path):
+    """Hex md5 of a file's bytes (the datasets' published checksums)."""
+    return hex_digest(path, "md5")
 
 
 def file_matches(path, entry):

@@ -12,6 +12,7 @@ import json
 import os
 
 from ..backend import host
+from ..data.files import hex_digest
 from ..errors import InputError, RunFolderError
 from ..models import atomic_write_bytes
 
@@ -30,14 +31,10 @@ def shard_ranges(n, batch_size, shard_size=None):
 
 def file_digest(path):
     """sha256 of a file's bytes (the model a folder's shards were computed from)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        return hex_digest(path, "sha256")
     except OSError as exc:
         raise RunFolderError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return h.hexdigest()
 
 
 def array_digest(array):

@@ -4,7 +4,6 @@ Imports nothing of Dask: a shard runs the same way in a worker process and in th
 process (a sharded run without a cluster). Each process loads a model file once (a cache
 keyed by path, backend and dtype), so a worker computing many shards reads it once.
 """
-import contextlib
 import time
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ from ..backend import host, keep_freed_memory
 from ..certify import bounds_per_sample, certification_arrays, certify
 from ..errors import UserError
 from ..inputs import load_model_file
+from ..kernels import reference_only_if
 
 COMMANDS = ("certify", "bound")
 
@@ -90,16 +90,11 @@ def compute_shard(task):
     o = task.options
     try:
         model = cached_model(task.model_path, o.backend, o.dtype)
-        with _kernels(o.reference):
+        with reference_only_if(o.reference):
             arrays = _certify_arrays(model, task) if o.command == "certify" else _bound_arrays(model, task)
     except UserError as exc:
         return ShardFailure(type(exc), " ".join(str(exc).split()))
     return task.index, arrays, time.perf_counter() - started
-
-
-def _kernels(reference):
-    from ..kernels import reference_only
-    return reference_only() if reference else contextlib.nullcontext()
 
 
 def _certify_arrays(model, task):

@@ -14,7 +14,7 @@ The switch is process-wide, not per thread: the bounds run blocks of samples in 
 threads, which must see the caller's choice.
 """
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 _KERNELS = {}  # name -> [Kernel], tried in registration order
@@ -61,6 +61,12 @@ def reference_only():
         yield
     finally:
         _reference_depth[0] -= 1
+
+
+def reference_only_if(reference):
+    """`reference_only()` when `reference` is true, else a context that changes nothing (the
+    --reference option of the commands and of a shard)."""
+    return reference_only() if reference else nullcontext()
 
 
 def registered():
