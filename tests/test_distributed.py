@@ -1,6 +1,8 @@
 """Sharded certify and bound on a real Dask LocalCluster (processes, 127.0.0.1): the same
 numbers as one process, bit for bit; a worker killed while it holds a shard loses nothing;
---resume computes only the missing shards; a bad value inside a shard is one line, no retry."""
+--resume computes only the missing shards, and recomputes (never merges) a shard file that is
+swapped, another run's, truncated, empty or incomplete; a bad value inside a shard is one
+line, no retry. A shard folder in one process: tests/test_shard_folder.py."""
 import json
 import os
 import signal
@@ -175,6 +177,59 @@ def test_resume_computes_only_the_missing_shards(model_file, cluster, single_pro
     assert_same_as_single(doc, tmp_path / "s.json", single_process)
     assert {name: (folder / name).stat().st_mtime_ns for name in written} == written  # read, not recomputed
     assert len(list(folder.glob("shard-*.npz"))) == 4
+
+
+def finished_folder(model_file, local, tmp_path):
+    """(the shard folder of a finished sharded run, the run's arguments)."""
+    folder = tmp_path / "shards"
+    args = certify_args(model_file, tmp_path / "s.json", "--scheduler", local.scheduler_address, "--shards-dir",
+                        str(folder))
+    certify_json(args)
+    return folder, args
+
+
+def resumed(args, samples_path, single_process, computed):
+    """The lines saying which shard files are recomputed, once the run is resumed and its every
+    result checked against the single process."""
+    result = run(args + ["--resume"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert (doc["shards"], doc["shards_computed"]) == (4, computed)
+    assert_same_as_single(doc, samples_path, single_process)
+    return [line for line in result.stderr.splitlines() if line.endswith("; recomputing")]
+
+
+def recomputing(folder, k, reason):
+    return f"{folder / f'shard-{k:05d}.npz'} (shard {k}, samples {10 * k}-{10 * k + 9}): {reason}; recomputing"
+
+
+def test_swapped_or_foreign_shard_files_are_recomputed_never_merged(model_file, cluster, single_process, tmp_path):
+    local, _ = cluster
+    folder, args = finished_folder(model_file, local, tmp_path)
+    one, two = (folder / "shard-00001.npz").read_bytes(), (folder / "shard-00002.npz").read_bytes()
+    (folder / "shard-00001.npz").write_bytes(two)
+    (folder / "shard-00002.npz").write_bytes(one)
+    other = tmp_path / "other"  # the same samples 30-39 of another run, on other data
+    certify_json(certify_args(model_file, tmp_path / "o.json", "--data", "embedded:train", "--shards-dir", str(other)))
+    (folder / "shard-00003.npz").write_bytes((other / "shard-00003.npz").read_bytes())
+    assert resumed(args, tmp_path / "s.json", single_process, 3) == [
+        recomputing(folder, 1, "the file holds samples 20-29"), recomputing(folder, 2, "the file holds samples 10-19"),
+        recomputing(folder, 3, "the file was computed from other images")]
+    assert resumed(args, tmp_path / "s.json", single_process, 0) == []  # the files are this run's now
+
+
+def test_a_truncated_empty_or_incomplete_shard_file_is_recomputed(model_file, cluster, single_process, tmp_path):
+    local, _ = cluster
+    folder, args = finished_folder(model_file, local, tmp_path)
+    shard = [folder / f"shard-{k:05d}.npz" for k in range(4)]
+    shard[0].write_bytes(shard[0].read_bytes()[:shard[0].stat().st_size // 2])
+    shard[1].write_bytes(b"")
+    with numpy.load(shard[2]) as f:
+        kept = {name: f[name] for name in f.files if name != "radius_local"}
+    numpy.savez(shard[2], **kept)  # its record kept: only the missing array tells
+    assert resumed(args, tmp_path / "s.json", single_process, 3) == [
+        recomputing(folder, 0, "the file cannot be read (BadZipFile: File is not a zip file)"),
+        recomputing(folder, 1, "the file is empty"), recomputing(folder, 2, "the file lacks radius_local")]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow itself, in the single-process run

@@ -42,7 +42,8 @@ distributed_options = [
                       "machine, one thread each (pip install 'lipref[distributed]'). " + SAME_ANSWERS),
     click.option("--scheduler", default=None, metavar="ADDRESS",
                  help="Cut the samples into shards computed on the Dask cluster of the scheduler at ADDRESS "
-                      "(tcp://host:8786); every worker must read MODEL at the same path. " + SAME_ANSWERS),
+                      "(tcp://host:8786); every worker must read MODEL's file at the same path (its sha256 is "
+                      "checked). " + SAME_ANSWERS),
     click.option("--shard-size", type=click.IntRange(min=1), default=None,
                  help="Samples per shard, a multiple of --batch-size (default: one batch)."),
     click.option("--shards-dir", type=click.Path(file_okay=False), default=None,
@@ -51,7 +52,9 @@ distributed_options = [
                       "the shards run in this process."),
     click.option("--resume", is_flag=True,
                  help="Continue the run in --shards-dir: compute only the shards missing there (refused if the "
-                      "folder was made with other options, model or data; the seed is the folder's)."),
+                      "folder was made with other options, model or data; the seed is the folder's). A shard file "
+                      "that is not this run's (other samples, data, options; truncated, empty, an array missing) "
+                      "is recomputed, with a line on stderr."),
 ]
 
 
@@ -86,10 +89,23 @@ def _shard_progress(total, label, enabled):
         yield update
 
 
-def _plan_shards(model_path, dataset, options, sharding):
-    """The run's lipref.distributed.ShardPlan (None when not sharded)."""
+def _plan_shards(model_path, dataset, options, sharding, run_options):
+    """The run's lipref.distributed.ShardPlan (None when not sharded), with a line on stderr
+    for each shard file of the folder that is recomputed. run_options: the options that can
+    change a number besides `options` (recorded in the folder's manifest)."""
     from lipref.distributed import plan_shards
-    return plan_shards(model_path, dataset.images, dataset.labels, options, sharding) if sharding.requested else None
+    if not sharding.requested:
+        return None
+    plan = plan_shards(model_path, dataset.images, dataset.labels, options, sharding, run_options)
+    for line in plan.stale:
+        click.echo(line, err=True)
+    return plan
+
+
+def _run_options(data_spec, limit, gram_limit):
+    """The options besides ShardOptions that a shard folder's manifest records: the data as
+    named and --gram-limit (the global norms)."""
+    return {"data_spec": data_spec, "limit": limit, "gram_limit": gram_limit}
 
 
 def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, label, quiet):
@@ -174,7 +190,8 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     extra = {}
     options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
                            pgd_restarts, pgd_domain)
-    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
+    # a folder that does not fit: refused now
+    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data_spec, limit, gram_limit))
     with reference_only_if(reference):
         norms = _global_norms(model, mode, n_iters, seed, not quiet, gram_limit)
         if sharding.requested:
@@ -282,7 +299,8 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     seed = _sharded_seed(mode, seed, sharding)
     extra = {}
     options = ShardOptions("bound", eps, mode, n_iters, batch_size, seed, backend, compute, reference)
-    plan = _plan_shards(model_path, dataset, options, sharding)  # a folder that does not fit: refused now
+    # a folder that does not fit: refused now
+    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data_spec, limit, gram_limit))
     with reference_only_if(reference):
         norms = _global_norms(model, mode, n_iters, seed, True, gram_limit)
         if sharding.requested:

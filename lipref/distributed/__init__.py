@@ -17,7 +17,16 @@ from dataclasses import asdict, dataclass, field
 
 from ..certify import joined_certification
 from .cluster import connected, run_on_cluster, worker_count
-from .folder import FORMAT, ShardFolder, array_digest, file_digest, resumed_seed, shard_ranges  # noqa: F401
+from .folder import (  # noqa: F401
+    FORMAT,
+    ShardFolder,
+    StaleShard,
+    array_digest,
+    file_digest,
+    resumed_seed,
+    shard_ranges,
+    shard_record,
+)
 from .worker import ShardOptions, ShardTask, bound_samples, compute_shard  # noqa: F401
 
 
@@ -48,37 +57,55 @@ class ShardedRun:
     seconds: float
 
 
-def make_tasks(model_path, images, labels, options, norms, ranges, threads=None):
+def make_tasks(model_path, model_sha256, images, labels, options, norms, ranges, threads=None):
     path = os.path.abspath(model_path)
-    return [ShardTask(k, s, e, images[s:e], labels[s:e], path, options, norms, threads)
+    return [ShardTask(k, s, e, images[s:e], labels[s:e], path, model_sha256, options, norms, threads)
             for k, (s, e) in enumerate(ranges)]
 
 
-def manifest(model_path, images, labels, options, ranges):
-    """What a shard folder's results depend on: the model file's and the data's digests, the
-    options, and the shards."""
+def manifest(model_path, images, labels, options, ranges, run_options=None):
+    """What a shard folder's results depend on: the model file's and the data's digests, every
+    option that can change a number (the ShardOptions, and `run_options`: those that act
+    outside a shard, as --gram-limit on the global norms, or that name the data and the
+    shards), and the shards."""
+    recorded = {**asdict(options), **(run_options or {})}
     return {"format": FORMAT, "model_sha256": file_digest(model_path), "images_sha256": array_digest(images),
             "labels_sha256": array_digest(labels), "n": int(labels.shape[0]),
-            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+            "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in recorded.items()},
             "shards": len(ranges), "shard_ranges": [list(r) for r in ranges]}
 
 
 @dataclass
 class ShardPlan:
-    """A run's shards and its shard folder (None: none), with the shards already there."""
+    """A run's shards, the model file's digest and its shard folder (None: none), with the
+    shards read from the folder (`found`, by index), each shard's record (what its file must
+    carry) and a line per shard file there that is recomputed, saying why (`stale`)."""
     ranges: list
+    model_sha256: str
     folder: ShardFolder = None
-    done: set = field(default_factory=set)
+    found: dict = field(default_factory=dict)
+    records: list = field(default_factory=list)
+    stale: list = field(default_factory=list)
 
 
-def plan_shards(model_path, images, labels, options, sharding):
-    """The run's shards; with a folder, the folder made or (resume) checked against this run,
-    before anything is computed."""
+def plan_shards(model_path, images, labels, options, sharding, run_options=None):
+    """The run's shards; with a folder, the folder made or (resume) checked against this run
+    and its shard files read, before anything is computed. run_options: {name: value} of the
+    options that can change a number besides `options` (see `manifest`)."""
     ranges = shard_ranges(int(labels.shape[0]), options.batch_size, sharding.shard_size)
     if not sharding.folder:
-        return ShardPlan(ranges)
-    folder = ShardFolder(sharding.folder, manifest(model_path, images, labels, options, ranges))
-    return ShardPlan(ranges, folder, folder.open(sharding.resume))
+        return ShardPlan(ranges, file_digest(model_path))
+    recorded = {**(run_options or {}), "shard_size": sharding.shard_size or options.batch_size}
+    folder = ShardFolder(sharding.folder, manifest(model_path, images, labels, options, ranges, recorded))
+    plan = ShardPlan(ranges, folder.manifest["model_sha256"], folder,
+                     records=[shard_record(folder.manifest, images, labels, s, e) for s, e in ranges])
+    for k in sorted(folder.open(sharding.resume)):
+        try:
+            plan.found[k] = folder.read(k, plan.records[k], options.result_names())
+        except StaleShard as exc:
+            plan.stale.append(f"{folder.shard_path(k)} (shard {k}, samples {ranges[k][0]}-{ranges[k][1] - 1}): "
+                              f"{exc}; recomputing")
+    return plan
 
 
 def run_sharded(model_path, images, labels, options, norms, sharding, progress=None, threads=None, plan=None):
@@ -87,21 +114,21 @@ def run_sharded(model_path, images, labels, options, norms, sharding, progress=N
     `plan_shards` (made here when None)."""
     started = time.perf_counter()
     plan = plan or plan_shards(model_path, images, labels, options, sharding)
-    tasks = make_tasks(model_path, images, labels, options, norms, plan.ranges, threads)
-    results = {k: plan.folder.read(k) for k in sorted(plan.done)}
-    if progress is not None and plan.done:
-        progress(sum(plan.ranges[k][1] - plan.ranges[k][0] for k in plan.done))
+    tasks = make_tasks(model_path, plan.model_sha256, images, labels, options, norms, plan.ranges, threads)
+    results = dict(plan.found)
+    if progress is not None and plan.found:
+        progress(sum(plan.ranges[k][1] - plan.ranges[k][0] for k in plan.found))
     seconds = []
 
     def arrived(task, result):
         _, arrays, shard_seconds = result
         if plan.folder is not None:
-            plan.folder.write(task.index, arrays)
+            plan.folder.write(task.index, arrays, plan.records[task.index])
         results[task.index] = arrays
         seconds.append(shard_seconds)
         if progress is not None:
             progress(task.stop - task.start)
-    pending = [t for t in tasks if t.index not in plan.done]
+    pending = [t for t in tasks if t.index not in plan.found]
     workers = _run(pending, sharding, arrived)
     return ShardedRun([results[k] for k in range(len(tasks))], workers, len(tasks), len(pending), seconds,
                       time.perf_counter() - started)

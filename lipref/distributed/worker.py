@@ -2,18 +2,24 @@
 
 Imports nothing of Dask: a shard runs the same way in a worker process and in the calling
 process (a sharded run without a cluster). Each process loads a model file once (a cache
-keyed by path, backend and dtype), so a worker computing many shards reads it once.
+keyed by path, the file's sha256, backend and dtype), so a worker computing many shards reads
+it once; the digest is checked when the file is loaded, so a worker that reads another file
+at MODEL's path (another machine, or a file changed since an earlier run on the same
+cluster) refuses the shard instead of computing it from another model.
 """
+import socket
 import time
 from dataclasses import dataclass
 
 from ..backend import host, keep_freed_memory
-from ..certify import bounds_per_sample, certification_arrays, certify
-from ..errors import UserError
+from ..certify import PER_SAMPLE, bounds_per_sample, certification_arrays, certify
+from ..errors import InputError, UserError
 from ..inputs import load_model_file
 from ..kernels import reference_only_if
+from .folder import file_digest
 
 COMMANDS = ("certify", "bound")
+BOUND_ARRAYS = ("index", "label", "prediction", "global", "local", "constant_fraction")  # bound_arrays' names
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,12 @@ class ShardOptions:
         if self.command not in COMMANDS:
             raise ValueError(f"command must be one of {COMMANDS}, got {self.command!r}")
 
+    def result_names(self):
+        """The names of the arrays a shard's result holds (what a shard file must hold)."""
+        if self.command == "bound":
+            return BOUND_ARRAYS
+        return tuple(k for k in PER_SAMPLE if k != "pgd_broken" or self.pgd_steps > 0)
+
 
 @dataclass(frozen=True)
 class ShardTask:
@@ -46,6 +58,7 @@ class ShardTask:
     images: object
     labels: object
     model_path: str
+    model_sha256: str  # of the file the run was planned with: a worker must load that very file
     options: ShardOptions
     norms: object  # certify.GlobalNorms, computed once per run
     threads: int = None  # blocks of samples in threads inside the shard; changes no number
@@ -65,15 +78,24 @@ class ShardFailure:
             return UserError(self.message)
 
 
-_MODELS = {}  # (path, backend, dtype) -> model, per process
+_MODELS = {}  # (path, sha256, backend, dtype) -> model, per process
 _LOADS = []  # the keys loaded, in order (how often each process read a model file)
 
 
-def cached_model(path, backend, dtype):
-    key = (path, backend, dtype)
+def cached_model(path, sha256, backend, dtype):
+    """The model in the file at `path`, loaded once per process, once its bytes are checked to
+    have the digest `sha256` (InputError naming the path and this machine where they do not)."""
+    key = (path, sha256, backend, dtype)
     if key not in _MODELS:
+        found = file_digest(path)
+        if found != sha256:
+            raise InputError(f"the worker on {socket.gethostname()} reads another file at {path} (sha256 "
+                             f"{found[:12]}..., the run's model {sha256[:12]}...): every worker must read MODEL's "
+                             "very file")
         if not _LOADS:
             keep_freed_memory()  # as the CLI does in its own process (speed only)
+        for replaced in [k for k in _MODELS if k[0] == path and k[1] != sha256]:  # the file changed: drop its old model
+            del _MODELS[replaced]
         _MODELS[key] = load_model_file(path, backend, dtype)
         _LOADS.append(key)
     return _MODELS[key]
@@ -89,7 +111,7 @@ def compute_shard(task):
     started = time.perf_counter()
     o = task.options
     try:
-        model = cached_model(task.model_path, o.backend, o.dtype)
+        model = cached_model(task.model_path, task.model_sha256, o.backend, o.dtype)
         with reference_only_if(o.reference):
             arrays = _certify_arrays(model, task) if o.command == "certify" else _bound_arrays(model, task)
     except UserError as exc:
