@@ -9,7 +9,9 @@ import numpy
 import pytest
 from click.testing import CliRunner
 
+import lipref
 from cli import main
+from lipref import kernels
 from lipref.models import build_model, model_to_bytes, save_model
 from lipref.provenance import provenance
 
@@ -122,8 +124,11 @@ def test_pixels_for_a_model_that_does_not_say_get_a_warning(tmp_path):
 
 def test_info_names_the_kernels_and_extras():
     text = run(["info"]).stdout
-    assert "kernels: on" in text and "linear: lipref.kernels.dense" in text and "extras:" in text
-    assert "lipref: " in text
+    state = "on" if kernels.enabled() else "off"  # off with LIPREF_REFERENCE=1
+    assert f"kernels: {state}" in text and "linear: lipref.kernels.dense" in text and "extras: " in text
+    assert f"lipref: {lipref.__version__}" in text
+    with kernels.reference_only():
+        assert "kernels: off" in run(["info"]).stdout
 
 
 @pytest.mark.parametrize("recorded", [True, False])

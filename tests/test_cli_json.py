@@ -4,6 +4,7 @@ lipref's provenance. The commands come from the click group, so a new command wi
 fails here until it has a run below."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,8 @@ def check_provenance(doc, args):
     assert set(found["extras"]) == set(EXTRAS)
     kernels = found["kernels"]
     assert kernels["registered"] and all(kernels["registered"].values())
-    assert kernels["enabled"] is ("--reference" not in args)
+    reference_env = os.environ.get("LIPREF_REFERENCE", "") not in ("", "0")  # the subprocess inherits it
+    assert kernels["enabled"] is ("--reference" not in args and not reference_env)
 
 
 @pytest.mark.parametrize("index", range(len(runs(Path(".")))))
