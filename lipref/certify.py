@@ -40,9 +40,11 @@ class CertifyConfig:
     pgd_steps: int = setting(100, "l2 PGD steps (step eps/4, random start); 0 skips the attack.", minimum=0)
     pgd_restarts: int = setting(1, "PGD restarts.", minimum=1)
     batch_size: int = setting(100, "Batch size.", minimum=1)
-    domain: str = setting("auto", "The data domain PGD stays in (besides the ball): LO,HI, none (unbounded), or "
-                                  "auto: [0, 1] when every value of the data lies in [0, 1] (every named dataset), "
-                                  "else unbounded. It must hold the data.")
+    domain: str = setting("auto", "The data domain PGD stays in (besides the ball): LO,HI (it must hold the data), "
+                                  "none (unbounded: the data are used as they are), or auto: the model's input "
+                                  "range where its file records one ([0, 1] for a model trained on a named "
+                                  "dataset), refusing data outside it; else [0, 1] when every value of the data "
+                                  "lies there, else unbounded (with a warning for whole-number pixels above 1).")
     dtype: str = setting("auto", "Floating-point type of the computation. auto: float64 in sound mode; in fast "
                                  "mode float32 unless the data hold values float32 cannot (then float64), so that "
                                  "what is certified is the input as given.", choices=DTYPES)
@@ -50,6 +52,14 @@ class CertifyConfig:
                                     "(nearly exact, about half a minute for 4c3f) when the layer's smaller side "
                                     "has at most this many entries; 0 uses the polyphase circulant bound only "
                                     "(seconds, 0.1-1% looser).", minimum=0)
+
+
+def local_over_global(local, global_):
+    """local / global per sample (host arrays): 1 where both are 0 (a network constant on the
+    ball: the bounds agree), never the NaN of 0/0; inf where only the global bound is 0."""
+    both_zero = (local == 0) & (global_ == 0)
+    with host.errstate(divide="ignore"):
+        return host.where(both_zero, 1.0, local / host.where(both_zero, 1.0, global_))
 
 
 @dataclass
@@ -73,7 +83,8 @@ class Certification:
     violations: list = field(default_factory=list)
 
     def summary(self):
-        """The numbers `lipref certify --json` prints (see the CLI's contract)."""
+        """The numbers `lipref certify --json` prints (see the CLI's contract); none is NaN
+        (`local_over_global`)."""
         n = int(self.labels.shape[0])
         out = {
             "n": n, "eps": self.eps, "mode": self.mode, "n_iters": self.n_iters,
@@ -81,7 +92,7 @@ class Certification:
             "certified_accuracy_global": float(self.certified_global.mean()),
             "certified_accuracy_local": float(self.certified_local.mean()),
             "pgd_accuracy": None, "pgd_steps": self.pgd_steps,
-            "median_local_over_global": float(host.median(self.local_bound / self.global_bound)),
+            "median_local_over_global": float(host.median(local_over_global(self.local_bound, self.global_bound))),
             "mean_constant_fraction": [float(c) for c in self.constant_fraction.mean(axis=0)],
             "soundness_violations": list(self.violations),
             "seconds": self.seconds,
@@ -91,6 +102,8 @@ class Certification:
         return out
 
     def samples(self, offset=0):
+        """One row per sample (`--samples FILE`); a radius is inf where no class can ever
+        win (lipref.outputs writes it as "inf")."""
         rows = []
         for i in range(int(self.labels.shape[0])):
             rows.append({

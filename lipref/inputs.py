@@ -2,9 +2,11 @@
 checkpoint or ONNX), the data as given, the dtype the run computes in, PGD's domain and the
 seed. The CLI calls these; a Python user can too."""
 import secrets
+import warnings
 
 from . import data as D
 from .backend import float_dtype, get_backend, host
+from .data import ranges
 from .errors import InputError
 from .importing import load_any_model
 from .seeds import check_seed
@@ -20,15 +22,44 @@ def run_seed(mode, seed):
     return 0
 
 
-def resolve_domain(value, dataset):
-    """PGD's domain: (lo, hi) or None. auto: [0, 1] where every value of the data lies in it
-    (every named dataset), else unbounded."""
+def resolve_domain(value, dataset, model=None, spec=None):
+    """PGD's domain, (lo, hi) or None, once the data fit it. An explicit "LO,HI" must hold the
+    data; "none" accepts any data as given. "auto": the range the model's metadata name
+    (`data.ranges.expected_range`: what it was trained on), refusing data outside it (8-bit
+    pixels 0..255 for a model trained on [0, 1]); for a model that does not say, [0, 1] where
+    every value of the data lies in it (every named dataset), else unbounded, with a
+    RangeWarning where the images look like unscaled pixels. `spec` names the data in errors."""
+    found = ranges.image_range(dataset.images)
+    where = spec or getattr(dataset, "source", None) or "the data"
     if value == "none":
         return None
-    if value == "auto":
-        images = dataset.images
-        inside = images.size == 0 or (float(images.min()) >= 0.0 and float(images.max()) <= 1.0)
-        return (0.0, 1.0) if inside else None
+    if value != "auto":
+        domain = _domain_option(value)
+        if not ranges.inside(found, domain):
+            raise InputError(f"{where}: the data lie outside the domain [{domain[0]:g}, {domain[1]:g}] (values "
+                             f"{ranges.range_text(found)}); give the data's domain (--domain LO,HI) or none "
+                             "(--domain none)")
+        return domain
+    expected = ranges.expected_range(getattr(model, "metadata", None))
+    if expected is not None:
+        lo, hi, why = expected
+        if not ranges.inside(found, (lo, hi)):
+            raise D.DataError(f"{where}: images range over {ranges.range_text(found)}, but the model expects inputs "
+                              f"in [{lo:g}, {hi:g}] ({why}); scale the images to it (8-bit pixels: images / 255), or "
+                              "pass --domain none (or --domain LO,HI holding them) to use them as they are")
+        return (lo, hi)
+    if ranges.inside(found, ranges.UNIT_RANGE):
+        return ranges.UNIT_RANGE
+    if ranges.looks_like_pixels(dataset.images):
+        warnings.warn(f"{where}: images are whole numbers {ranges.range_text(found)}, like unscaled pixels, and the "
+                      "model does not record its input range; if it was trained on [0, 1], divide the images by "
+                      "255 (--domain none or LO,HI: use them as they are, without this warning)",
+                      ranges.RangeWarning, stacklevel=2)
+    return None
+
+
+def _domain_option(value):
+    """(lo, hi) of --domain LO,HI."""
     try:
         lo, hi = (float(v) for v in value.split(","))
     except ValueError:

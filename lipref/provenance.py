@@ -40,19 +40,20 @@ def installed_extras():
     return found
 
 
-def kernels_in_use():
-    """{"enabled": do kernels run now (False under `reference_only()` or LIPREF_REFERENCE=1),
-    "registered": {name: [kernel module, ...]}}: the fast paths this process may take (each
-    applies only where its arguments fit, e.g. NumPy arrays)."""
+def kernels_in_use(reference=False):
+    """{"enabled": do kernels run (False under `reference_only()`, with LIPREF_REFERENCE=1, or
+    when `reference` says the run was inside reference_only()), "registered": {name: [kernel
+    module, ...]}}: the fast paths this process may take (each applies only where its
+    arguments fit, e.g. NumPy arrays)."""
     from . import kernels  # importing the package registers every kernel
-    return {"enabled": kernels.enabled(),
+    return {"enabled": kernels.enabled() and not reference,
             "registered": {name: [k.module for k in found] for name, found in sorted(kernels.registered().items())}}
 
 
-def provenance(argv=None):
+def provenance(argv=None, reference=False):
     """What produced a result: {"lipref_version", "command_line", "python", "numpy",
-    "extras", "kernels"} (JSON-ready)."""
+    "extras", "kernels"} (JSON-ready). reference: see `kernels_in_use`."""
     from .backend import host
     return {"lipref_version": __version__, "command_line": command_line(argv),
             "python": platform.python_version(), "numpy": host.__version__,
-            "extras": installed_extras(), "kernels": kernels_in_use()}
+            "extras": installed_extras(), "kernels": kernels_in_use(reference)}

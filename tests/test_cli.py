@@ -95,7 +95,7 @@ def test_certify_table_attack_and_info(model_file):
     assert info.exit_code == 0 and json.loads(info.stdout)["layers"][0]["layer"] == "conv2d"
     listing = run(["data", "list", "--json"])
     assert listing.exit_code == 0
-    assert {r["name"]: r["status"] for r in json.loads(listing.stdout)}["embedded"] == "ok"
+    assert {r["name"]: r["status"] for r in json.loads(listing.stdout)["datasets"]}["embedded"] == "ok"
 
 
 def test_every_command_has_help():
@@ -259,8 +259,8 @@ OPTIONS = {
                 "--json": None, "--samples": None, "--plot": None, "--quiet": None, "--reference": None,
                 "--audit": None, **SHARDING},
     "bound": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--iters": 100,
-              "--mode": "fast", "--batch-size": 100, "--dtype": "auto", "--gram-limit": 8192, "--threads": None,
-              "--backend": "numpy", "--seed": None, "--json": None, "--reference": None, **SHARDING},
+              "--mode": "fast", "--batch-size": 100, "--dtype": "auto", "--domain": "auto", "--gram-limit": 8192,
+              "--threads": None, "--backend": "numpy", "--seed": None, "--json": None, "--reference": None, **SHARDING},
     "attack": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--steps": 100,
                "--step-size": None, "--restarts": 1, "--batch-size": 100, "--domain": "auto", "--dtype": "auto",
                "--threads": None, "--backend": "numpy", "--seed": None, "--json": None},

@@ -8,6 +8,7 @@ from data_writers import write_idx_split
 
 from lipref import data
 from lipref.data import DATASETS, DataError, load_dataset
+from lipref.data.ranges import expected_range, looks_like_pixels
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "datasets" / "mnist"
@@ -153,3 +154,36 @@ def test_real_mnist_test_set(monkeypatch):
                                      [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
     assert ds.images.min() == 0.0 and ds.images.max() == 1.0
     assert abs(float(ds.images.mean()) - 0.1325) < 0.001  # MNIST test mean pixel, 0.13251
+
+
+def test_integer_images_whose_float64_copy_exceeds_the_budget(tmp_path, monkeypatch):
+    """uint8 images become float64, 8 times the bytes: refused before the copy is made."""
+    path = write_npz(tmp_path / "u8.npz", numpy.zeros((1000, 1, 1, 1), dtype=numpy.uint8), numpy.zeros(1000, int))
+    monkeypatch.setenv("LIPREF_MEMORY_BUDGET", "12000")  # the file's 9256 bytes fit; 17000 with the copy do not
+    with pytest.raises(DataError, match=r"u8.npz: images of dtype uint8 \(1000 bytes\) become 8000 bytes .* as "
+                                        r"float64, 17000 bytes .* in all, beyond the memory budget of 12000 bytes"):
+        data.load_array_file(path)
+    monkeypatch.setenv("LIPREF_MEMORY_BUDGET", "17000")
+    assert data.load_array_file(path).images.dtype == numpy.float64
+
+
+# ------------------------------------------------------------------ the range a model expects
+
+def test_expected_range_from_the_model_metadata():
+    assert expected_range({"input_range": [0, 255]}) == (0.0, 255.0, "the range recorded in the model file")
+    assert expected_range({"data": "fashion-mnist"})[:2] == (0.0, 1.0)
+    assert expected_range({"training": {"data": "mnist:train"}})[:2] == (0.0, 1.0)
+    assert "trained on embedded" in expected_range({"data": "embedded"})[2]
+    for unknown in ({}, None, {"data": "mine.npz"}, {"input_range": [1, 0]}, {"input_range": [1, 1]},
+                    {"input_range": [0, float("nan")]}, {"input_range": "0,1"}, {"input_range": [True, 2]},
+                    {"training": "x"}):
+        assert expected_range(unknown) is None, unknown
+
+
+def test_pixels_are_whole_numbers_above_one():
+    assert looks_like_pixels(numpy.array([0.0, 17.0, 255.0]))
+    assert not looks_like_pixels(numpy.array([0.0, 1.0]))  # binary images in [0, 1]
+    assert not looks_like_pixels(numpy.array([0.5, 200.0]))
+    assert not looks_like_pixels(numpy.zeros(0))
+    assert not looks_like_pixels(numpy.array([0.0, 1e300]))  # not pixels: no warning to divide by 255
+    assert not looks_like_pixels(numpy.array([-3.0, 4.0]))

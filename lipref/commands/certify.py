@@ -1,13 +1,13 @@
 """`lipref certify`, `lipref bound` and `lipref attack`, in one process or sharded over a Dask
 cluster (lipref.distributed)."""
 import contextlib
-import json
 import sys
 import time
 
 import click
 
 from lipref import data as D
+from lipref import outputs
 from lipref.attack import AttackConfig
 from lipref.backend import float_dtype, get_backend, host, to_host
 from lipref.certify import CertifyConfig
@@ -186,7 +186,7 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     n = int(dataset.labels.shape[0])
     seed = _sharded_seed(mode, seed, sharding)
-    pgd_domain = resolve_domain(domain, dataset)
+    pgd_domain = resolve_domain(domain, dataset, model, data_spec)
     extra = {}
     options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
                            pgd_restarts, pgd_domain)
@@ -210,7 +210,7 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
             summary["audit"] = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size,
                                       gram_limit, threads, backend, quiet)
     if samples_path:
-        atomic_write_bytes(samples_path, json.dumps(result.samples(), indent=1).encode("utf-8"))
+        atomic_write_bytes(samples_path, outputs.dumps(result.samples(), indent=1).encode("utf-8"))
     if plot_path:
         from lipref.plots import plot_certified_accuracy
         plot_certified_accuracy(result, plot_path, title=f"{model_path} on {data_spec}")
@@ -275,6 +275,9 @@ def _audit_rows(audit):
     n_iters={"flag": "--iters", "help": "Power-iteration (fast) or Lanczos (sound) steps per layer."},
     mode={"help": "fast: power-iteration estimates; sound: upper bounds (float64)."}))
 @dtype_option
+@setting_option(CertifyConfig, "domain", help="The data's domain, checked against the model's input range as for "
+                "certify (auto: refuse data outside the range the model records; LO,HI or none: use them as they "
+                "are). No attack runs here.")
 @gram_limit_option
 @threads_option
 @apply_options(engine_options)
@@ -284,17 +287,18 @@ def _audit_rows(audit):
                    "constant_fraction}]} (sharded: also workers, shards).")
 @apply_options(distributed_options)
 @user_errors
-def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, gram_limit, threads, backend,
-          seed, reference, as_json, workers, scheduler, shard_size, shards_dir, resume):
+def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, domain, gram_limit, threads,
+          backend, seed, reference, as_json, workers, scheduler, shard_size, shards_dir, resume):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
     MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
 
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the bounds equal a single-process run's bit for bit."""
-    from lipref.certify import bounds_per_sample
+    from lipref.certify import bounds_per_sample, local_over_global
     from lipref.distributed import ShardOptions
     sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    resolve_domain(domain, dataset, model, data_spec)  # the data must fit the model's input range
     n = int(dataset.labels.shape[0])
     seed = _sharded_seed(mode, seed, sharding)
     extra = {}
@@ -314,8 +318,9 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
         emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
                     "seed": seed, "dtype": compute, "reference": reference, **extra, "samples": samples})
         return
-    rows = [dict(r, ratio=r["local"] / r["global"], const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
-            for r in samples]
+    ratios = local_over_global(*(host.asarray([r[k] for r in samples]) for k in ("local", "global")))
+    rows = [dict(r, ratio=float(q), const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
+            for r, q in zip(samples, ratios)]
     columns = [
         ("index", "index", "{}"),
         ("label", "label", "{}"),
@@ -350,7 +355,7 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     if step_size is not None and not 0 < step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {step_size}")
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
-    pgd_domain = resolve_domain(domain, dataset)
+    pgd_domain = resolve_domain(domain, dataset, model, data_spec)
     xp = get_backend(backend)
     seed = run_seed("fast", seed)
     rng = host.random.default_rng(seed)

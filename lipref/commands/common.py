@@ -1,11 +1,12 @@
 """What every command shares: the one-line error handler, tables, JSON, progress bars, and
 click options read from the library's config dataclasses (defaults and help written once)."""
 import functools
-import json
 import sys
+import warnings
 
 import click
 
+from lipref import outputs
 from lipref.backend import BACKENDS
 from lipref.certify import CertifyConfig
 from lipref.config import setting_of
@@ -22,17 +23,34 @@ def _unquoted(text):
     return text
 
 
+def _one_line(text):
+    return " ".join(_unquoted(str(text)).split())
+
+
+def _show_warning(default):
+    """warnings.showwarning that prints lipref's own warnings (categories defined in lipref,
+    e.g. data.ranges.RangeWarning) as one line 'Warning: ...' on stderr, others as Python does."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__module__.split(".")[0] == "lipref":
+            click.echo(f"Warning: {_one_line(message)}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def user_errors(fn):
     """Turn lipref's own errors (a UserError: something the user can fix) into one line on
-    stderr and exit code 2. Anything else is a bug in lipref and keeps its traceback."""
+    stderr and exit code 2, and its warnings into one line each. Anything else is a bug in
+    lipref and keeps its traceback."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            message = " ".join(_unquoted(str(exc)).split()) or type(exc).__name__
-            click.echo(f"Error: {message}", err=True)
-            sys.exit(EXIT_USAGE)
+        with warnings.catch_warnings():  # restores showwarning afterwards
+            warnings.showwarning = _show_warning(warnings.showwarning)
+            try:
+                return fn(*args, **kwargs)
+            except UserError as exc:
+                click.echo(f"Error: {_one_line(exc) or type(exc).__name__}", err=True)
+                sys.exit(EXIT_USAGE)
     return wrapper
 
 
@@ -56,7 +74,11 @@ def format_table(rows, columns):
 
 
 def emit_json(obj):
-    click.echo(json.dumps(obj, indent=2, allow_nan=True))
+    """Print the JSON object `obj` with its "provenance" (its "reference" key, where the
+    command has --reference, says whether the kernels were off): strict JSON, infinities as
+    "inf" / "-inf", a NaN an error (lipref.outputs)."""
+    reference = isinstance(obj, dict) and obj.get("reference") is True
+    click.echo(outputs.dumps(outputs.with_provenance(obj, reference), indent=2))
 
 
 def progress_bar(total, label, enabled):

@@ -18,9 +18,11 @@ from lipref.commands.common import (
     settings_options,
     user_errors,
 )
+from lipref.data.ranges import expected_range
 from lipref.errors import InputError
 from lipref.inputs import data_for_model, load_model_file
 from lipref.layers import ACTIVATIONS
+from lipref.outputs import json_ready
 
 # -------------------------------------------------------------------------------------- data
 
@@ -40,7 +42,7 @@ def data_list(as_json):
         rows.append({"name": name, "shape": "x".join(map(str, info.input_shape)), "classes": info.n_classes,
                      "status": status, "where": " | ".join(str(d) for d in D.search_dirs(name))})
     if as_json:
-        emit_json(rows)
+        emit_json({"datasets": rows})
     else:
         columns = [
             ("name", "dataset", "{}"),
@@ -174,26 +176,69 @@ def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, a
 
 # -------------------------------------------------------------------------------------- info
 
+def _installation():
+    """What `lipref info` says about this installation: lipref's provenance (version, extras,
+    kernels), the BLAS and the GPU."""
+    from lipref.backend import cupy_unavailable_reason, host_blas
+    from lipref.provenance import provenance
+    found = provenance()
+    blas, hint = host_blas()
+    reason = cupy_unavailable_reason()
+    out = {key: found[key] for key in ("lipref_version", "python", "numpy")}
+    out.update({"blas": blas, "cupy": "available" if reason is None else reason, "extras": found["extras"],
+                "kernels": found["kernels"]})
+    if hint:
+        out["hint"] = hint
+    return out
+
+
+def _print_installation(out):
+    extras = out["extras"]
+    installed = ", ".join(f"{name} {version}" for name, version in extras.items() if version)
+    missing = ", ".join(name for name, version in extras.items() if not version)
+    kernels = out["kernels"]
+    state = ("on (off with --reference or LIPREF_REFERENCE=1)" if kernels["enabled"] else
+             "off (LIPREF_REFERENCE=1: the plain definitions only)")
+    lines = [("lipref", out["lipref_version"]), ("python", out["python"]), ("numpy", out["numpy"]),
+             ("blas", out["blas"]), ("cupy", out["cupy"]),
+             ("extras", installed + (f"; not installed: {missing}" if missing else "")),
+             ("kernels", state)]
+    lines += [("", f"{name}: {', '.join(modules)}") for name, modules in kernels["registered"].items()]
+    if "hint" in out:
+        lines.append(("hint", out["hint"]))
+    for key, value in lines:
+        click.echo(f"{key:>8}{':' if key else ' '} {value}")
+
+
+def _print_model_provenance(meta):
+    """The model file's provenance metadata (what wrote it), when it has some; metadata is
+    free-form: shown, never failed on."""
+    found = meta.get("provenance")
+    if not isinstance(found, dict):
+        click.echo("provenance: not recorded in the file")
+        return
+    kernels = found.get("kernels")
+    state = kernels.get("enabled") if isinstance(kernels, dict) else None
+    click.echo(f"written by lipref {found.get('lipref_version', '?')}"
+               + ("" if state is None else f", kernels {'on' if state else 'off'}"))
+    if found.get("command_line"):
+        click.echo(f"command: {found['command_line']}")
+
+
 @click.command()
 @click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def info(model_path, as_json):
-    """Describe MODEL (layers, parameters, training metadata), or the installation when no MODEL."""
-    from lipref.backend import cupy_unavailable_reason, host_blas
+    """Describe MODEL (layers, parameters, training metadata and what wrote the file), or the
+    installation when no MODEL: lipref's version, the extras installed, the kernels registered
+    and whether they are on, the BLAS and the GPU."""
     if model_path is None:
-        import platform
-        reason = cupy_unavailable_reason()
-        blas, hint = host_blas()
-        out = {"python": platform.python_version(), "numpy": host.__version__, "blas": blas,
-               "cupy": "available" if reason is None else reason}
-        if hint:
-            out["hint"] = hint
+        out = _installation()
         if as_json:
             emit_json(out)
         else:
-            for k, v in out.items():
-                click.echo(f"{k:>8}: {v}")
+            _print_installation(out)
         return
     model = load_model_file(model_path, "numpy", "float32")
     layers = []
@@ -201,8 +246,10 @@ def info(model_path, as_json):
         n_params = sum(int(v.value.size) for v in layer.params.values())
         layers.append({"index": i, "layer": layer.kind, "in": "x".join(map(str, layer.in_shape)),
                        "out": "x".join(map(str, layer.out_shape)), "params": n_params})
+    expected = expected_range(model.metadata)
     out = {"model": model_path, "layers": layers, "parameters": sum(r["params"] for r in layers),
-           "metadata": model.metadata}
+           "input_range": None if expected is None else dict(zip(("lo", "hi", "why"), expected)),
+           "metadata": json_ready(model.metadata, nan="nan")}  # a NaN there is the file's: kept as "nan"
     if as_json:
         emit_json(out)
         return
@@ -223,3 +270,6 @@ def info(model_path, as_json):
                    f"{best['certified_accuracy_local']:.3f} at eps {best['eps']:g}")
     elif best is not None:  # metadata is free-form: show it, never fail on it
         click.echo(f"best: {json.dumps(best)[:200]}")
+    click.echo("inputs: range not recorded" if expected is None else
+               f"inputs: [{expected[0]:g}, {expected[1]:g}] ({expected[2]})")
+    _print_model_provenance(meta)

@@ -5,7 +5,7 @@ import tarfile
 import zlib
 
 from ..backend import host
-from .files import DataError, read_bytes
+from .files import DataError, check_budget, memory_budget, read_bytes
 from .registry import CIFAR_ARCHIVE, CIFAR_FOLDER, CIFAR_SPLIT_BATCHES, check_label_range, not_found
 
 
@@ -63,16 +63,19 @@ def _cifar_batches(kind, path, names):
         for name in names:
             yield str(path / name), read_bytes(path / name)
         return
+    budget = memory_budget()
     try:
         with tarfile.open(path, "r:gz") as archive:
             for name in names:
                 member = f"{CIFAR_FOLDER}/{name}"
                 try:
-                    handle = archive.extractfile(member)
+                    info = archive.getmember(member)
                 except KeyError:
-                    handle = None
+                    info = None
+                handle = None if info is None else archive.extractfile(info)
                 if handle is None:
                     raise DataError(f"{path}: archive has no file {member}")
+                check_budget(f"{path}: member {member}", info.size, budget)  # before inflating it
                 yield f"{path}:{member}", handle.read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: cannot read the tar.gz archive ({type(exc).__name__}: {exc})") from None

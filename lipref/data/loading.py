@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ..backend import host
 from .cifar import load_cifar
-from .files import DataError, read_npz_checked
+from .files import DataError, budget_text, memory_budget, read_npz_checked, size_text
 from .idx import load_idx
 from .registry import DATASETS, Dataset, check_label_range, parse_spec, search_dirs
 from .tinyimagenet import load_tiny
@@ -79,6 +79,7 @@ def load_array_file(path, limit=None):
         raise DataError(f"{path}: the data file has no examples")
     if labels.min() < 0 or labels.max() > MAX_LABEL:  # before anything that depends on the number of classes
         raise DataError(f"{path}: labels must be >= 0 and < 2^31, found {int(labels.min())}..{int(labels.max())}")
+    _check_widening(path, images, labels.nbytes)
     images = _float_images(path, images)
     bad = ~host.isfinite(images)
     if bad.any():
@@ -89,6 +90,25 @@ def load_array_file(path, limit=None):
     return Dataset(name=path.name, split="file", images=images, labels=labels.astype(host.int64),
                    input_shape=tuple(int(d) for d in images.shape[1:]), n_classes=int(labels.max()) + 1,
                    class_names=(), source=str(path))
+
+
+def _widened_itemsize(dtype):
+    """Bytes per value once `_float_images` has converted images of `dtype` (not float32/64)."""
+    return 4 if dtype == host.float16 else 8
+
+
+def _check_widening(path, images, held):
+    """Refuse images whose float copy (`_float_images`: uint8 becomes float64, 8 times the
+    bytes), beside the arrays already read (`held` bytes more), would exceed the memory budget."""
+    if images.dtype in (host.float32, host.float64):
+        return  # kept as they are: no copy
+    itemsize = _widened_itemsize(images.dtype)
+    needed = images.nbytes + held + images.size * itemsize
+    budget = memory_budget()
+    if needed > budget:
+        raise DataError(f"{path}: images of dtype {images.dtype} ({size_text(images.nbytes)}) become "
+                        f"{size_text(images.size * itemsize)} as float{8 * itemsize}, {size_text(needed)} in all, "
+                        f"beyond {budget_text(budget)}")
 
 
 def _float_images(path, images):
