@@ -1,4 +1,5 @@
-"""Plots (matplotlib, the optional `plot` extra): certified accuracy against radius."""
+"""Plots (matplotlib, the optional `plot` extra): certified accuracy against radius, and the
+audit's estimates against its sound bounds."""
 import io
 
 from .backend import host
@@ -17,19 +18,18 @@ def pyplot():
     return plt
 
 
-def plot_certified_accuracy(result, path, title=""):
-    """Certified accuracy against radius from a `Certification`, written atomically as PNG.
-
-    Global bound: a sample's radius is exact for the GloRo margin, so the curve is drawn on
-    [0, 2 eps]. Local bound: valid up to eps (the ball its bound was computed on)."""
-    plt = pyplot()
+def _draw_curves(ax, result, labels, **style):
+    """The global curve on [0, 2 eps] (a sample's radius is exact for the GloRo margin) and the
+    local one on [0, eps] (the ball its bound was computed on); labels: (global, local)."""
     eps = result.eps if result.eps > 0 else 1.0
-    radii = host.linspace(0.0, 2 * eps, 101)
-    curve = certified_accuracy_curve(result, radii)
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot([r["radius"] for r in curve], [r["global"] for r in curve], label="global bound")
+    curve = certified_accuracy_curve(result, host.linspace(0.0, 2 * eps, 101))
+    ax.plot([r["radius"] for r in curve], [r["global"] for r in curve], label=labels[0], **style.get("global", {}))
     local = [r for r in curve if "local" in r]
-    ax.plot([r["radius"] for r in local], [r["local"] for r in local], label="local bound")
+    ax.plot([r["radius"] for r in local], [r["local"] for r in local], label=labels[1], **style.get("local", {}))
+
+
+def _finish(plt, fig, ax, result, title, path):
+    """PGD's accuracy at eps, axes, legend; the PNG written atomically."""
     if result.pgd_broken is not None:
         pgd = float((result.correct & ~result.pgd_broken).mean())
         ax.scatter([result.eps], [pgd], marker="x", color="black", label=f"PGD accuracy at eps={result.eps:g}")
@@ -38,9 +38,37 @@ def plot_certified_accuracy(result, path, title=""):
     ax.set_ylabel("certified accuracy")
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=9)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_certified_accuracy(result, path, title=""):
+    """Certified accuracy against radius from a `Certification`, written atomically as PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    _draw_curves(ax, result, ("global bound", "local bound"))
+    _finish(plt, fig, ax, result, title, path)
+
+
+def audit_labels(estimate):
+    """The four curves of `plot_audit`, as the legend names them."""
+    how = f"estimates (power iteration, --iters {estimate.n_iters})"
+    return (f"global bound, {how}", f"local bound, {how}", "global bound, sound", "local bound, sound")
+
+
+def plot_audit(estimate, sound, path, title=""):
+    """The audit's plot: certified accuracy against radius from the estimates (fast mode, dashed)
+    and from the sound bounds (solid), each labelled, beside PGD's accuracy at eps; written
+    atomically as PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    labels = audit_labels(estimate)
+    dashed = {"linestyle": "--"}
+    _draw_curves(ax, estimate, labels[:2], **{"global": dict(dashed, color="tab:blue"),
+                                              "local": dict(dashed, color="tab:orange")})
+    _draw_curves(ax, sound, labels[2:], **{"global": {"color": "tab:blue"}, "local": {"color": "tab:orange"}})
+    _finish(plt, fig, ax, estimate, title, path)

@@ -14,6 +14,11 @@ on the evaluation set among those trained at least `first_best_epoch` epochs, by
 the end of the ramp), model.npz (the final model), history.json, and vectors/ (the
 per-sample power-iteration vectors, memory-mapped). Everything random is drawn from
 generators seeded by (seed, epoch), so a resumed run replays its interrupted epoch exactly.
+
+The evaluation set chooses best.npz, so it must not overlap the training set
+(`data.record`: refused unless allowed). history.json and every model file's metadata
+record the data (specs, sources, sizes, digests) and lipref's provenance (version, command
+line, extras, kernels); a resumed run must be given the same examples.
 """
 import json
 from dataclasses import asdict, dataclass, fields
@@ -27,6 +32,7 @@ from .bounds import margins as M
 from .certify import certify
 from .config import FLOAT_DTYPES, setting
 from .data.augment import augment
+from .data.record import check_same_data, input_range, refuse_overlap, training_data
 from .errors import InputError, RunFolderError, TrainingDiverged
 from .layers import ACTIVATIONS
 from .models import (
@@ -39,6 +45,7 @@ from .models import (
     set_layer_inits,
 )
 from .optim import Adam
+from .provenance import provenance
 from .schedules import Schedule, eps_at, kappa_at, lr_at
 from .seeds import check_seed
 from .tape import grad, value_of
@@ -159,9 +166,20 @@ def _affine_input_shapes(model):
     return {i: layer.in_shape for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}
 
 
+def _finite(value):
+    """`value` with every non-finite float replaced by None (history.json is strict JSON)."""
+    if isinstance(value, float):
+        return value if value - value == 0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 class Trainer:
     def __init__(self, config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None,
-                 sample_block=None):
+                 sample_block=None, allow_overlap=False, data_specs=(None, None)):
         self.config = config
         self.sample_block = sample_block  # None: backend.sample_blocks' default
         self.train_set, self.eval_set = train_set, eval_set
@@ -172,6 +190,8 @@ class Trainer:
         self.threads = threads  # None: backend.default_threads
         if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
             raise InputError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
+        self.data = dict(training_data(train_set, eval_set, data_specs), allow_overlap=bool(allow_overlap))
+        self.sessions = []  # the provenance of each earlier process that trained this run
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
             raise RunFolderError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
@@ -185,6 +205,7 @@ class Trainer:
         if train_set.n_classes != self.model.n_classes:
             raise InputError(f"data {train_set.name} has {train_set.n_classes} classes, "
                              f"the model {self.model.n_classes}")
+        refuse_overlap(self.data, allow_overlap)
 
     # ----------------------------------------------------------- state
     def _fresh(self):
@@ -220,6 +241,9 @@ class Trainer:
             changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
             raise InputError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
                              "resume with the same options")
+        check_same_data(path, model.metadata.get("data"), self.data)
+        earlier = model.metadata.get("earlier_sessions")
+        self.sessions = (earlier if isinstance(earlier, list) else []) + [model.metadata.get("provenance")]
         self.model = model
         self.optimizer = self._make_optimizer()
         extra = {k: to_backend(v, self.xp, self.dtype) for k, v in model.extra_arrays.items()}
@@ -245,7 +269,9 @@ class Trainer:
     def run(self):
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.model.metadata.update({"training": asdict(c), "data": self.train_set.name})
+        self.model.metadata.update({"training": asdict(c), "data": self.data, "provenance": provenance(),
+                                    "earlier_sessions": self.sessions, "input_range": input_range(self.train_set)})
+        self.progress({"event": "data", **self.data})
         while self.epoch < c.epochs:
             self._train_epoch(self.epoch)
             self.epoch += 1
@@ -263,9 +289,10 @@ class Trainer:
             self.progress({"event": "epoch_end", **record})
         self.model.metadata["history"] = self.history
         save_model(self.run_dir / "model.npz", self.model)
+        doc = {"config": asdict(c), "data": self.data, "provenance": self.model.metadata["provenance"],
+               "earlier_sessions": self.sessions, "history": self.history, "best": self.best}
         atomic_write_bytes(self.run_dir / "history.json",
-                           json.dumps({"config": asdict(c), "history": self.history, "best": self.best},
-                                      indent=2).encode("utf-8"))
+                           json.dumps(_finite(doc), indent=2, allow_nan=False).encode("utf-8"))
         return self.history
 
     def _vector_stores(self, epoch):
@@ -360,17 +387,22 @@ class Trainer:
         result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps, "fast", c.eval_iters,
                          _rng(c.seed, 0xE7A1, self.epoch), batch_size=100, threads=self.threads)
         s = result.summary()
-        return {"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
-                "certified_accuracy_global": s["certified_accuracy_global"],
-                "certified_accuracy_local": s["certified_accuracy_local"],
-                "median_local_over_global": s["median_local_over_global"],
-                "mean_constant_fraction": s["mean_constant_fraction"]}
+        return _finite({"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
+                        "certified_accuracy_global": s["certified_accuracy_global"],
+                        "certified_accuracy_local": s["certified_accuracy_local"],
+                        "median_local_over_global": s["median_local_over_global"],
+                        "mean_constant_fraction": s["mean_constant_fraction"]})
 
 
-def train(config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None, sample_block=None):
+def train(config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None, sample_block=None,
+          allow_overlap=False, data_specs=(None, None)):
     """Train (or resume) a run in `run_dir`; returns the per-epoch history. Nothing is written
-    before the data, model and options have been checked. threads: how many blocks of a
-    batch run at once on the CPU (None: backend.default_threads); the results do not
-    depend on it. sample_block: the most samples per block (None: backend.sample_blocks'
-    default; results depend on it only through rounding)."""
-    return Trainer(config, train_set, eval_set, run_dir, resume, progress, threads, sample_block).run()
+    before the data, model and options have been checked. eval_set chooses best.npz, so an
+    eval_set that overlaps train_set (the same dataset and split, the same file, the same
+    images) is refused unless allow_overlap. data_specs: the two specs as the user gave them
+    (recorded). threads: how many blocks of a batch run at once on the CPU (None:
+    backend.default_threads); the results do not depend on it. sample_block: the most
+    samples per block (None: backend.sample_blocks' default; results depend on it only
+    through rounding)."""
+    return Trainer(config, train_set, eval_set, run_dir, resume, progress, threads, sample_block, allow_overlap,
+                   data_specs).run()

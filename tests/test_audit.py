@@ -31,6 +31,19 @@ def test_counts_and_ratios_against_a_hand_computed_case():
     assert out["min_estimate_over_sound"] == pytest.approx(0.5)
 
 
+def test_pgd_verdicts_count_broken_estimate_and_sound_certificates_apart():
+    estimate = _run("fast", [True, True, True, False], [1.0, 2.0, 3.0, 4.0])
+    sound = _run("sound", [True, False, False, False], [1.25, 2.0, 4.0, 8.0])
+    out = audit_summary(estimate, sound)
+    assert out["estimate_certificates"] == 3 and out["estimate_broken_by_pgd"] is None  # no attack ran
+    assert out["sound_broken_by_pgd"] is None and out["sound_broken_samples"] == []
+    estimate.pgd_broken, estimate.violations = numpy.asarray([False, True, True, True]), [1, 2]
+    sound.pgd_broken, sound.violations = numpy.asarray([False, True, True, True]), []
+    out = audit_summary(estimate, sound)
+    assert (out["estimate_broken_by_pgd"], out["estimate_broken_samples"]) == (2, [1, 2])
+    assert (out["sound_broken_by_pgd"], out["sound_broken_samples"]) == (0, [])
+
+
 def test_nothing_certified_by_the_estimates_gives_no_fraction():
     out = audit_summary(_run("fast", [False] * 4, [1.0] * 4), _run("sound", [False] * 4, [2.0] * 4))
     assert out["estimate_certified"] == 0 and out["fraction_confirmed"] is None
@@ -76,3 +89,102 @@ def test_audit_in_sound_mode_is_a_one_line_error(trained_model):
     result = CliRunner().invoke(main, ["certify", trained_model, "--limit", "4", "--eps", "0.1", "--mode", "sound",
                                        "--audit", "--quiet"])
     assert result.exit_code == 2 and "--audit" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------- PGD's verdicts in the audit
+
+EPS = 0.1
+
+
+@pytest.fixture(scope="module")
+def estimate_breaker(tmp_path_factory):
+    """Flatten -> Linear(784, 784) = diag(2, 1, ..., 1), bias 10 (every ReLU on over the ball)
+    -> ReLU -> Linear(784, 2) with z_0 - z_1 = h_0 - 11 + 1.9 eps, at x = 0.5, label 0. The
+    true worst case over the eps-ball lowers h_0 by 2 eps, so no certificate holds; one
+    power-iteration step from a random start in 784 dimensions sees mostly the unit singular
+    values and estimates the norm at about 1, so fast mode with --iters 1 certifies."""
+    import array_api_compat.numpy as xp
+
+    from lipref.layers import Flatten, Linear, ReLU, Sequential
+    from lipref.models import save_model
+    n = 784
+    folder = tmp_path_factory.mktemp("breaker")
+    model = Sequential([Flatten((1, 28, 28)), Linear(n, n), ReLU((n,)), Linear(n, 2)]).init_params(
+        xp, xp.float64, numpy.random.default_rng(0))
+    scale = numpy.ones(n)
+    scale[0] = 2.0
+    last = numpy.zeros((2, n))
+    last[0, 0] = 1.0
+    model.set_parameters({"1.weight": numpy.diag(scale), "1.bias": numpy.full(n, 10.0), "3.weight": last,
+                          "3.bias": numpy.asarray([1.9 * EPS - 11.0, 0.0])})
+    save_model(folder / "m.npz", model)
+    numpy.savez(folder / "d.npz", images=numpy.full((1, 1, 28, 28), 0.5), labels=numpy.asarray([0]))
+    return str(folder / "m.npz"), str(folder / "d.npz")
+
+
+def _audit_run(breaker, *extra):
+    model, data = breaker
+    return CliRunner().invoke(main, ["certify", model, "--data", data, "--eps", str(EPS), "--pgd-steps", "20",
+                                     "--audit", "--quiet", *extra], catch_exceptions=False)
+
+
+def test_a_pgd_break_of_an_estimate_certificate_is_a_finding_not_a_soundness_error(estimate_breaker):
+    """`certify --iters 1 --audit` printed SOUNDNESS ERROR and exited 3 when PGD broke an
+    estimate's certificate, which estimates can do."""
+    result = _audit_run(estimate_breaker, "--iters", "1", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    # the estimate certified the sample, PGD broke it, and sound mode (rightly) does not certify it
+    assert doc["certified_accuracy_local"] == 1.0 and doc["pgd_accuracy"] == 0.0
+    audit = doc["audit"]
+    assert audit["estimate_certificates"] == 1 and audit["estimate_broken_by_pgd"] == 1
+    assert audit["estimate_broken_samples"] == [0] and audit["sound_certified"] == 0
+    assert audit["sound_broken_by_pgd"] == 0 and doc["soundness_violations"] == []
+    assert "SOUNDNESS ERROR" not in result.stderr and "PGD broke 1 of the 1 estimate certificates" in result.stderr
+    table = _audit_run(estimate_breaker, "--iters", "1")
+    assert table.exit_code == 0 and "audit: estimate certificates broken by PGD (1 of 1)" in table.stdout
+
+
+def test_a_pgd_break_of_a_sound_certificate_still_exits_3(estimate_breaker, monkeypatch):
+    """A sound bound made wrong (halved) certifies the sample in the audit's sound run; PGD
+    breaks it: SOUNDNESS ERROR, exit code 3. The audit's sound run had no PGD before, so this
+    went unreported (exit 0)."""
+    import dataclasses
+
+    import lipref.certify
+    original = lipref.certify.certify_bounds
+
+    def halved_in_sound_mode(bounds, weight, bias, onehot, eps, mode, cap_at_eps):
+        if mode == "sound":
+            bounds = dataclasses.replace(bounds, radius=bounds.radius / 2, lipschitz=bounds.lipschitz / 2)
+        return original(bounds, weight, bias, onehot, eps, mode, cap_at_eps)
+    monkeypatch.setattr(lipref.certify, "certify_bounds", halved_in_sound_mode)
+    result = _audit_run(estimate_breaker, "--iters", "200", "--json")
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.stdout)
+    assert doc["certified_accuracy_local"] == 0.0 and doc["audit"]["estimate_broken_by_pgd"] == 0  # converged
+    assert doc["audit"]["sound_certified"] == 1 and doc["audit"]["sound_broken_by_pgd"] == 1
+    assert doc["soundness_violations"] == [0]
+    assert "SOUNDNESS ERROR" in result.stderr and "certified in sound mode by the audit" in result.stderr
+
+
+def test_the_audit_plot_shows_the_sound_curve_beside_the_estimates(estimate_breaker, tmp_path, monkeypatch):
+    """--plot with --audit drew the estimates' curves alone."""
+    pytest.importorskip("matplotlib")
+    import lipref.plots
+    seen = {}
+    original = lipref.plots._finish
+
+    def capture(plt, fig, ax, result, title, path):
+        seen.update({line.get_label(): line.get_ydata() for line in ax.get_lines()})
+        original(plt, fig, ax, result, title, path)
+    monkeypatch.setattr(lipref.plots, "_finish", capture)
+    plot = tmp_path / "audit.png"
+    result = _audit_run(estimate_breaker, "--iters", "1", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    labels = ["global bound, estimates (power iteration, --iters 1)", "local bound, estimates (power iteration, "
+              "--iters 1)", "global bound, sound", "local bound, sound"]
+    assert [label for label in seen if not label.startswith("_")] == labels
+    # at eps the estimate's local curve says certified, the sound one does not
+    assert seen[labels[1]][-1] == 1.0 and seen[labels[3]][-1] == 0.0

@@ -245,7 +245,7 @@ def test_bound_sound_mode_certificate_and_gram_limit(model_file):
 SHARDING = {"--workers": None, "--scheduler": None, "--shard-size": None, "--shards-dir": None, "--resume": None}
 OPTIONS = {
     "train": {"--out": None, "--resume": None, "--data": "embedded:train", "--data-dir": None, "--limit": None,
-              "--eval-data": None, "--eval-limit": 200, "--arch": "2c2f", "--activation": "relu",
+              "--eval-data": None, "--allow-overlap": None, "--eval-limit": 200, "--arch": "2c2f", "--activation": "relu",
               "--threshold-init": 1.0, "--epochs": 10, "--batch-size": 64, "--eps": 0.5, "--eps-eval": None,
               "--warmup": 1.0, "--ramp": 4.0, "--kappa-end": 0.0, "--lr": 0.001, "--lr-end": 0.0001,
               "--decay-start": None, "--loss": "gloro", "--bound": "local", "--sparsity": 0.0,

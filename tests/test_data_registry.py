@@ -22,6 +22,23 @@ def test_spec_parsing_and_unknown_names():
             data.parse_spec(bad)
 
 
+def test_a_spec_without_a_split_takes_the_split_of_its_use():
+    """The split defaulted to 'test' everywhere, so `lipref train --data mnist` trained on the
+    test split."""
+    assert data.parse_spec("mnist", "train") == ("mnist", "train")
+    assert data.parse_spec("mnist:test", "train") == ("mnist", "test")
+    assert data.parse_spec("mnist") == ("mnist", "test")  # evaluation and certification
+    from lipref.data.registry import with_split
+    assert with_split("Fashion-MNIST", "train") == "fashion-mnist:train"
+    assert with_split("embedded", "test") == "embedded:test"
+    assert with_split("cifar10:test", "train") == "cifar10:test"
+    assert with_split("runs/held-out.npz", "train") == "runs/held-out.npz"
+    with pytest.raises(DataError, match="unknown split 'val'"):
+        with_split("mnist:val", "train")
+    with pytest.raises(ValueError, match="default_split"):
+        data.parse_spec("mnist", "validation")
+
+
 def test_registry_contents():
     assert set(DATASETS) == {"mnist", "fashion-mnist", "cifar10", "tinyimagenet", "embedded"}
     md5 = {info.name: {f.name: f.md5 for f in info.files} for info in DATASETS.values()}

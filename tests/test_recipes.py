@@ -87,11 +87,11 @@ def test_recipe_on_the_command_line_prints_its_options_and_yields_to_explicit_on
 
 
 def _run(tmp_path, name, **options):
-    data = load_dataset("embedded:train", limit=96)
+    data, held_out = load_dataset("embedded:train", limit=96), load_dataset("embedded:test", limit=20)
     settings = dict(arch="mlp-16", activation="clipped_relu", epochs=3, batch_size=32, eps_train=0.3, warmup=1,
                     ramp=1, eval_limit=20, eval_iters=3)
     settings.update(options)
-    history = train(TrainConfig(**settings), data, data, tmp_path / name)
+    history = train(TrainConfig(**settings), data, held_out, tmp_path / name)
     best = json.loads((tmp_path / name / "history.json").read_text())["best"]
     with numpy.load(tmp_path / name / "model.npz") as npz:
         weights = {k: npz[k] for k in npz.files if k != "__lipref__"}

@@ -138,7 +138,8 @@ reference_option = click.option(
 data_options = [
     click.option("--data", "data_spec", default="embedded:test", show_default=True,
                  help="Dataset: mnist, fashion-mnist, cifar10, tinyimagenet or embedded, with an optional "
-                      ":train or :test split; or a .npz file with arrays 'images' (N,C,H,W) and 'labels'."),
+                      ":train or :test split (the test split when none is given); or a .npz file with arrays 'images' "
+                      "(N,C,H,W) and 'labels'."),
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Folder holding the dataset's files (default: the embedded slice, OS package folders, "
                       "~/.cache/lipref/<name>)."),

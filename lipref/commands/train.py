@@ -16,6 +16,8 @@ from lipref.commands.common import (
     threads_option,
     user_errors,
 )
+from lipref.data.registry import EVALUATION_SPLIT, TRAINING_SPLIT, with_split
+from lipref.errors import InputError
 from lipref.inputs import run_seed
 from lipref.kernels import reference_only_if
 from lipref.recipes import RECIPES, apply_recipe
@@ -32,11 +34,19 @@ from lipref.train import TrainConfig
                    "explicitly override it.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint (same options).")
 @click.option("--data", "data_spec", default="embedded:train", show_default=True,
-              help="Training data (dataset[:split] or .npz), as for certify.")
+              help="Training data: a dataset (mnist, fashion-mnist, cifar10, tinyimagenet, embedded) with an "
+                   "optional :train or :test split, its training split when none is given; or a .npz with arrays "
+                   "'images' (N,C,H,W) and 'labels'.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Folder with the data files.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Train on the first N examples only.")
 @click.option("--eval-data", default=None,
-              help="Data for the per-epoch certified accuracy (default: the training set's test split).")
+              help="Data for the per-epoch certified accuracy, which also chooses best.npz, so it must be held "
+                   "out: a dataset, its test split when no split is given, or a .npz (default: the training "
+                   "dataset's test split; a .npz training file needs it).")
+@click.option("--allow-overlap", is_flag=True,
+              help="Train even when --eval-data overlaps the training data (the same dataset and split, the same "
+                   "file, or only training images); recorded in history.json. best.npz is then chosen on "
+                   "training data.")
 @setting_option(TrainConfig, "eval_limit")
 @apply_options(settings_options(
     TrainConfig, "arch", "activation", "threshold_init", "epochs", "batch_size", "eps_train", "eps_eval", "warmup",
@@ -50,8 +60,8 @@ from lipref.train import TrainConfig
 @click.option("--json", "as_json", is_flag=True, help="Print the history as JSON instead of a table.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @user_errors
-def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_limit, threads, reference, as_json,
-          quiet, **options):
+def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, allow_overlap, eval_limit, threads,
+          reference, as_json, quiet, **options):
     """Train a certifiably robust classifier with the local (or global) Lipschitz bound."""
     from lipref.train import train as run_training
     if recipe is not None:
@@ -60,13 +70,17 @@ def train(out_dir, recipe, resume, data_spec, data_dir, limit, eval_data, eval_l
         data_spec = options.pop("data_spec")
     options["seed"] = run_seed("fast", options["seed"])
     config = TrainConfig(eval_limit=eval_limit, **options)
-    train_set = D.load_data(data_spec, data_dir, limit)
-    eval_spec = eval_data or (f"{train_set.name}:test" if train_set.split != "file" else data_spec)
+    train_set = D.load_data(with_split(data_spec, TRAINING_SPLIT), data_dir, limit)
+    if eval_data is None and train_set.split == "file":
+        raise InputError(f"--data {data_spec}: a file has no test split to evaluate on; give --eval-data with "
+                         "held-out data (it chooses best.npz)")
+    eval_spec = with_split(eval_data, EVALUATION_SPLIT) if eval_data else f"{train_set.name}:{EVALUATION_SPLIT}"
     eval_set = D.load_data(eval_spec, data_dir, eval_limit)
     reporter = _TrainProgress(not quiet, config.epochs)
     try:
         with reference_only_if(reference):
-            history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads)
+            history = run_training(config, train_set, eval_set, out_dir, resume, reporter, threads,
+                                   allow_overlap=allow_overlap, data_specs=(data_spec, eval_data))
     finally:
         reporter.close()
     if as_json:
@@ -101,6 +115,16 @@ def _with_recipe(name, options):
     return options
 
 
+def _warn_about_overlap(data):
+    """A line on stderr when the evaluation data share images with the training data."""
+    if data["overlap"]:
+        click.secho(f"warning: the evaluation data overlap the training data ({data['overlap']}), as "
+                    "--allow-overlap allows: best.npz is chosen on training data", err=True, fg="yellow")
+    elif data["shared_examples"]:
+        click.secho(f"warning: {data['shared_examples']} of the {data['eval']['examples']} evaluation images are "
+                    "also training images", err=True, fg="yellow")
+
+
 class _TrainProgress:
     """Progress of a training run: a bar per epoch on a terminal, a line per epoch otherwise."""
 
@@ -110,6 +134,8 @@ class _TrainProgress:
         self.tty = sys.stderr.isatty()
 
     def __call__(self, event):
+        if event["event"] == "data":  # shown even with --quiet: it says what best.npz was chosen on
+            _warn_about_overlap(event)
         if not self.enabled:
             return
         if event["event"] == "step":

@@ -48,7 +48,9 @@ def expected_range(metadata):
     if recorded is not None:
         return (*recorded, "the range recorded in the model file")
     training = metadata.get("training") if isinstance(metadata.get("training"), dict) else {}
-    for spec in (metadata.get("data"), training.get("data")):
+    data = metadata.get("data") if isinstance(metadata.get("data"), dict) else {}
+    train = data.get("train") if isinstance(data.get("train"), dict) else {}
+    for spec in (metadata.get("data"), training.get("data"), train.get("resolved")):
         name = _named_dataset(spec)
         if name is not None:
             return (*UNIT_RANGE, f"the model was trained on {name}, whose pixels are k/255")

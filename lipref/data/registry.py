@@ -137,16 +137,31 @@ def dataset_info(name):
     return DATASETS[name]
 
 
-def parse_spec(spec):
-    """'name' or 'name:split' -> (name, split); the split defaults to 'test'."""
+TRAINING_SPLIT, EVALUATION_SPLIT = "train", "test"
+
+
+def parse_spec(spec, default_split=EVALUATION_SPLIT):
+    """'name' or 'name:split' -> (name, split). A spec without a split means `default_split`:
+    the training split where the data train a model (`lipref train --data`), the test split
+    where they evaluate or certify one (every other use, the default here)."""
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"dataset spec must be 'name' or 'name:split', got {spec!r}")
+    if default_split not in SPLITS:
+        raise ValueError(f"default_split must be one of {SPLITS}, got {default_split!r}")
     name, _, split = spec.strip().partition(":")
-    name, split = name.strip().lower(), (split.strip().lower() or "test")
+    name, split = name.strip().lower(), (split.strip().lower() or default_split)
     dataset_info(name)
     if split not in SPLITS:
         raise DataError(f"dataset spec {spec!r}: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return name, split
+
+
+def with_split(spec, default_split):
+    """`spec` with its split written out ('mnist' -> 'mnist:train' for default_split 'train');
+    a path to a .npz file as it is (a file has no splits)."""
+    if isinstance(spec, str) and spec.endswith(".npz"):
+        return spec
+    return ":".join(parse_spec(spec, default_split))
 
 
 def cache_dir(name):
