@@ -69,11 +69,11 @@ def held_out_images(args, path):
 
 def cli_certify(model, data, samples, args, extra):
     """(wall seconds, JSON, stderr) of one `lipref certify --mode sound` process."""
-    args = CLI + ["certify", str(model), "--data", str(data), "--eps", "1.58", "--mode", "sound", "--iters",
-                  str(args.lanczos), "--gram-limit", str(args.gram_limit), "--pgd-steps", "0", "--seed", "0", "--json",
-                  "--samples", str(samples), *extra]
+    cmd = CLI + ["certify", str(model), "--data", str(data), "--eps", "1.58", "--mode", "sound", "--iters",
+                 str(args.lanczos), "--gram-limit", str(args.gram_limit), "--pgd-steps", "0", "--seed", "0", "--json",
+                 "--samples", str(samples), *extra]
     start = time.perf_counter()
-    done = subprocess.run(args, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return time.perf_counter() - start, json.loads(done.stdout), done.stderr
 
 

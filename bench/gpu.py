@@ -95,7 +95,8 @@ def device_info(backend):
     name = props["name"]
     return {**info, "device": name.decode() if isinstance(name, bytes) else name,
             "device_memory_mib": props["totalGlobalMem"] / 2 ** 20, "driver": nvidia_smi("driver_version"),
-            "cuda_driver_api": cupy.cuda.runtime.driverGetVersion(), "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+            "cuda_driver_api": cupy.cuda.runtime.driverGetVersion(),
+            "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
             "cupy": cupy.__version__, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
             "torch_device": torch.cuda.get_device_name(0)}
 
@@ -126,6 +127,11 @@ def suite_status(code, summary):
     if code == 0:
         return "passed" if summary and summary["passed"] > 0 else "all skipped"
     return {1: "failed", 5: "no tests selected"}.get(code, f"error (pytest exit {code})")
+
+
+def tests_line(tests):
+    counts = ", ".join(f"{tests.get(k, '?')} {k}" for k in ("passed", "failed", "skipped"))
+    return f"tests: {tests['status']} ({counts}) in {tests['seconds']:.0f} s"
 
 
 def run_tests(backend, paths, limit):
@@ -213,9 +219,7 @@ def main(argv=None):
     write_json(args.out, doc)
     if args.tests:
         doc["tests"] = run_tests(args.backend, args.tests, min(args.test_limit, deadline - time.monotonic()))
-        print(f"tests: {doc['tests']['status']} ({doc['tests'].get('passed', '?')} passed, "
-              f"{doc['tests'].get('failed', '?')} failed, {doc['tests'].get('skipped', '?')} skipped) "
-              f"in {doc['tests']['seconds']:.0f} s", flush=True)
+        print(tests_line(doc["tests"]), flush=True)
         write_json(args.out, doc)
 
     def save(rows, errors):
@@ -226,10 +230,10 @@ def main(argv=None):
     tests_ok = not args.tests or doc["tests"]["status"] == "passed"
     doc["complete"] = tests_ok and not errors
     save(rows, errors)
-    print(table(rows, "device_peak_mib" if args.backend == "cupy" else "peak_rss_mib",
-                "device MiB" if args.backend == "cupy" else "MiB"))
-    for line in errors:
-        print(line.splitlines()[0] if line else line)
+    on_gpu = args.backend == "cupy"
+    print(table(rows, "device_peak_mib" if on_gpu else "peak_rss_mib", "device MiB" if on_gpu else "MiB"))
+    for error in errors:  # the first line; the results file has the whole error output
+        print(error.splitlines()[0])
     print(f"wrote {args.out}")
     return 0 if doc["complete"] else 1
 

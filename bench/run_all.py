@@ -99,9 +99,10 @@ def summary_text(rows, meta):
     matmul = next((r["lipref"] for r in rows if r["case"] == "matmul"), None)
     if matmul:
         rate = matmul["gflops"]
-        text += f"\n\nfloat32 matmul rate (NumPy, {matmul['n']}^3): {rate:.1f} GFLOP/s; conv rows as a fraction of it: " + \
-            ", ".join(f"{r['case']} {r['lipref']['gflops'] / rate:.0%}" for r in rows
-                      if r["case"].startswith(("conv", "linear")))
+        fractions = ", ".join(f"{r['case']} {r['lipref']['gflops'] / rate:.0%}" for r in rows
+                              if r["case"].startswith(("conv", "linear")))
+        text += (f"\n\nfloat32 matmul rate (NumPy, {matmul['n']}^3): {rate:.1f} GFLOP/s; conv rows as a fraction "
+                 f"of it: {fractions}")
     return text
 
 
@@ -152,7 +153,8 @@ def main(argv=None):
     matmul = next((r for r in rows if r["case"] == "matmul"), None)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "processor": platform.machine(),
             "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
-            "python": platform.python_version(), "matmul_gflops_float32": matmul["lipref"]["gflops"] if matmul else None,
+            "python": platform.python_version(),
+            "matmul_gflops_float32": matmul["lipref"]["gflops"] if matmul else None,
             "numpy_blas": rows[0]["lipref"].get("blas"), "openblas_coretype": args.openblas_coretype,
             "smoke": args.smoke}
     text = summary_text(rows, meta)

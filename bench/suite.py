@@ -8,9 +8,11 @@ torch on CUDA (bench/gpu.py), every timed run ending in a device synchronisation
 medians of --repeats runs after one warm-up. --smoke runs the case at tiny sizes, once
 (tests/test_bench.py: every case runs; its times mean nothing). Each line's peak_rss_mib
 is the process's peak so far: `bench/run_all.py` runs every case in its own process (so
-peak memory is per case and implementation) and prints the table. The cases themselves are in bench/cases.py and bench/bound_cases.py.
+peak memory is per case and implementation) and prints the table. The cases themselves
+are in bench/cases.py and bench/bound_cases.py.
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -93,9 +95,9 @@ class Bench:
     def gpu(self):
         return self.backend == "cupy"
 
-    @property
+    @functools.cached_property
     def xp(self):
-        """lipref's array namespace."""
+        """lipref's array namespace (get_backend checks the device: once)."""
         from lipref.backend import get_backend
         return get_backend(self.backend)
 
@@ -128,8 +130,8 @@ class Bench:
 
     def device_peak_mib(self):
         """The most device memory the implementation held (None on the CPU): torch's peak
-        allocation, or the bytes CuPy's memory pool holds (it keeps freed blocks, so its
-        size at the end is its peak)."""
+        allocation, or the bytes CuPy's memory pool holds (it keeps freed blocks until told
+        otherwise, so its size at the end is about its peak)."""
         if not self.gpu:
             return None
         if self.impl == "torch":

@@ -308,3 +308,13 @@ def test_gpu_junit_summary_counts_skips_and_all_skipped_is_no_pass(tmp_path):
     assert summary["skip_reasons"] == {"CuPy backend not tested: no device": 1}
     assert suite_status(0, {"passed": 0}) == "all skipped" and suite_status(0, summary) == "passed"
     assert suite_status(1, summary) == "failed" and suite_status(5, None) == "no tests selected"
+
+
+def test_gpu_parts_past_their_limit_are_stopped_and_recorded():
+    """On the GPU a hung part must not eat the budget: the tests and each case stop at their limit."""
+    from bench.gpu import run_tests
+    from bench.run_all import CaseFailed, run_case
+    stopped = run_tests("numpy", ["tests/test_rounding.py"], 0.05)
+    assert stopped["status"] == "stopped after 0 s" and stopped["seconds"] < 30
+    with pytest.raises(CaseFailed, match="matmul lipref: timed out after 0.05 s"):
+        run_case("matmul", "lipref", 1, 1, smoke=True, timeout=0.05)
