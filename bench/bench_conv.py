@@ -13,7 +13,10 @@ lipref layer is reported as a fraction of it.
 
 FLOPs: forward 2*N*Cout*OH*OW*Cin*k*k, backward (dx and dW) twice that.
 
-  python bench/bench_conv.py [--threads 2] [--repeats 7] [--json bench/results/conv.json]
+  python bench/bench_conv.py [--threads 2] [--repeats 7] [--json bench/results/conv.json] [--smoke]
+
+--smoke: batch 2, a 64^3 matmul, one repeat, no warm-up or pauses, one thread, with --check
+and --breakdown (tests/test_bench.py; the times mean nothing, the check still holds).
 """
 import argparse
 import os
@@ -25,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                    help="threads for both libraries (default: the CPUs this process may use)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads for both libraries (default: the CPUs this process may use; 1 with --smoke)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
@@ -36,27 +39,37 @@ def _parse():
                     help="also time the pieces of lipref's conv (im2col, the matmuls, the input gradient)")
     ap.add_argument("--openblas-coretype", default=None,
                     help="OpenBLAS kernel set for NumPy, e.g. Cooperlake (see BENCHMARKS.md)")
-    return ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, once, checked: checks that the benchmark runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.batch, args.repeats, args.warmup, args.check, args.breakdown = 2, 1, 0, True, True
+    args.threads = args.threads or (1 if args.smoke else len(os.sched_getaffinity(0)))
+    args.matmul_n = 64 if args.smoke else 2048
+    args.pause = 0.0 if args.smoke else IDLE_PAUSE_S
+    return args
 
 
+IDLE_PAUSE_S = 0.5  # longer than either library's idle threads spin
+sys.path.insert(0, str(ROOT))
 ARGS = _parse() if __name__ == "__main__" else None
 if ARGS is not None:  # thread counts must be fixed before NumPy / torch load their thread pools
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    from bench.common import set_threads
+    set_threads(ARGS.threads)
     if ARGS.openblas_coretype:
         os.environ["OPENBLAS_CORETYPE"] = ARGS.openblas_coretype
 
 import ctypes  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
 from lipref import primitives as P  # noqa: E402
+from lipref.kernels import conv as K  # noqa: E402
+from lipref.kernels import conv_grads as G  # noqa: E402
 from lipref.models import ARCHITECTURES  # noqa: E402
+from lipref.shapes import nchw  # noqa: E402
 
 DATASETS = {"mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 
@@ -96,9 +109,6 @@ def median_time(fn, repeats, warmup):
     return interleaved_medians({"f": fn}, repeats, warmup)["f"]
 
 
-IDLE_PAUSE_S = 0.5  # longer than either library's idle threads spin
-
-
 def interleaved_medians(fns, repeats, warmup):
     """{name: median seconds}; the functions run in turn within each repeat, so that a
     change in machine load during the run hits all of them alike."""
@@ -133,7 +143,7 @@ def conv_layers(arch="4c3f"):
             c = o
 
 
-def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
+def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check, pause=IDLE_PAUSE_S):
     c, h, w = in_shape
     oh, ow = P.conv_output_hw(h, w, k, k, s, p)
     rng = numpy.random.default_rng([n, c, h, o, k, s, p])
@@ -180,9 +190,9 @@ def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
     # two made each run on cores the other's spinning threads held: torch measured about
     # 2x slower than in a process of its own (bench/run_all.py), short layers most.
     res.update(interleaved_medians({"lipref_forward_s": lipref_fwd, "lipref_s": lipref_step}, repeats, warmup))
-    time.sleep(IDLE_PAUSE_S)
+    time.sleep(pause)
     res.update(interleaved_medians({"torch_forward_s": torch_fwd, "torch_s": torch_step}, repeats, warmup))
-    time.sleep(IDLE_PAUSE_S)
+    time.sleep(pause)
     res["ratio"] = res["lipref_s"] / res["torch_s"]
     res["lipref_gflops"] = res["flops_total"] / res["lipref_s"] / 1e9
     res["torch_gflops"] = res["flops_total"] / res["torch_s"] / 1e9
@@ -191,69 +201,64 @@ def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check):
 
 def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     """Milliseconds of each piece of lipref's forward + backward over the whole batch
-    (private helpers of lipref.primitives, called in blocks exactly as conv2d and its vjps
-    call them)."""
+    (private helpers of lipref/kernels/conv.py and conv_grads.py, called in blocks exactly
+    as the conv2d kernels call them)."""
     c, h, w = in_shape
     oh, ow = P.conv_output_hw(h, w, k, k, s, p)
     rng = numpy.random.default_rng(1)
     x = rng.standard_normal((n, h, w, c), dtype=numpy.float32)  # channels-last, as lipref works
     weight = rng.standard_normal((o, c, k, k), dtype=numpy.float32)
     g = rng.standard_normal((n, oh, ow, o), dtype=numpy.float32)
-    blocks = P._blocks(n, oh * ow * k * k * c)
+    blocks = K._blocks(n, oh * ow * k * k * c)
     b0 = blocks[0]
     per = len(blocks) * 1.0  # time one (full) block, scale to the batch
-    wm = P._weight_matrix(weight)
-    cols = P._im2col(x[b0], k, k, s, p)
+    wm = K._weight_matrix(weight)
+    cols = K._im2col(x[b0], k, k, s, p)
     rows = numpy.reshape(g[b0], (-1, o))
     m = rows.shape[0] // (oh * ow)
-    wsub, th, tw = P._subpixel_weight(weight, s)
+    wsub, th, tw = G._subpixel_weight(weight, s)
     gcols_t = wm.T @ rows.T
-    form = P._conv_form((k, k), s, c, o)
+    form = K._conv_form((k, k), s, c, o)
     if form != "im2col":  # a tap form: no column matrix in the forward and dW
-        forward = P._forward_of_block(weight, s, p, (h, w))
+        forward = K._forward_of_block(weight, s, p, (h, w))
         pieces = {
             f"forward: {form}": lambda: forward(x[b0]),
-            f"dW: {form}": lambda: P._conv2d_weight_grad(P._nchw(g[b0]), P._nchw(x[b0]), weight.shape, s, p),
+            f"dW: {form}": lambda: G.conv2d_weight_grad(nchw(g[b0]), nchw(x[b0]), weight.shape, s, p),
         }
     else:
         pieces = {
-            "im2col (x2: forward and dW)": lambda: P._im2col(x[b0], k, k, s, p),
+            "im2col (x2: forward and dW)": lambda: K._im2col(x[b0], k, k, s, p),
             "cols @ W.T": lambda: cols @ wm.T,
             "cols.T @ g (dW)": lambda: cols.T @ rows,
         }
-    method = P._input_grad_method(weight, s, p)
+    method = G._input_grad_method(weight, s, p)
     if method == "row taps":
-        input_grad = P._input_grad_of_block(weight, s, p, (h, w))
+        input_grad = G._input_grad_of_block(weight, s, p, (h, w))
         pieces["dx: row taps of the flipped kernel"] = lambda: input_grad(g[b0])
     elif method == "gather":
-        pieces["dx: sub-pixel gather"] = lambda: P._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
+        pieces["dx: sub-pixel gather"] = lambda: G._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     else:
         pieces["dx: W^T g^T"] = lambda: wm.T @ rows.T
-        pieces["dx: col2im"] = lambda: P._col2im(gcols_t, m, h, w, c, k, k, s, p)
+        pieces["dx: col2im"] = lambda: K._col2im(gcols_t, m, h, w, c, k, k, s, p)
     return {name: 1e3 * t * per for name, t in interleaved_medians(pieces, repeats, warmup).items()}
-
-
-def atomic_write_text(path, text):
-    from lipref.models import atomic_write_bytes
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def main(args):
     import torch
     torch.set_num_threads(args.threads)
     blas_path, blas_n = blas_threads(set_to=args.threads)
-    rate = matmul_rate(args.repeats, args.warmup)
+    rate = matmul_rate(args.repeats, args.warmup, args.matmul_n)
     env = {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(), "cpus_available": len(os.sched_getaffinity(0)),
            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
            "blas_library": blas_path, "blas_threads": blas_n, "batch": args.batch, "dtype": "float32",
            "repeats": args.repeats, "warmup": args.warmup, "matmul_gflops": rate,
-           "openblas_coretype": args.openblas_coretype}
+           "openblas_coretype": args.openblas_coretype, "smoke": args.smoke}
     load = os.getloadavg()[0]
     env["load_average_1min"] = load
     print(f"numpy {numpy.__version__} (OpenBLAS threads: {blas_n}), torch {torch.__version__} "
           f"(threads: {torch.get_num_threads()}), {env['cpus_available']} CPUs available, load average {load:.2f}")
-    print(f"float32 matmul 2048x2048 (numpy): {rate:.1f} GFLOP/s")
+    print(f"float32 matmul {args.matmul_n}x{args.matmul_n} (numpy): {rate:.1f} GFLOP/s")
     print(f"4c3f conv layers, batch {args.batch}, float32, forward + backward (dx, dW); medians of "
           f"{args.repeats} after {args.warmup} warm-up runs")
     header = (f"{'layer':<9} {'input -> weight (stride, pad)':<36} {'lipref ms':>10} {'torch ms':>9} "
@@ -262,7 +267,7 @@ def main(args):
     print("-" * len(header))
     rows = []
     for name, i, in_shape, o, k, s, p in conv_layers():
-        r = bench_layer(torch, args.batch, in_shape, o, k, s, p, args.repeats, args.warmup, args.check)
+        r = bench_layer(torch, args.batch, in_shape, o, k, s, p, args.repeats, args.warmup, args.check, args.pause)
         r.update(dataset=name, layer=f"{name}.conv{i}", matmul_fraction=r["lipref_gflops"] / rate)
         if args.breakdown:
             r["lipref_pieces_ms"] = breakdown(args.batch, in_shape, o, k, s, p, args.repeats, args.warmup)
@@ -279,7 +284,8 @@ def main(args):
         for r in rows:
             print(f"{r['layer']:<12} " + ", ".join(f"{k} {v:.1f}" for k, v in r["lipref_pieces_ms"].items()))
     if args.json:
-        atomic_write_text(args.json, json.dumps({"environment": env, "layers": rows}, indent=2) + "\n")
+        from bench.common import write_json
+        write_json(args.json, {"environment": env, "layers": rows}, indent=2)
         print(f"wrote {args.json}")
 
 

@@ -1,7 +1,7 @@
 """Benchmark: the local Lipschitz bound, lipref (NumPy) against the same algorithm in torch.
 
     python bench/bench_local_bound.py [--batch 256] [--iters 5 20] [--modes values grad]
-                                      [--repeats 5] [--threads T] [--json PATH]
+                                      [--repeats 5] [--threads T] [--json PATH] [--smoke]
 
 The work timed is one call of the local-bound walk on the 4c3f MNIST architecture (input
 1x28x28, 10 classes, the paper's initialisation), float32: interval + ball pre-activation
@@ -24,10 +24,11 @@ computed the same thing: the largest relative difference of the bounds (values) 
 parameter's gradient (grad), float32. Times are medians of --repeats runs after one
 warm-up run, lipref and torch runs alternating. The table prints the ratio lipref / torch
 (above 1: lipref slower) and the 1-minute load average before and after (other processes
-on the machine distort the times; compare ratios from runs on an idle machine).
+on the machine distort the times; compare ratios from runs on an idle machine). --smoke:
+batch 4, one power-iteration step, one repeat, no pauses, one thread (tests/test_bench.py;
+the times mean nothing, the agreement column still must be small).
 """
 import argparse
-import json
 import os
 import platform
 import sys
@@ -43,20 +44,23 @@ def parse_args(argv=None):
     ap.add_argument("--iters", type=int, nargs="+", default=[5, 20], help="power-iteration steps per call")
     ap.add_argument("--modes", nargs="+", choices=("values", "grad"), default=["values", "grad"])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--threads", type=int, default=None, help="default: the CPUs this process may use (1 with --smoke)")
     ap.add_argument("--eps", type=float, default=1.58, help="l2 radius (the paper's MNIST radius)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (atomic)")
-    return ap.parse_args(argv)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, once: checks that the benchmark runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.batch, args.iters, args.repeats = 4, [1], 1
+    args.threads = args.threads or (1 if args.smoke else len(os.sched_getaffinity(0)))
+    args.pause = 0.0 if args.smoke else PAUSE_S
+    return args
 
 
-def set_threads(n):
-    """Thread counts for OpenBLAS / OpenMP / MKL; must run before NumPy is imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)
+PAUSE_S = 0.5  # before every timed run: longer than either library's idle threads spin
 
 
-def median_seconds(fns, repeats):
+def median_seconds(fns, repeats, pause=PAUSE_S):
     """Median wall time of each function over `repeats` runs after one warm-up run each.
     The runs alternate between the functions, so that a change in machine load during the
     measurement affects all of them alike, with a pause before each run: after a call each
@@ -68,7 +72,7 @@ def median_seconds(fns, repeats):
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, record in zip(fns, times):
-            time.sleep(0.5)
+            time.sleep(pause)
             t0 = time.perf_counter()
             fn()
             record.append(time.perf_counter() - t0)
@@ -172,7 +176,8 @@ def run(args):
     for mode in args.modes:
         for n_iters in args.iters:
             common = (model, x, labels, args.eps, n_iters, gv, lv, mode)
-            t_lipref, t_torch = median_seconds([lipref_runner(*common), torch_runner(*common)], args.repeats)
+            t_lipref, t_torch = median_seconds([lipref_runner(*common), torch_runner(*common)], args.repeats,
+                                               args.pause)
             rows.append({"mode": mode, "n_iters": n_iters, "lipref_s": t_lipref, "torch_s": t_torch,
                          "ratio": t_lipref / t_torch,
                          "rel_diff": agreement(model, x, labels, args.eps, n_iters, gv, lv, mode)})
@@ -189,8 +194,9 @@ def table(rows):
 
 def main(argv=None):
     args = parse_args(argv)
-    set_threads(args.threads)
     sys.path.insert(0, str(ROOT))
+    from bench.common import set_threads
+    set_threads(args.threads)  # before NumPy is imported
     import numpy
     import torch
 
@@ -203,12 +209,12 @@ def main(argv=None):
           f"median of {args.repeats} after warm-up, load average {load[0]:.2f} -> {load[1]:.2f}")
     print(table(rows))
     if args.json is not None:
-        from lipref.models import atomic_write_bytes
+        from bench.common import write_json
         doc = {"benchmark": "local_bound_4c3f_mnist", "batch": args.batch, "dtype": "float32", "eps": args.eps,
                "threads": args.threads, "repeats": args.repeats, "load_average": load, "machine": platform.machine(),
                "processor": platform.processor(), "python": platform.python_version(),
-               "numpy": numpy.__version__, "torch": torch.__version__, "results": rows}
-        atomic_write_bytes(args.json, (json.dumps(doc, indent=2) + "\n").encode("utf-8"))
+               "numpy": numpy.__version__, "torch": torch.__version__, "smoke": args.smoke, "results": rows}
+        write_json(args.json, doc, indent=2)
 
 
 if __name__ == "__main__":

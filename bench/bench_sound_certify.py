@@ -16,21 +16,32 @@ and the same ratios per affine layer, for the global and the local norms.
       --eps 1.58 --pi-n 50 --lanczos 80 --sweep 40,120 --json bench/results/sound.json
 The 2000-iteration run is slow on a CPU, so it runs on the first --pi-n samples only and the
 ratios are taken on those. --sweep runs sound mode with other Lanczos step counts on those
-samples too (time against tightness).
+samples too (time against tightness). --smoke: a random 2c2f on 4 images of the embedded
+Fashion-MNIST slice, 5 Lanczos and 5 power-iteration steps, the polyphase bound only
+(--gram-limit 0) (tests/test_bench.py; the times mean nothing).
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy
 
-from lipref.backend import get_backend, keep_freed_memory, to_host
-from lipref.bounds import margins as M
-from lipref.bounds import network_bounds, sound_global_norms
-from lipref.certify import margin_slack
-from lipref.data import load_dataset
-from lipref.models import atomic_write_bytes, build_model, load_model
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lipref.backend import get_backend, keep_freed_memory, to_host  # noqa: E402
+from lipref.bounds import margins as M  # noqa: E402
+from lipref.bounds import network_bounds, sound_global_norms  # noqa: E402
+from lipref.bounds.certificates import GRAM_LIMIT  # noqa: E402
+from lipref.bounds.rounding import margin_slack  # noqa: E402
+from lipref.data import load_dataset  # noqa: E402
+from lipref.models import build_model, load_model  # noqa: E402
+
+MNIST_DIR = "../shared/datasets/mnist"
+SMOKE = {"data": "embedded:test", "n": 4, "pi_n": 2, "pi_iters": 5, "lanczos": 5, "sweep": "3", "batch": 4,
+         "arch": "2c2f", "gram_limit": 0, "offset": 0}
 
 
 def certify_batch(model, x, labels, eps, mode, n_iters, rng, sound_norms):
@@ -83,41 +94,55 @@ def compare(model, sound, pi, k):
             "per_layer": layers}
 
 
-def main():
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", help="lipref model file (MNIST-shaped); default: a random 4c3f")
+    ap.add_argument("--model", help="lipref model file (MNIST-shaped); default: a random --arch")
+    ap.add_argument("--arch", default="4c3f", help="the random model's architecture (without --model)")
     ap.add_argument("--data", default="mnist:test")
-    ap.add_argument("--data-dir", default="../shared/datasets/mnist")
+    ap.add_argument("--data-dir", default=None, help=f"default: {MNIST_DIR} for mnist, else lipref's own search")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--offset", type=int, default=0, help="first test image (skip images used for training)")
     ap.add_argument("--pi-n", type=int, default=100, help="samples for the 2000-iteration run")
     ap.add_argument("--pi-iters", type=int, default=2000)
     ap.add_argument("--lanczos", type=int, default=80, help="Lanczos steps of the main sound run")
     ap.add_argument("--sweep", default="", help="other Lanczos step counts, run on the --pi-n samples (comma-separated)")
+    ap.add_argument("--gram-limit", type=int, default=GRAM_LIMIT,
+                    help="sound global norms: the largest conv Gram side certified densely (0: polyphase bound only)")
     ap.add_argument("--eps", type=float, default=1.58)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--json")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmark runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+    if args.data_dir is None and args.data.split(":")[0] == "mnist":
+        args.data_dir = MNIST_DIR
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
     keep_freed_memory()  # as the CLI does
     xp = get_backend("numpy")
     rng = numpy.random.default_rng(0)
     if args.model:
         model = load_model(args.model, xp, xp.float64)
     else:
-        model = build_model("4c3f", (1, 28, 28), 10, xp, xp.float64, rng)
+        model = build_model(args.arch, (1, 28, 28), 10, xp, xp.float64, rng)
     data = load_dataset(args.data, args.data_dir, args.offset + args.n)
     images, labels = data.images[args.offset:], data.labels[args.offset:]
     n = images.shape[0]
     k = min(args.pi_n, n)
     t0 = time.perf_counter()
-    sound_norms = sound_global_norms(model, rng)  # once per model, as `lipref certify --mode sound` does
+    sound_norms = sound_global_norms(model, rng, args.gram_limit)  # once per model, as `lipref certify --mode sound`
     setup = time.perf_counter() - t0
     sound = run(model, images, labels, args.eps, "sound", args.lanczos, args.batch, rng, sound_norms)
     pi = run(model, images[:k], labels[:k], args.eps, "fast", args.pi_iters, args.batch, rng)
     sound_t, pi_t = sound["seconds"] / n, pi["seconds"] / k
     out = {
-        "model": args.model or "random 4c3f", "eps": args.eps, "n_sound": int(n), "n_pi": k,
-        "lanczos_steps": args.lanczos,
+        "model": args.model or f"random {args.arch}", "eps": args.eps, "n_sound": int(n), "n_pi": k,
+        "lanczos_steps": args.lanczos, "pi_iters": args.pi_iters, "gram_limit": args.gram_limit, "smoke": args.smoke,
         "global_bound_sound": float(numpy.prod(sound["global"])),
         "global_bound_pi2000": float(numpy.prod(pi["global"])),
         "sound_setup_seconds": setup,
@@ -138,7 +163,8 @@ def main():
         out["sweep"].append(entry)
     print(json.dumps(out, indent=2))
     if args.json:
-        atomic_write_bytes(Path(args.json), (json.dumps(out, indent=2) + "\n").encode())
+        from bench.common import write_json
+        write_json(args.json, out, indent=2)
 
 
 if __name__ == "__main__":
