@@ -140,7 +140,7 @@ def _log2(power):
 class Dyadic:
     """A vector of dyadic rationals m_i 2^e: Python integers m sharing one exponent e. Floats are
     dyadic, and so are sums and products of dyadics: the affine maps and bounds below stay exact
-    with integer arithmetic alone (Fraction's gcds would make the search ten times slower).
+    with integer arithmetic alone (Fraction's gcds made the search several times slower).
     An affine function of x' is a Dyadic of its n coefficients then its constant."""
     __slots__ = ("m", "e")
 
@@ -305,6 +305,7 @@ class ExactRadius:
             raise ValueError("a NaN radius")
         return self.upper_sq != math.inf and (eps == math.inf or Fraction(float(eps)) ** 2 > self.upper_sq)
 
+
 def _sqrt(square):
     return math.inf if square > 10 ** 300 else math.sqrt(square)
 
@@ -434,7 +435,7 @@ def exact_radius(net, x, label, cap=math.inf):
             else:
                 heapq.heappush(heap, (child.distance, next(tick), child))
     settled += [entry[2] for entry in heap]
-    lower_sq = min((certified_lower_sq(n.rows, n.mu, x1) for n in settled), default=math.inf)
+    lower_sq = min((certified_lower_sq(s.rows, s.mu, x1) for s in settled), default=math.inf)
     if best is None:
         return ExactRadius(lower_sq, math.inf, nodes=count)
     assert lower_sq <= best[1], "the proved lower bound exceeds the witness: a bug in the search"

@@ -1,27 +1,31 @@
 """Certificates against the exact radius, in 3 to 6 dimensions (tests/exact_radius.py).
 
 The ground truth. `exact_radius` brackets the least l2 distance r* from x to a point where the
-network predicts another class than the label, between two proved bounds that agree to about
-1e-9 (see its module docstring): `upper` has a witness that the exact forward pass sends to
-another class, `lower` a weak-duality certificate for every region. A certificate of `certify`
-at eps promises that no point of the closed eps-ball flips; so a certificate at eps > upper, or
-a certified radius above upper, is wrong, whatever the reason, and this test says so with the
-witness. Nothing of lipref's bound machinery takes part in the ground truth; only the model's
-parameters are read (exactly, as stored).
+network predicts another class than the label between two proved bounds, which agree to about
+1e-11 here (see its module docstring): `upper` has a witness that the exact forward pass sends
+to another class, `lower` a weak-duality certificate for every region. A certificate of
+`certify` at eps promises that no point of the closed eps-ball flips; so a certificate at
+eps > upper, or a certified radius above upper, is wrong, whatever the reason, and the test
+says so with the witness. Nothing of lipref's bound machinery takes part in the ground truth:
+only the model's parameters are read (exactly, as stored).
 
-The solver itself is checked first: on hand-made nets whose radius is known in closed form,
-against the dense grid of tests/test_certificate_grid.py on 2-D inputs, and against flips
-searched along rays in 3-6 dimensions (none may lie nearer than `lower`).
+The solver is checked first: on hand-made nets whose radius is known in closed form, against
+the dense grid of tests/test_certificate_grid.py on 2-D inputs, and against flips searched
+along 900 rays in 3-6 dimensions (none may lie nearer than `lower`; forward passes in float64,
+a flip counted beyond 1024 ulp of the logits).
 
 What is drawn (`networks`): input dimension 3-6; ReLU or clipped ReLU; one hidden layer of 2-10
-units or two of 2-5; 2-4 classes; weights of scales 0.3-3; around the first point, neurons dead,
-linear, saturated (clipped ReLU) or switching within the scale of the radius; last-layer columns
-tied across all classes or two; the last bias sets the first point's margin to 0.3-2 times the
-radius scale. Three points near the first; the label is lipref's prediction (a wrong label on the
-last point: its radius is 0). Each example certifies in fast mode (float32 or float64 models, 150
+units or two of 2-5; 2-4 classes; weights of scales 0.3-3; a radius scale rho in 0.03-1; around
+the first point, neurons dead, linear, saturated (clipped ReLU) or switching within about rho
+("one-live": one linear neuron per layer, the others constant far beyond rho, where the local
+bound is nearly exact); last-layer columns tied across all classes or two; the last bias puts
+the first point's margin at 0.3-2 rho times its linear rate. The first point and two near it;
+the label is lipref's prediction (a wrong label on the last point: its radius is 0); radii are
+searched up to CAP rho. Each example certifies in fast mode (float32 or float64 models, 150
 power iterations) or sound mode (float64) at eps = upper (1 + delta) for each point, and at half
-the smallest radius. Fast mode makes no promise about rounding: there a certificate must not
-exceed upper by more than 1024 ulp of the model's precision (relative); sound mode gets none.
+the smallest radius. Fast mode makes no promise about rounding: there a certificate may exceed
+upper by 1024 ulp of the model's precision (relative) at most; in sound mode by nothing.
+A 0.01% smaller penultimate radius in `certify_bounds` fails this within 100 examples.
 
 The constructions of issue 25 (underflow in the walk; squared weights that underflow; a float64
 ONNX or torch model rounded to float32 at import) are certified here against their exact radii.
