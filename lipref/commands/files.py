@@ -111,13 +111,15 @@ def _input_shape(text):
               help="The lipref model file to write.")
 @user_errors
 def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
-    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
+    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model,
+    its parameters exactly as the checkpoint holds them (float64 stays float64; float16 and
+    bfloat16 widen exactly to float32)."""
     from lipref.torch_import import import_torch_checkpoint
     shape = _input_shape(input_shape)
     model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
-               f"{len(model.layers)} layers, {n_params} parameters")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
 
 
 @click.command("import-onnx")
@@ -127,13 +129,14 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
 @user_errors
 def import_onnx(onnx_path, out_path):
     """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
-    framework's export) as a lipref model; anything else is an error naming the node and its op type.
-    Needs the onnx package: pip install 'lipref[onnx]'."""
+    framework's export) as a lipref model, its parameters exactly as the file holds them (DOUBLE stays
+    float64); anything else is an error naming the node and its op type. Needs the onnx package:
+    pip install 'lipref[onnx]'."""
     from lipref.onnx_import import import_onnx_model
     model = import_onnx_model(onnx_path, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
-               f"{len(model.layers)} layers, {n_params} parameters")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
 
 
 @click.command()
