@@ -27,7 +27,7 @@ from .data.batches import batches
 from .errors import InputError
 from .seeds import BOUNDS, PGD, check_seed, global_rng, sample_streams, seed_from
 
-DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data or the mode need it (inputs.compute_dtype)
+DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data, model or mode need it (inputs.compute_dtype)
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,10 @@ class CertifyConfig:
                                   "dataset), refusing data outside it; else [0, 1] when every value of the data "
                                   "lies there, else unbounded (with a warning for whole-number pixels above 1).")
     dtype: str = setting("auto", "Floating-point type of the computation. auto: float64 in sound mode; in fast "
-                                 "mode float32 unless the data hold values float32 cannot (then float64), so that "
-                                 "what is certified is the input as given.", choices=DTYPES)
+                                 "mode float32 unless the data or the model's parameters hold values float32 cannot "
+                                 "(then float64), so that what is certified is the input and the model as given. "
+                                 "float32 with a float64 model certifies the model rounded to float32 (said on "
+                                 "stderr; model_rounded in the JSON).", choices=DTYPES)
     gram_limit: int = setting(GRAM_LIMIT, "Sound mode: certify a conv layer's global norm on its dense Gram matrix "
                                     "(nearly exact, about half a minute for 4c3f) when the layer's smaller side "
                                     "has at most this many entries; 0 uses the polyphase circulant bound only "

@@ -1,11 +1,12 @@
 """Any model file a user may hand lipref: its own .npz, a PyTorch checkpoint (.pth, .pt) or
-an ONNX model (.onnx), the last two imported in memory (torch_import.py, onnx_import.py)
+an ONNX model (.onnx), the last two imported in memory (torch_import.py, onnx_import/)
 with the architecture and input shape found from the file. So auditing a published model
-is one command: `lipref certify MODEL.pth ...`."""
+is one command: `lipref certify MODEL.pth ...`. Every reader keeps the precision of the
+file's parameters (float32, or float64; lipref.precision)."""
 from pathlib import Path
 
 from .backend import to_host
-from .models import checked_value, load_model, model_from_document
+from .models import load_model, load_parameters_into, model_from_document
 from .onnx_import import import_onnx_model
 from .torch_import import import_torch_checkpoint
 
@@ -13,8 +14,10 @@ TORCH_SUFFIXES = (".pth", ".pt")
 ONNX_SUFFIXES = (".onnx",)
 
 
-def load_any_model(path, xp, dtype):
-    """The model in `path` on backend xp with parameters of `dtype` (see the module docstring)."""
+def load_any_model(path, xp, dtype=None):
+    """The model in `path` on backend xp with parameters of `dtype`, None: the file's precision
+    (see the module docstring); `model.precision` and `model.rounded` as `models.load_parameters_into`
+    sets them."""
     suffix = Path(path).suffix.lower()
     if suffix in TORCH_SUFFIXES:
         return on_backend(import_torch_checkpoint(path, "auto", None, None, "auto"), xp, dtype, path)
@@ -25,10 +28,11 @@ def load_any_model(path, xp, dtype):
 
 def on_backend(model, xp, dtype, path):
     """A copy of `model` (its layer specs and parameter values, checked as a file's are) on
-    backend xp with parameters of `dtype`, and its metadata."""
+    backend xp with parameters of `dtype` (None: the model's precision), and its metadata;
+    `rounded` names the parameters the cast changed."""
     copy = model_from_document(str(path), {"layers": model.spec()})
-    copy.load_parameters({name: checked_value(str(path), name, to_host(v.value), xp, dtype)
-                          for name, v in model.parameters().items()})
+    arrays = {name: to_host(v.value) for name, v in model.parameters().items()}
+    load_parameters_into(copy, str(path), arrays, xp, dtype)
     copy.metadata = dict(getattr(model, "metadata", {}))
     copy.extra_arrays = {}
     return copy

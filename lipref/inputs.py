@@ -5,10 +5,11 @@ import secrets
 import warnings
 
 from . import data as D
-from .backend import float_dtype, get_backend, host
+from .backend import float_dtype, get_backend, host, to_host
 from .data import ranges
 from .errors import InputError
-from .importing import load_any_model
+from .importing import load_any_model, on_backend
+from .precision import exact_in_float32
 from .seeds import check_seed
 
 
@@ -69,9 +70,12 @@ def _domain_option(value):
     return (lo, hi)
 
 
-def compute_dtype(mode, dtype, dataset):
-    """float64 in sound mode; in fast mode float32 unless the data are not exact in float32
-    (then float64: what is certified is the input as given)."""
+def compute_dtype(mode, dtype, dataset, model=None):
+    """The dtype a run computes in. Sound mode: float64 (exact for float32 data and models;
+    --dtype float32 is refused). Fast mode: `dtype` when given ("float32" with a float64 model
+    rounds the model: `rounding_note`); "auto": float32 where float32 holds the data and the
+    model's parameters exactly, else float64, so that what is certified is the input and the
+    model as given."""
     if mode == "sound":
         if dtype == "float32":
             raise InputError("sound mode computes in float64; --dtype float32 cannot be sound")
@@ -80,26 +84,49 @@ def compute_dtype(mode, dtype, dataset):
         return dtype
     images = dataset.images
     exact = images.dtype == host.float32 or bool(host.all(images.astype(host.float32) == images))
-    return "float32" if exact else "float64"
+    return "float32" if exact and (model is None or model_exact_in_float32(model)) else "float64"
 
 
-def load_model_file(path, backend, dtype):
-    """A lipref .npz, or a torch .pth / .pt or .onnx model imported in memory (lipref.importing)."""
+def model_exact_in_float32(model):
+    """Whether float32 holds every parameter of `model` exactly (lipref.precision)."""
+    return all(exact_in_float32(to_host(v.value)) for v in model.parameters().values())
+
+
+def rounding_note(model, compute):
+    """None, or one line saying that the cast to `compute` rounded the model's parameters
+    (`model.rounded`), so that the rounded model, not the file's, is what the run certifies."""
+    rounded = getattr(model, "rounded", ())
+    if not rounded:
+        return None
+    names = ", ".join(rounded[:3]) + (f" and {len(rounded) - 3} more" if len(rounded) > 3 else "")
+    return (f"note: --dtype {compute} rounds the model's {model.precision} parameters ({names}): the model "
+            f"certified is the rounded one, not the file's (--dtype auto or float64 keeps the file's)")
+
+
+def load_model_file(path, backend, dtype=None):
+    """A lipref .npz, or a torch .pth / .pt or .onnx model imported in memory (lipref.importing),
+    its parameters in `dtype` ("float32" or "float64"; None: the file's precision)."""
     xp = get_backend(backend)
-    return load_any_model(path, xp, float_dtype(xp, dtype))
+    return load_any_model(path, xp, None if dtype is None else float_dtype(xp, dtype))
 
 
-def load_data_as_given(spec, data_dir, limit, mode, dtype):
-    """The data as given: named datasets in float64 where the run computes in float64."""
-    wide = mode == "sound" or dtype == "float64"
+def load_data_as_given(spec, data_dir, limit, mode, dtype, model=None):
+    """The data as given: named datasets in float64 where the run computes in float64 (sound
+    mode, --dtype float64, or --dtype auto with a model that float32 does not hold)."""
+    wide = mode == "sound" or dtype == "float64" or (dtype == "auto" and model is not None
+                                                      and not model_exact_in_float32(model))
     return D.load_data(spec, data_dir, limit, dtype="float64" if wide else "float32")
 
 
 def load_model_and_data(model_path, spec, data_dir, limit, backend, mode, dtype):
-    """(model, dataset, compute dtype): the data first, since they decide the dtype (`compute_dtype`)."""
-    dataset = load_data_as_given(spec, data_dir, limit, mode, dtype)
-    compute = compute_dtype(mode, dtype, dataset)
-    model = load_model_file(model_path, backend, compute)
+    """(model, dataset, compute dtype): the model at its file's precision, read once (on the
+    host), then the data, then the dtype both allow (`compute_dtype`), then the model on the
+    backend in that dtype (`model.rounded` names what the cast rounded: `rounding_note`)."""
+    native = load_model_file(model_path, "numpy")
+    dataset = load_data_as_given(spec, data_dir, limit, mode, dtype, native)
+    compute = compute_dtype(mode, dtype, dataset, native)
+    xp = get_backend(backend)
+    model = on_backend(native, xp, float_dtype(xp, compute), model_path)
     return model, check_fits(model, dataset, spec), compute
 
 
@@ -111,8 +138,11 @@ def data_for_model(model, spec, data_dir, limit):
 def check_fits(model, dataset, spec):
     """`dataset`, once its images have the model's input shape and its labels fit its classes."""
     if tuple(dataset.input_shape) != tuple(model.input_shape):
+        vector = len(model.input_shape) == 1
+        hint = (f" (the model reads vectors: give a data .npz with images of shape (N, {model.input_shape[0]}))"
+                if vector else "")
         raise D.DataError(f"data {spec} has images of shape {tuple(dataset.input_shape)}, "
-                          f"the model needs {tuple(model.input_shape)}")
+                          f"the model needs {tuple(model.input_shape)}{hint}")
     if dataset.labels.size and int(dataset.labels.max()) >= model.n_classes:
         raise D.DataError(f"data {spec} has label {int(dataset.labels.max())}, the model has "
                           f"{model.n_classes} classes")

@@ -25,6 +25,7 @@ from .layers import (
     check_shape,
     layer_from_spec,
 )
+from .precision import exact_in_float32, precision_of, widen_exactly
 from .tape import Var
 
 FORMAT = "lipref-model/1"
@@ -45,17 +46,20 @@ class ModelFileError(UserError, ValueError):
 
 
 def architecture_names():
-    return sorted(ARCHITECTURES) + ["mlp-<width>[-<width>...]"]
+    return sorted(ARCHITECTURES) + ["mlp-<width>[-<width>...]", "linear"]
 
 
 def build_architecture(arch, input_shape, n_classes, activation="relu", threshold_init=1.0):
     """A Sequential (parameters not yet initialised) for a named architecture.
 
-    Names: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W1-W2-... (dense, for tests)."""
+    Names: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W1-W2-... (dense, for tests),
+    linear (one linear layer: a dense stack without hidden layers)."""
     input_shape = check_shape("input shape", tuple(input_shape))
     check_int("n_classes", n_classes, 1)
     match = re.fullmatch(r"mlp((?:-\d+)+)", arch)
-    if match:
+    if arch == "linear":
+        convs, widths = [], []
+    elif match:
         convs, widths = [], [int(w) for w in match.group(1).split("-")[1:]]
         if min(widths) < 1:
             raise InputError(f"architecture {arch}: every width must be >= 1")
@@ -199,25 +203,50 @@ def model_from_document(path, doc):
         raise ModelFileError(f"{path}: invalid architecture description ({exc})") from None
 
 
-def checked_value(path, name, a, xp, dtype):
-    """Parameter `name` as a backend array of `dtype`: real numbers, finite before and after the cast."""
-    if a.dtype.kind not in "fiu":
-        raise ModelFileError(f"{path}: parameter {name} has dtype {a.dtype}; parameters must be real numbers")
-    if not host.all(host.isfinite(a)):
-        raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
+def file_parameters(path, arrays, names):
+    """({name: host array}, precision) of parameters `names` of `arrays`, each real and finite
+    and widened exactly, then all in the file's one precision (lipref.precision: float32, or
+    float64 when any parameter needs it); ModelFileError names the file and the parameter
+    otherwise."""
+    out = {}
+    for name in names:
+        a = widen_exactly(host.asarray(arrays[name]),
+                          lambda why, name=name: ModelFileError(f"{path}: parameter {name} {why}"))
+        if not host.all(host.isfinite(a)):
+            raise ModelFileError(f"{path}: parameter {name} contains NaN or inf")
+        out[name] = a
+    precision = precision_of(out.values())
+    return {name: a.astype(precision, copy=False) for name, a in out.items()}, precision
+
+
+def backend_value(path, name, a, xp, dtype):
+    """Host array `a` (float32 or float64) as a backend array of `dtype`, refused beyond that
+    dtype's range (a cast to it may round, never overflow)."""
     info = xp.finfo(dtype)
-    largest = float(host.max(host.abs(a.astype(host.float64))))
+    largest = float(host.max(host.abs(a))) if a.size else 0.0
     if largest > float(info.max):
         raise ModelFileError(f"{path}: parameter {name} has values up to {largest:.3g}, which exceed the range "
                              f"of {info.dtype} (max {float(info.max):.3g})")
-    value = xp.asarray(a, dtype=dtype)
-    if not bool(xp.all(xp.isfinite(value))):
-        raise ModelFileError(f"{path}: parameter {name} is not finite after the cast to {info.dtype}")
-    return value
+    return xp.asarray(a, dtype=dtype)
 
 
-def load_model(path, xp, dtype):
-    """Load a model file onto backend xp with parameters cast to dtype."""
+def load_parameters_into(model, path, arrays, xp, dtype=None):
+    """`model` with its parameters taken from host `arrays` (checked by `file_parameters`) on
+    backend xp in `dtype`, None: the file's precision. Sets `model.precision` (the file's:
+    'float32' or 'float64') and `model.rounded` (the names of the parameters whose values the
+    cast to a narrower `dtype` changed: that model, not the file's, is what is then computed)."""
+    values, precision = file_parameters(path, arrays, model.parameter_shapes())
+    dtype = getattr(xp, precision) if dtype is None else dtype
+    narrow = xp.finfo(dtype).bits < 64
+    model.load_parameters({name: backend_value(path, name, a, xp, dtype) for name, a in values.items()})
+    model.precision = precision
+    model.rounded = tuple(name for name, a in values.items() if narrow and not exact_in_float32(a))
+    return model
+
+
+def load_model(path, xp, dtype=None):
+    """The model in a model file on backend xp, its parameters in `dtype`, None: in the file's
+    precision (`load_parameters_into`: float64 parameters stay float64)."""
     path = os.fspath(path)
     doc, arrays = read_model_file(path)
     model = model_from_document(path, doc)
@@ -229,8 +258,7 @@ def load_model(path, xp, dtype):
         if tuple(arrays[name].shape) != shape:
             raise ModelFileError(f"{path}: parameter {name} has shape {tuple(arrays[name].shape)}, "
                                  f"the architecture needs {shape}")
-    values = {name: checked_value(path, name, arrays[name], xp, dtype) for name in expected}
-    model.load_parameters(values)
+    load_parameters_into(model, path, arrays, xp, dtype)
     model.metadata = doc.get("metadata", {})
     model.extra_arrays = {k: v for k, v in arrays.items() if k not in expected}
     return model

@@ -24,10 +24,12 @@ import re
 from .backend import get_backend, host
 from .errors import InputError, MissingExtraError, UserError, import_extra
 from .layers import ACTIVATIONS, check_int, check_shape
-from .models import ARCHITECTURES, build_architecture, build_stack, save_model
+from .models import ARCHITECTURES, build_architecture, build_stack, load_parameters_into, save_model
+from .precision import widen_exactly
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+TORCH_FLOATS = ("float16", "bfloat16", "float32", "float64")  # float8 and others are refused
 
 
 class TorchImportError(UserError, ValueError):
@@ -46,7 +48,8 @@ def require_torch():
 # ---------------------------------------------------------------- reading the checkpoint
 
 def read_state_dict(path):
-    """{name: float64 host array} of the checkpoint's parameters, "module." prefixes removed.
+    """{name: host array} of the checkpoint's parameters, each with exactly the tensor's values
+    (`_to_host`), "module." prefixes removed.
 
     Accepts a dict holding the state dict under "state_dict", "model_state_dict" or "model",
     or a bare state dict. Read with torch.load(weights_only=True): no code is executed."""
@@ -76,16 +79,25 @@ def read_state_dict(path):
 
 
 def _to_host(path, name, tensor, torch):
-    """A float64 host copy of a dense, real, CPU-readable tensor; TorchImportError names the key otherwise."""
+    """A host copy of a dense, real, CPU-readable tensor with exactly its values, in float32
+    (float16, bfloat16, float32) or float64 (float64, integers; lipref.precision);
+    TorchImportError names the key otherwise."""
     if tensor.layout != torch.strided:
         raise TorchImportError(f"{path}: parameter {name} is a {tensor.layout} tensor; only dense tensors "
                                "can be imported (call .to_dense() before saving)")
     if tensor.is_meta:
         raise TorchImportError(f"{path}: parameter {name} is a meta tensor: it holds no values")
-    if tensor.is_quantized or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TorchImportError(f"{path}: parameter {name} has dtype {tensor.dtype}; parameters must be real "
-                               "floating-point or integer numbers")
-    return tensor.detach().to("cpu", torch.float64).numpy()
+
+    def refuse(why):
+        return TorchImportError(f"{path}: parameter {name} {why}")
+    other = tensor.is_quantized or tensor.is_complex() or tensor.dtype == torch.bool
+    if other or (tensor.is_floating_point() and str(tensor.dtype).removeprefix("torch.") not in TORCH_FLOATS):
+        raise refuse(f"has dtype {tensor.dtype}; parameters must be float16, bfloat16, float32, float64 "
+                     "or integers")
+    tensor = tensor.detach().to("cpu")
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.to(torch.float32)  # exact: every value is a float32 number
+    return widen_exactly(tensor.numpy(), refuse)
 
 
 def _is_state_dict(obj, torch):
@@ -296,7 +308,8 @@ def _fitting_shape(arch, arrays, n_classes, activation, path):
 # ---------------------------------------------------------------- the import
 
 def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None):
-    """A float32 lipref model (NumPy backend) with the checkpoint's parameters.
+    """A lipref model (NumPy backend) with the checkpoint's parameters, exactly: float32, or
+    float64 where the checkpoint holds float64 (a mixed one widens to float64; lipref.precision).
 
     path: a torch checkpoint (see `read_state_dict`). arch: a named architecture, "auto", or
     "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...". input_shape: (C, H, W) or (D,), or None to find
@@ -321,13 +334,7 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     bad = sorted(k for k, a in arrays.items() if not host.all(host.isfinite(a)))
     if bad:
         raise TorchImportError(f"{path}: parameters with NaN or inf: {', '.join(bad)}")
-    limit = float(host.finfo(host.float32).max)
-    big = sorted(k for k in model.parameter_shapes() if arrays[k].size and host.max(host.abs(arrays[k])) > limit)
-    if big:
-        raise TorchImportError(f"{path}: parameters with values beyond float32's range (max {limit:.3g}): "
-                               + ", ".join(big))
-    xp = get_backend("numpy")
-    model.load_parameters({k: xp.asarray(arrays[k], dtype=xp.float32) for k in model.parameter_shapes()})
+    load_parameters_into(model, os.fspath(path), arrays, get_backend("numpy"))  # the checkpoint's precision
     model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": int(n_classes), "threshold_init": 1.0,
                       "imported_from": os.path.basename(os.fspath(path))}

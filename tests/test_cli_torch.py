@@ -88,13 +88,14 @@ def _hostile(sd, kind):
         sd[key] = w > 0
     elif kind == "nan":
         sd[key] = w.clone().index_put_((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("nan")))
-    elif kind == "beyond-float32":
-        sd[key] = w.double().index_put_((torch.tensor([0]), torch.tensor([0])),
-                                               torch.tensor(1e300, dtype=torch.float64))
+    elif kind == "float8":
+        sd[key] = w.to(torch.float8_e4m3fn)
+    elif kind == "integers-beyond-2^53":
+        sd[key] = torch.full(w.shape, 2 ** 53 + 1, dtype=torch.int64)
     return sd
 
 
-@pytest.mark.parametrize("kind", ["complex", "sparse", "meta", "bool", "nan", "beyond-float32"])
+@pytest.mark.parametrize("kind", ["complex", "sparse", "meta", "bool", "nan", "float8", "integers-beyond-2^53"])
 def test_import_refuses_unusable_values_naming_the_key(tmp_path, kind):
     torch.manual_seed(0)
     net = torch_sequential(*ARCHITECTURES["2c2f"], (1, 28, 28), 10, "relu")
@@ -129,3 +130,37 @@ def test_import_refuses_ambiguous_and_non_string_keys(tmp_path):
     with pytest.raises(TorchImportError, match="stride"):
         import_torch_checkpoint(tmp_path / "ok.pt", "conv:4:3:0:1,fc:4", (1, 3, 3), 3, "relu")
     assert import_torch_checkpoint(tmp_path / "ok.pt", "mlp-4", (1, 3, 3), 3, "relu").n_classes == 3
+
+
+def test_values_beyond_float32_in_a_float64_checkpoint_are_kept(tmp_path):
+    """1e300 is a float64 number: the model is float64, imported as it is, and refused only
+    where a float32 computation is asked for."""
+    import array_api_compat.numpy as xp
+
+    from lipref.models import ModelFileError, load_model
+    net = torch_sequential(*ARCHITECTURES["2c2f"], (1, 28, 28), 10, "relu").double()
+    with torch.no_grad():
+        net[5].weight[0, 0] = 1e300
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "big.pth")
+    result = _run(["import-torch", str(tmp_path / "big.pth"), "--out", str(tmp_path / "big.npz")])
+    assert result.exit_code == 0 and "in float64" in result.stdout, result.output
+    assert numpy.asarray(load_model(tmp_path / "big.npz", xp).parameters()["5.weight"].value)[0, 0] == 1e300
+    with pytest.raises(ModelFileError, match="5.weight has values up to 1e.300, which exceed the range of float32"):
+        load_model(tmp_path / "big.npz", xp, xp.float32)
+
+
+@pytest.mark.parametrize("convs, widths, shape, arch", [([], [], (6,), "linear"), ([], [5, 4], (6,), "mlp-5-4"),
+                                                      (*ARCHITECTURES["2c2f"], (1, 28, 28), "2c2f")])
+def test_the_architecture_auto_prints_is_one_arch_accepts(tmp_path, convs, widths, shape, arch):
+    import array_api_compat.numpy as xp
+
+    from lipref.models import load_model
+    torch.save({"state_dict": torch_sequential(convs, widths, shape, 10, "relu").state_dict()}, tmp_path / "c.pth")
+    auto = _run(["import-torch", str(tmp_path / "c.pth"), "--out", str(tmp_path / "auto.npz")])
+    assert auto.exit_code == 0 and f": {arch}, relu," in auto.stdout, auto.output
+    named = _run(["import-torch", str(tmp_path / "c.pth"), "--arch", arch, "--out", str(tmp_path / "named.npz")])
+    assert named.exit_code == 0, named.output
+    a, b = load_model(tmp_path / "auto.npz", xp), load_model(tmp_path / "named.npz", xp)
+    assert a.spec() == b.spec() and a.metadata == b.metadata
+    for name, var in a.parameters().items():
+        numpy.testing.assert_array_equal(numpy.asarray(var.value), numpy.asarray(b.parameters()[name].value))

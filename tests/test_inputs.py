@@ -47,3 +47,36 @@ def test_data_that_do_not_fit_the_model_are_an_error():
         check_fits(model, _data(numpy.zeros((1, 3))), "d")
     with pytest.raises(DataError, match="label 3"):
         check_fits(model, _data(numpy.zeros((1, 2)), (3,)), "d")
+
+
+def _model(*arrays):
+    """A stand-in with the parameters `arrays` (host arrays) and no rounding."""
+    return SimpleNamespace(parameters=lambda: {str(i): SimpleNamespace(value=a) for i, a in enumerate(arrays)},
+                           rounded=(), precision="float64")
+
+
+def test_the_dtype_keeps_the_model_as_given():
+    exact = _data(numpy.full((1, 2), 0.5))
+    float32_model = _model(numpy.ones(3, numpy.float32))
+    largest = float(numpy.finfo(numpy.float32).max)
+    float32_numbers = _model(numpy.array([0.5, 2.0 ** -149, -largest]))  # float64 values float32 holds
+    float64_model = _model(numpy.ones(3, numpy.float32), numpy.array([1 + 2.0 ** -30]))
+    beyond = _model(numpy.array([1e300]))
+    tiny = _model(numpy.array([2.0 ** -160]))  # below float32's smallest subnormal: rounds to 0
+    assert compute_dtype("fast", "auto", exact, float32_model) == "float32"
+    assert compute_dtype("fast", "auto", exact, float32_numbers) == "float32"
+    for model in (float64_model, beyond, tiny):
+        assert compute_dtype("fast", "auto", exact, model) == "float64"
+        assert compute_dtype("sound", "auto", exact, model) == "float64"
+        assert compute_dtype("fast", "float32", exact, model) == "float32"  # asked for: said by rounding_note
+    with pytest.raises(InputError, match="cannot be sound"):
+        compute_dtype("sound", "float32", exact, float64_model)
+
+
+def test_the_rounding_note_names_the_rounded_parameters():
+    from lipref.inputs import rounding_note
+    assert rounding_note(_model(numpy.ones(2)), "float32") is None
+    model = SimpleNamespace(rounded=("0.weight", "0.bias", "2.weight", "2.bias"), precision="float64")
+    note = rounding_note(model, "float32")
+    assert "\n" not in note and "0.weight, 0.bias, 2.weight and 1 more" in note
+    assert "the model certified is the rounded one, not the file's" in note

@@ -16,7 +16,15 @@ from lipref.backend import BackendError
 from lipref.data import DataError
 from lipref.errors import InputError, UserError
 from lipref.layers import Conv2d, Linear, layer_from_spec
-from lipref.models import ModelFileError, build_architecture, build_model, load_model, model_to_bytes
+from lipref.models import (
+    ModelFileError,
+    architecture_names,
+    build_architecture,
+    build_model,
+    load_model,
+    model_to_bytes,
+    save_model,
+)
 from lipref.torch_import import TorchImportError, TorchNotInstalled
 
 
@@ -189,6 +197,73 @@ def test_integer_parameters_load_exactly(tmp_path, mlp_parts):
     ints = numpy.arange(36, dtype=numpy.int64).reshape(4, 9) - 18
     model = load_model(_write(tmp_path / "int.npz", doc, dict(arrays, **{"1.weight": ints})), xp, xp.float32)
     numpy.testing.assert_array_equal(numpy.asarray(model.parameters()["1.weight"].value), ints)
+
+
+# ------------------------------------------------------------------ the file's precision
+
+def _float64_mlp(tmp_path, xp_=xp):
+    """An mlp-4 model file with float64 parameters: float32 numbers but for 1.weight's first,
+    1 + 2^-30, which float32 does not hold."""
+    model = build_model("mlp-4", (1, 3, 3), 3, xp_, xp_.float32, numpy.random.default_rng(0))
+    for var in model.parameters().values():
+        var.value = xp_.asarray(numpy.asarray(var.value).astype(numpy.float64))
+    weight = numpy.asarray(model.parameters()["1.weight"].value).copy()
+    weight[0, 0] = 1 + 2.0 ** -30
+    model.parameters()["1.weight"].value = xp_.asarray(weight)
+    path = tmp_path / "f64.npz"
+    save_model(path, model)
+    return path, weight
+
+
+def test_a_float64_model_file_loads_in_float64_unless_asked_and_says_what_a_cast_rounds(tmp_path, xp):
+    path, weight = _float64_mlp(tmp_path)
+    model = load_model(path, xp)  # no dtype: the file's precision
+    assert model.precision == "float64" and model.rounded == ()
+    value = model.parameters()["1.weight"].value
+    assert value.dtype == xp.float64 and float(value[0, 0]) == 1 + 2.0 ** -30
+    narrow = load_model(path, xp, xp.float32)
+    assert narrow.precision == "float64" and narrow.rounded == ("1.weight",)  # only that one is not float32 numbers
+    exact = build_model("mlp-4", (1, 3, 3), 3, xp, xp.float32, numpy.random.default_rng(0))
+    save_model(tmp_path / "f32.npz", exact)
+    assert load_model(tmp_path / "f32.npz", xp).precision == "float32"
+    assert load_model(tmp_path / "f32.npz", xp, xp.float64).rounded == ()
+
+
+def test_mixed_and_narrow_parameters_widen_exactly(tmp_path, mlp_parts):
+    doc, arrays = mlp_parts
+    half = dict(arrays, **{"1.weight": arrays["1.weight"].astype(numpy.float16)})
+    model = load_model(_write(tmp_path / "half.npz", doc, half), xp)
+    assert model.precision == "float32"
+    numpy.testing.assert_array_equal(numpy.asarray(model.parameters()["1.weight"].value),
+                                     half["1.weight"].astype(numpy.float32))
+    mixed = dict(arrays, **{"3.bias": arrays["3.bias"].astype(numpy.float64) + 2.0 ** -40})
+    model = load_model(_write(tmp_path / "mixed.npz", doc, mixed), xp)
+    assert model.precision == "float64"
+    assert all(v.value.dtype == numpy.float64 for v in model.parameters().values())  # one precision per model
+    numpy.testing.assert_array_equal(numpy.asarray(model.parameters()["3.bias"].value), mixed["3.bias"])
+    big = dict(arrays, **{"1.weight": numpy.full((4, 9), 2 ** 53 + 1, dtype=numpy.int64)})
+    _error(_write(tmp_path / "big.npz", doc, big), "1.weight", "beyond +-2^53")
+
+
+def test_fast_mode_computes_a_float64_model_in_float64(tmp_path):
+    from cli import main
+    path, _ = _float64_mlp(tmp_path)
+    data = tmp_path / "data.npz"
+    numpy.savez(data, images=numpy.full((2, 1, 3, 3), 0.5, numpy.float32), labels=numpy.array([0, 1]))
+    for command in ("certify", "bound", "attack"):
+        args = [command, str(path), "--data", str(data), "--eps", "0.1", "--json"]
+        result = CliRunner().invoke(main, args + (["--quiet", "--pgd-steps", "2"] if command == "certify" else []),
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        doc = json.loads(result.stdout)
+        assert doc["dtype"] == "float64" and doc["model_rounded"] is False, (command, doc)
+        rounded = CliRunner().invoke(main, args + ["--dtype", "float32"], catch_exceptions=False)
+        assert json.loads(rounded.stdout)["model_rounded"] is True and "1.weight" in rounded.stderr
+
+
+def test_linear_is_an_architecture_name():
+    model = build_architecture("linear", (1, 3, 3), 4)
+    assert [layer.kind for layer in model.layers] == ["flatten", "linear"] and "linear" in architecture_names()
 
 
 # ------------------------------------------------------------------ building layers in code

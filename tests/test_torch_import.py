@@ -107,3 +107,79 @@ def test_an_input_shape_that_cannot_be_inferred_is_an_error_naming_the_file(tmp_
         lines = [line for line in result.output.strip().splitlines() if line]
         assert result.exit_code == 2 and len(lines) == 1, result.output
         assert "no-first-weight.pth: cannot infer the input shape" in lines[0], result.output
+
+
+# ---------------------------------------------------------------- the checkpoint's precision
+
+def _rounding_sensitive_checkpoint(path, seed):
+    """nn.Sequential(Linear(5, 8), ReLU, Linear(8, 3)).double() with rounding_models' weights."""
+    from rounding_models import rounding_sensitive_weights
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).double()
+    with torch.no_grad():
+        for param, value in zip(net.parameters(), rounding_sensitive_weights(seed)):
+            param.copy_(torch.from_numpy(value))
+    torch.save({"state_dict": net.state_dict()}, path)
+    return net
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_float64_checkpoints_are_never_certified_beyond_a_counterexample_of_the_checkpoint(tmp_path, xp, seed):
+    from rounding_models import nearest_counterexample
+
+    from lipref.certify import certify
+    from lipref.importing import load_any_model
+    net = _rounding_sensitive_checkpoint(tmp_path / "double.pth", seed)
+
+    def logits(x):
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+    x = numpy.zeros((1, 5))
+    assert numpy.argmax(logits(x)) == 0
+    found = nearest_counterexample(logits, x, 0, numpy.random.default_rng(seed))
+    assert numpy.argmax(logits(found)) != 0  # the checkpoint's own model, in float64
+    model = load_any_model(tmp_path / "double.pth", xp, xp.float64)
+    result = certify(model, x, numpy.array([0]), float(numpy.linalg.norm(found - x)) * 1.001, "sound", n_iters=10,
+                     seed=seed)
+    assert not result.certified_local[0] and not result.certified_global[0]
+
+
+def test_a_float64_checkpoint_stays_float64_in_the_npz_and_in_fast_mode(tmp_path, xp):
+    """import-torch writes float64; certify computes in float64 (auto), or says that --dtype
+    float32 certifies the rounded model."""
+    import array_api_compat.numpy as host_xp
+
+    from lipref.models import load_model
+    net = _rounding_sensitive_checkpoint(tmp_path / "double.pth", 0)
+    out, data = tmp_path / "double.npz", tmp_path / "data.npz"
+    result = _run(["import-torch", str(tmp_path / "double.pth"), "--out", str(out)])
+    assert result.exit_code == 0 and "mlp-8" in result.stdout and "in float64" in result.stdout, result.output
+    loaded = load_model(out, xp)
+    assert loaded.precision == "float64" and "2.weight" in load_model(out, host_xp, host_xp.float32).rounded
+    for (name, var), param in zip(loaded.parameters().items(), net.parameters()):
+        numpy.testing.assert_array_equal(numpy.asarray(var.value), param.detach().numpy(), err_msg=name)
+    numpy.savez(data, images=numpy.zeros((2, 5)), labels=numpy.array([0, 0]))
+    common = ["certify", str(out), "--data", str(data), "--eps", "1", "--pgd-steps", "0", "--quiet", "--json"]
+    auto = _run(common)
+    assert auto.exit_code == 0 and auto.stderr == "", auto.output
+    assert json.loads(auto.stdout)["dtype"] == "float64" and json.loads(auto.stdout)["model_rounded"] is False
+    rounded = _run(common + ["--dtype", "float32"])
+    lines = rounded.stderr.strip().splitlines()
+    assert json.loads(rounded.stdout)["model_rounded"] is True and len(lines) == 1 and "2.weight" in lines[0]
+
+
+def test_half_precision_widens_exactly_to_float32_and_a_mixed_checkpoint_to_float64(tmp_path):
+    from lipref.torch_import import import_torch_checkpoint
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    state = {"0.weight": net[0].weight.detach().bfloat16(), "0.bias": net[0].bias.detach().half(),
+             "2.weight": net[2].weight.detach(), "2.bias": net[2].bias.detach()}
+    torch.save(state, tmp_path / "half.pt")
+    model = import_torch_checkpoint(tmp_path / "half.pt", "auto", None, None, "auto")
+    assert model.precision == "float32" and model.metadata["arch"] == "mlp-6"
+    for name, tensor in state.items():
+        numpy.testing.assert_array_equal(numpy.asarray(model.parameters()[name].value), tensor.float().numpy())
+    state["2.bias"] = state["2.bias"].double() + 2.0 ** -40  # not a float32 number
+    torch.save(state, tmp_path / "mixed.pt")
+    mixed = import_torch_checkpoint(tmp_path / "mixed.pt", "auto", None, None, "auto")
+    assert mixed.precision == "float64"
+    for name, tensor in state.items():
+        numpy.testing.assert_array_equal(numpy.asarray(mixed.parameters()[name].value), tensor.double().numpy())

@@ -31,7 +31,7 @@ from lipref.commands.common import (
     user_errors,
 )
 from lipref.errors import InputError
-from lipref.inputs import load_model_and_data, resolve_domain, run_seed
+from lipref.inputs import load_model_and_data, resolve_domain, rounding_note, run_seed
 from lipref.kernels import reference_only_if
 
 SAME_ANSWERS = ("The results equal a single-process run's, bit for bit: every random draw comes from the seed and "
@@ -119,6 +119,14 @@ def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, l
 
 
 
+def _said_rounded(model, compute):
+    """Whether --dtype rounded the model's parameters, said on stderr in one line when it did
+    (inputs.rounding_note): the JSON's model_rounded."""
+    note = rounding_note(model, compute)
+    if note is not None:
+        click.echo(note, err=True)
+    return note is not None
+
 
 # ----------------------------------------------------------------------------------- certify
 
@@ -185,6 +193,7 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     if audit and sharding.requested:
         raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
+    rounded = _said_rounded(model, compute)
     n = int(dataset.labels.shape[0])
     seed = _sharded_seed(mode, seed, sharding)
     pgd_domain = resolve_domain(domain, dataset, model, data_spec)
@@ -204,8 +213,8 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
                                      pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, threads=threads,
                                      seed=seed, norms=norms)
     summary = result.summary()
-    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "reference": reference,
-                    "domain": None if pgd_domain is None else list(pgd_domain), **extra})
+    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "model_rounded": rounded,
+                    "reference": reference, "domain": None if pgd_domain is None else list(pgd_domain), **extra})
     sound = None
     if audit:
         with reference_only_if(reference):
@@ -335,6 +344,7 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
     sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
     resolve_domain(domain, dataset, model, data_spec)  # the data must fit the model's input range
+    rounded = _said_rounded(model, compute)
     n = int(dataset.labels.shape[0])
     seed = _sharded_seed(mode, seed, sharding)
     extra = {}
@@ -352,7 +362,8 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
                                             batch_size, progress=bar.update, threads=threads, seed=seed, norms=norms)
     if as_json:
         emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
-                    "seed": seed, "dtype": compute, "reference": reference, **extra, "samples": samples})
+                    "seed": seed, "dtype": compute, "model_rounded": rounded, "reference": reference, **extra,
+                    "samples": samples})
         return
     ratios = local_over_global(*(host.asarray([r[k] for r in samples]) for k in ("local", "global")))
     rows = [dict(r, ratio=float(q), const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
@@ -391,6 +402,7 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
     if step_size is not None and not 0 < step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {step_size}")
     model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
+    rounded = _said_rounded(model, compute)
     pgd_domain = resolve_domain(domain, dataset, model, data_spec)
     xp = get_backend(backend)
     seed = run_seed("fast", seed)
@@ -403,7 +415,8 @@ def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restar
         correct += int(ok.sum())
         broken += int((to_host(result.success) & ok).sum())
     out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,
-           "seed": seed, "domain": None if pgd_domain is None else list(pgd_domain),
+           "seed": seed, "dtype": compute, "model_rounded": rounded,
+           "domain": None if pgd_domain is None else list(pgd_domain),
            "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}
     if as_json:
         emit_json(out)

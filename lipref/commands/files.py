@@ -113,13 +113,15 @@ def _input_shape(text):
               help="The lipref model file to write.")
 @user_errors
 def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
-    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model."""
+    """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model,
+    its parameters exactly as the checkpoint holds them (float64 stays float64; float16 and
+    bfloat16 widen exactly to float32)."""
     from lipref.torch_import import import_torch_checkpoint
     shape = _input_shape(input_shape)
     model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
-               f"{len(model.layers)} layers, {n_params} parameters")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
 
 
 @click.command("import-onnx")
@@ -129,13 +131,14 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
 @user_errors
 def import_onnx(onnx_path, out_path):
     """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
-    framework's export) as a lipref model; anything else is an error naming the node and its op type.
-    Needs the onnx package: pip install 'lipref[onnx]'."""
+    framework's export) as a lipref model, its parameters exactly as the file holds them (DOUBLE stays
+    float64); anything else is an error naming the node and its op type. Needs the onnx package:
+    pip install 'lipref[onnx]'."""
     from lipref.onnx_import import import_onnx_model
     model = import_onnx_model(onnx_path, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
-               f"{len(model.layers)} layers, {n_params} parameters")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
 
 
 @click.command()
@@ -240,7 +243,7 @@ def info(model_path, as_json):
         else:
             _print_installation(out)
         return
-    model = load_model_file(model_path, "numpy", "float32")
+    model = load_model_file(model_path, "numpy")  # the file's own precision
     layers = []
     for i, layer in enumerate(model.layers):
         n_params = sum(int(v.value.size) for v in layer.params.values())
@@ -248,6 +251,7 @@ def info(model_path, as_json):
                        "out": "x".join(map(str, layer.out_shape)), "params": n_params})
     expected = expected_range(model.metadata)
     out = {"model": model_path, "layers": layers, "parameters": sum(r["params"] for r in layers),
+           "precision": getattr(model, "precision", None),
            "input_range": None if expected is None else dict(zip(("lo", "hi", "why"), expected)),
            "metadata": json_ready(model.metadata, nan="nan")}  # a NaN there is the file's: kept as "nan"
     if as_json:

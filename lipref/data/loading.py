@@ -59,7 +59,7 @@ def load_dataset(spec, data_dir=None, limit=None, dtype="float32"):
 
 
 def load_array_file(path, limit=None):
-    """A `Dataset` from a user's .npz holding `images` (N, C, H, W) numbers and `labels` (N,)
+    """A `Dataset` from a user's .npz holding `images` (N, C, H, W) or (N, D) numbers and `labels` (N,)
     integers, with every value checked: finite images in any range, kept in their float
     precision (float16 becomes float32, integers float64, refused beyond 2^53 where float64
     is not exact); labels integers in [0, 2^31). `n_classes` is the largest label + 1."""
@@ -69,8 +69,9 @@ def load_array_file(path, limit=None):
     if "images" not in arrays or "labels" not in arrays:
         raise DataError(f"{path}: a data .npz needs arrays 'images' and 'labels', found {sorted(arrays)}")
     images, labels = arrays["images"], arrays["labels"]
-    if images.ndim != 4 or 0 in images.shape[1:]:
-        raise DataError(f"{path}: images must have shape (N, C, H, W) with C, H, W >= 1, got {images.shape}")
+    if images.ndim not in (2, 4) or 0 in images.shape[1:]:  # (N, D): for models that read vectors
+        raise DataError(f"{path}: images must have shape (N, C, H, W) or (N, D) with C, H, W, D >= 1, "
+                        f"got {images.shape}")
     if labels.shape != (images.shape[0],):
         raise DataError(f"{path}: labels must have shape ({images.shape[0]},), got {labels.shape}")
     if images.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":

@@ -1,119 +1,23 @@
-"""Import an ONNX model (a chain of conv, linear and ReLU-like layers) as a lipref model.
-
-ONNX is what TensorFlow (GloRo), Keras, JAX and torch export to, so this makes their models
-auditable. The graph must be one chain from its single input, (N, C, H, W) or (N, D) with the
-batch size symbolic or fixed, to logits computed by a linear layer, made of:
-
-- Conv (square kernel, equal strides, the same pad on every side or auto_pad VALID, dilation
-  1, group 1); Gemm (alpha = beta = 1, transA = 0, transB 0 or 1); MatMul with a constant;
-  each optionally followed by an Add of a constant bias (one per channel after a Conv);
-- Relu, Max(x, 0); Clip with min 0 (no max: ReLU; a scalar max t: a clipped ReLU with
-  threshold t), its bounds as inputs (opset >= 11) or attributes (older);
-- Min(x, T) followed by Relu, Clip(min 0) or Max(., 0): the paper's official clipped ReLU
-  clamp(min(x, T), min=0), T per neuron ([1, C, H, W], [1, F], ...) or scalar;
-- Flatten (axis 1), or Reshape to (N, -1) / (-1, F), including the Shape / Gather / Unsqueeze
-  / Concat arithmetic exporters write for `x.view(x.size(0), -1)` (the batch size a symbol);
-- Identity, and Dropout (at inference the identity).
-
-lipref's clipped ReLU is min(max(x, 0), t), the official one max(min(x, t), 0): equal for
-t >= 0, and for t < 0 the official output is 0, which lipref's gives with t = 0. So negative
-thresholds are raised to 0 at import: the imported model computes the file's function.
-
-Anything else (another op, a branch, several inputs, an attribute outside these, a graph not
-ending in a linear layer) is a one-line OnnxImportError naming the node and its op type. The
-onnx package is optional: it is imported inside the functions that need it.
-"""
+"""The chain of layers an ONNX graph computes, read node by node (`Chain.add`), with the
+parameters kept exactly as the file holds them (lipref.precision): no cast, no rounding;
+a bias folded from an Add is the exact sum, or the import is refused."""
 import math
-import os
 
-from .backend import get_backend, host
-from .errors import InputError, MissingExtraError, UserError, import_extra
-from .layers import ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
-from .models import save_model
+from ..backend import get_backend, host
+from ..errors import InputError
+from ..layers import ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from ..models import load_parameters_into
+from ..precision import exact_sum, widen_exactly
+from .reading import OnnxImportError, attributes, tensor_array
 
-ONNX_MISSING = "onnx is not installed: pip install 'lipref[onnx]'"
-# The default domain's opsets read. From 7 Add and Gemm broadcast as NumPy does (no `broadcast`
-# attribute); the ops read here keep their meaning up to 28 (later versions add element types).
-OPSET_RANGE = (7, 28)
 BATCH = "N"  # the batch size, a symbol in shape arithmetic
 SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
 COMMUTATIVE = ("Add", "Min", "Max")  # ops whose data input may be any of their inputs
 ACTIVATION_OPS = ("Relu", "Clip", "Max")  # what may follow a Min(x, T)
 SUPPORTED = ("Conv, Gemm, MatMul (+ Add), Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, Reshape, "
              "Identity, Dropout")
-FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
-FLOAT32_MAX = float(host.finfo(host.float32).max)
-
-
-class OnnxImportError(UserError, ValueError):
-    """An ONNX file that cannot be imported (unreadable, or a graph outside what lipref reads)."""
-
-
-class OnnxNotInstalled(MissingExtraError):
-    """The onnx package is needed for this operation and is not installed."""
-
-
-def require_onnx():
-    """The onnx module, or OnnxNotInstalled with the install command."""
-    return import_extra("onnx", ONNX_MISSING, OnnxNotInstalled)
-
-
-def import_onnx_model(path, out_path=None):
-    """A float32 lipref model (NumPy backend) computing the ONNX model in `path` (see the module
-    docstring for what is read); also saved to out_path when given (models.save_model, atomic)."""
-    path = os.fspath(path)
-    graph = read_onnx(path).graph
-    from onnx import numpy_helper
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    name, shape, batch = _graph_input(path, graph, constants)
-    chain = _Chain(path, name, shape, constants, batch)
-    for index, node in enumerate(graph.node):
-        chain.add(node, index)
-    model = chain.finish([o.name for o in graph.output])
-    clipped = any(isinstance(layer, ClippedReLU) for layer in model.layers)
-    model.metadata = {"arch": "onnx", "activation": "clipped_relu" if clipped else "relu", "n_classes": model.n_classes,
-                      "input_shape": list(model.input_shape), "threshold_init": 1.0,
-                      "imported_from": os.path.basename(path)}
-    if out_path is not None:
-        save_model(out_path, model)
-    return model
-
-
-def read_onnx(path):
-    """The ModelProto in `path`, its default-domain opset checked against OPSET_RANGE."""
-    onnx = require_onnx()
-    if not os.path.isfile(path):
-        raise OnnxImportError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(path)
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for a file that is not a model
-        raise OnnxImportError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".replace("\n", " "))
-    if not proto.HasField("graph"):  # an empty file parses as an empty ModelProto
-        raise OnnxImportError(f"{path}: not an ONNX model (no graph)")
-    version = {o.domain or "ai.onnx": o.version for o in proto.opset_import}.get("ai.onnx")
-    if version is None or not OPSET_RANGE[0] <= version <= OPSET_RANGE[1]:
-        raise OnnxImportError(f"{path}: default-domain opset {version}; lipref reads opsets "
-                              f"{OPSET_RANGE[0]} to {OPSET_RANGE[1]} (re-export with one of those)")
-    return proto
-
-
-def _graph_input(path, graph, constants):
-    """(name, feature shape, fixed batch size or None) of the graph's one data input, which must
-    be a float tensor (N, C, H, W) or (N, D) with known feature sizes."""
-    inputs = [i for i in graph.input if i.name not in constants]  # old exporters list initializers too
-    if len(inputs) != 1:
-        raise OnnxImportError(f"{path}: the graph must have one input, found {len(inputs)} "
-                              f"({', '.join(i.name for i in inputs)})")
-    value, tensor = inputs[0], inputs[0].type.tensor_type
-    dims = tensor.shape.dim
-    shape = tuple(d.dim_value for d in dims[1:])
-    if tensor.elem_type not in FLOAT_TYPES:
-        raise OnnxImportError(f"{path}: input {value.name} has element type {tensor.elem_type}; lipref reads "
-                              "floating-point inputs")
-    if len(dims) not in (2, 4) or any(s <= 0 for s in shape):
-        raise OnnxImportError(f"{path}: input {value.name} must be (N, C, H, W) or (N, D) with known feature "
-                              f"sizes, got {[d.dim_value or d.dim_param or '?' for d in dims]}")
-    return value.name, shape, dims[0].dim_value or None
+# inputs an op cannot do without (the data and the constants it reads)
+REQUIRED_INPUTS = {"Conv": 2, "Gemm": 2, "MatMul": 2, "Add": 2, "Min": 2, "Max": 2, "Reshape": 2, "Gather": 2}
 
 
 def _fits(a, shape):
@@ -126,18 +30,11 @@ def _fits(a, shape):
         return False
 
 
-def _attributes(node):
-    """{name: value} of a node's attributes (strings as str)."""
-    from onnx import helper
-    values = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
-
-
-class _Chain:
+class Chain:
     """The layers read so far: the tensor that carries the data (`current`, of feature shape
     `shape`), the constants (initializers, Constant nodes, shape arithmetic), the parameters
-    (float64 until the end) and a pending Min(x, T) that the next ReLU-like node turns into a
-    clipped ReLU. One `on_<OpType>` method per op read."""
+    (host arrays as the file holds them) and a pending Min(x, T) that the next ReLU-like node
+    turns into a clipped ReLU. One `on_<OpType>` method per op read."""
 
     def __init__(self, path, input_name, shape, constants, batch=None):
         self.path, self.current, self.shape, self.constants = path, input_name, tuple(shape), dict(constants)
@@ -148,11 +45,25 @@ class _Chain:
         """An OnnxImportError naming the file, the node (its name, or its index) and its op type."""
         return OnnxImportError(f"{self.path}: node {self.label} ({node.op_type}): {what}")
 
+    def attributes(self, node):
+        return attributes(node, lambda why: self.error(node, why))
+
+    def check_wiring(self, node):
+        """The node has an output and the inputs its op cannot do without."""
+        if not node.output or not node.output[0]:
+            raise self.error(node, "the node has no output")
+        needed = REQUIRED_INPUTS.get(node.op_type, 1 if node.op_type != "Constant" else 0)
+        given = [i for i in node.input[:needed] if i]
+        if len(given) < needed:
+            raise self.error(node, f"needs {needed} input{'s' * (needed > 1)}, has {len(given)} "
+                                   f"({', '.join(node.input) or 'none'})")
+
     def add(self, node, index):
         """Read one node: shape arithmetic on constants, or the next step of the chain."""
         self.label = node.name or f"#{index}"
         if node.domain not in ("", "ai.onnx"):
             raise self.error(node, f"op of domain {node.domain} not supported (lipref reads the default domain)")
+        self.check_wiring(node)
         on_constants = all(i in self.constants for i in node.input if i)
         if (node.op_type == "Shape" and node.input[0] == self.current) or (node.op_type in SHAPE_OPS and on_constants):
             try:
@@ -178,7 +89,7 @@ class _Chain:
 
     def shape_op(self, node):
         """Shape arithmetic on constants, the batch size a symbol (object arrays)."""
-        a, args = _attributes(node), [self.constants.get(i) for i in node.input]
+        a, args = self.attributes(node), [self.constants.get(i) for i in node.input]
         op = node.op_type
         if op == "Constant":
             return self.constant_value(node, a)
@@ -200,25 +111,20 @@ class _Chain:
 
     def constant_value(self, node, a):
         """The value of a Constant node (`value`, `value_float(s)` or `value_int(s)`)."""
-        from onnx import numpy_helper
         if "value" in a:
-            return numpy_helper.to_array(a["value"])
+            return tensor_array(a["value"], lambda why: self.error(node, f"tensor {why}"))
         key = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in a), None)
-        if key is not None:
+        if key is not None:  # ONNX's float attributes are float32 numbers: exact in float32
             return host.asarray(a[key], dtype=host.float32 if "float" in key else host.int64)
         raise self.error(node, f"attribute {', '.join(a) or '(none)'}: lipref reads numeric constants only")
 
     def param(self, node, name, what):
-        """Constant input `name` of `node` as float64, refused (naming the node and the constant)
-        unless real, finite and within float32's range: lipref keeps float32 parameters."""
-        a = self.constants[name]
-        if a.dtype.kind not in "fiu":
-            raise self.error(node, f"{what} {name} has dtype {a.dtype}; parameters must be real numbers")
-        a = a.astype(host.float64)
+        """Constant input `name` of `node` with exactly the file's values (float32, or float64
+        where the file holds wider ones: lipref.precision), refused (naming the node and the
+        constant) unless a real, finite number."""
+        a = widen_exactly(self.constants[name], lambda why: self.error(node, f"{what} {name} {why}"))
         if not host.all(host.isfinite(a)):
             raise self.error(node, f"{what} {name} contains NaN or inf")
-        if a.size and float(host.max(host.abs(a))) > FLOAT32_MAX:
-            raise self.error(node, f"{what} {name} has values beyond float32's range (max {FLOAT32_MAX:.3g})")
         return a
 
     def optional(self, node, position, what):
@@ -238,8 +144,12 @@ class _Chain:
         self.layers.append(layer)
         self.nodes.append(f"{self.label} ({node.op_type})")
 
-    def affine(self, node, layer, weight, bias):
-        """Append a Conv2d / Linear layer with its weight and bias."""
+    def affine(self, node, make_layer, weight, bias):
+        """Append the Conv2d / Linear layer `make_layer()` builds, with its weight and bias."""
+        try:
+            layer = make_layer()
+        except InputError as exc:  # a size lipref's layers refuse (zero outputs, a kernel too large)
+            raise self.error(node, str(exc)) from None
         index = len(self.layers)
         self.push(node, layer)
         self.params[f"{index}.weight"], self.params[f"{index}.bias"] = weight, bias
@@ -256,8 +166,8 @@ class _Chain:
         return host.array(full[:, 0, 0] if len(shape) == 3 else full)
 
     def on_Conv(self, node):
-        """Conv as lipref's Conv2d (see the module docstring for the attributes read)."""
-        a = _attributes(node)
+        """Conv as lipref's Conv2d (see the package docstring for the attributes read)."""
+        a = self.attributes(node)
         group, dilations = a.get("group", 1), list(a.get("dilations", [1, 1]))
         if group != 1 or set(dilations) != {1}:
             raise self.error(node, f"group {group}, dilations {dilations}: lipref reads group 1, dilation 1")
@@ -276,23 +186,21 @@ class _Chain:
         bias = self.optional(node, 2, "bias")
         if bias is not None and bias.shape != weight.shape[:1]:
             raise self.error(node, f"bias {node.input[2]} of shape {bias.shape} for {weight.shape[0]} channels")
-        try:
-            conv = Conv2d(self.shape, weight.shape[0], int(kernel[0]), int(strides[0]), int(pads[0]))
-        except InputError as exc:
-            raise self.error(node, str(exc)) from None
-        self.affine(node, conv, weight, host.zeros(weight.shape[0]) if bias is None else bias)
+        bias = host.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+        self.affine(node, lambda: Conv2d(self.shape, weight.shape[0], int(kernel[0]), int(strides[0]), int(pads[0])),
+                    weight, bias)
 
     def linear(self, node, weight, bias):
         """Append a Linear layer (weight (out, in)); bias as Gemm's C (None: zeros)."""
         if weight.ndim != 2 or len(self.shape) != 1 or weight.shape[1] != self.shape[0]:
             raise self.error(node, f"weight (out, in) {tuple(weight.shape)} does not fit its input {self.shape}")
         out = weight.shape[0]
-        bias = host.zeros(out) if bias is None else self.bias_vector(node, bias, (out,))
-        self.affine(node, Linear(weight.shape[1], out), host.array(weight), bias)
+        bias = host.zeros(out, dtype=weight.dtype) if bias is None else self.bias_vector(node, bias, (out,))
+        self.affine(node, lambda: Linear(weight.shape[1], out), host.array(weight), bias)
 
     def on_Gemm(self, node):
         """Gemm(x, B, C) = x B^T + C (transB 1) or x B + C (transB 0)."""
-        a = _attributes(node)
+        a = self.attributes(node)
         alpha, beta, trans_a = a.get("alpha", 1.0), a.get("beta", 1.0), a.get("transA", 0)
         if alpha != 1.0 or beta != 1.0 or trans_a:
             raise self.error(node, f"alpha {alpha}, beta {beta}, transA {trans_a}: lipref reads Gemm with "
@@ -305,25 +213,31 @@ class _Chain:
         self.linear(node, self.param(node, node.input[1], "weight").T, None)
 
     def on_Add(self, node):
-        """Add of a constant right after a Conv / Gemm / MatMul: folded into that layer's bias."""
+        """Add of a constant right after a Conv / Gemm / MatMul: folded into that layer's bias,
+        exactly (`precision.exact_sum`), or refused."""
         if not self.layers or not self.layers[-1].is_affine:
             raise self.error(node, "lipref reads Add only as the bias of the Conv, Gemm or MatMul right before it")
         key = f"{len(self.layers) - 1}.bias"
-        self.params[key] = self.params[key] + self.bias_vector(node, self.data_constant(node, "bias"), self.shape)
+        total = exact_sum(self.params[key], self.bias_vector(node, self.data_constant(node, "bias"), self.shape))
+        if total is None:
+            raise self.error(node, "the layer's bias plus this constant is not exact in float64 (or overflows): "
+                                   "lipref would certify a rounded bias")
+        self.params[key] = total
 
     def activation_layer(self, node, high):
         """Append a ReLU, or a clipped ReLU of threshold min(T, high) (T: a pending Min's
-        constant) broadcast to the feature shape and raised to >= 0 (module docstring)."""
+        constant; both arrays, so that neither is rounded to the other's dtype) broadcast to
+        the feature shape and raised to >= 0 (package docstring)."""
         t, self.pending_min = self.pending_min, None
         if high is not None:
             t = high if t is None else host.minimum(t, high)
         if t is None:
             self.push(node, ReLU(self.shape))
             return
-        t = host.asarray(t, dtype=host.float64)
         if not _fits(t, self.shape):  # the official [1, C, H, W] / [1, F] fit
             raise self.error(node, f"threshold of shape {tuple(t.shape)} for features {self.shape}")
-        self.params[f"{len(self.layers)}.threshold"] = host.maximum(host.broadcast_to(t, (1, *self.shape))[0], 0.0)
+        zero = host.zeros((), dtype=t.dtype)
+        self.params[f"{len(self.layers)}.threshold"] = host.maximum(host.broadcast_to(t, (1, *self.shape))[0], zero)
         self.push(node, ClippedReLU(self.shape, 1.0))
 
     def on_Relu(self, node):
@@ -331,25 +245,29 @@ class _Chain:
         self.activation_layer(node, None)
 
     def clip_bound(self, node, a, key, position):
-        """Clip's `key` ("min" / "max") as a float, None when absent: an attribute before opset
-        11, an input from 11."""
+        """Clip's `key` ("min" / "max") as a 0-d array with the file's value, None when absent:
+        an attribute before opset 11 (a float32 number), an input from 11."""
         name = node.input[position] if len(node.input) > position else ""
         if key not in a and not name:
             return None
-        value = host.asarray(a[key] if key in a else self.constants[name], dtype=host.float64)
+        if key in a:
+            value = host.asarray(a[key], dtype=host.float32 if isinstance(a[key], float) else None)
+        else:
+            value = self.constants[name]
+        value = widen_exactly(value, lambda why: self.error(node, f"Clip's {key} {why}"))
         if value.size != 1 or host.isnan(value).any():
             raise self.error(node, f"Clip's {key} must be one number, got {value.tolist()}")
-        return float(value.reshape(()))
+        return value.reshape(())
 
     def on_Clip(self, node):
         """Clip(x, 0) (or max inf) is a ReLU, Clip(x, 0, t) a clipped ReLU of threshold t >= 0."""
-        a = _attributes(node)
+        a = self.attributes(node)
         low, high = self.clip_bound(node, a, "min", 1), self.clip_bound(node, a, "max", 2)
-        if low != 0.0:
+        if low is None or float(low) != 0.0:
             raise self.error(node, f"Clip with min {low}: lipref reads Clip with min 0 (a ReLU or clipped ReLU)")
-        if high is not None and not 0.0 <= high <= FLOAT32_MAX and high != math.inf:
-            raise self.error(node, f"Clip with max {high}: lipref reads a max in [0, {FLOAT32_MAX:.3g}] or inf")
-        self.activation_layer(node, None if high == math.inf else high)
+        if high is not None and not 0.0 <= float(high):
+            raise self.error(node, f"Clip with max {float(high)}: lipref reads a max >= 0 or inf")
+        self.activation_layer(node, None if high is None or float(high) == math.inf else high)
 
     def on_Max(self, node):
         """Max(x, 0): a ReLU, or the end of a Min(x, T) clipped ReLU."""
@@ -370,17 +288,19 @@ class _Chain:
 
     def on_Flatten(self, node):
         """Flatten(axis 1): (N, ...) to (N, features)."""
-        axis = _attributes(node).get("axis", 1)
+        axis = self.attributes(node).get("axis", 1)
         if axis not in (1, -len(self.shape)):
             raise self.error(node, f"axis {axis}: lipref reads Flatten with axis 1")
         self.flatten(node)
 
     def on_Reshape(self, node):
         """Reshape to (N, -1), (N, features) or (-1, features): a Flatten."""
-        items = host.atleast_1d(self.constants[node.input[1]]).tolist()
-        target = [t if t == BATCH else int(t) for t in items]
+        shape = host.atleast_1d(self.constants[node.input[1]])
+        if shape.dtype.kind not in "iuO":
+            raise self.error(node, f"target shape of dtype {shape.dtype}: ONNX's Reshape takes int64")
+        target = [t if t == BATCH else int(t) for t in shape.tolist()]
         features = math.prod(self.shape)
-        batch = {BATCH, -1, self.batch} | (set() if _attributes(node).get("allowzero", 0) else {0})
+        batch = {BATCH, -1, self.batch} | (set() if self.attributes(node).get("allowzero", 0) else {0})
         if len(target) != 2 or target[0] not in batch or target[1] not in (features, -1) or target == [-1, -1]:
             raise self.error(node, f"target shape {target}: lipref reads Reshape to (N, -1) only")
         self.flatten(node)
@@ -393,7 +313,8 @@ class _Chain:
     on_Identity = on_Dropout
 
     def finish(self, outputs):
-        """The Sequential with float32 parameters, once the chain ends in a linear layer whose
+        """The Sequential (NumPy backend) with the file's parameters in their precision (float32,
+        or float64 where any is: lipref.precision), once the chain ends in a linear layer whose
         output is the graph's one output."""
         if len(outputs) != 1 or outputs[0] != self.current or self.pending_min is not None:
             raise OnnxImportError(f"{self.path}: the graph's one output must be the logits of its last layer "
@@ -402,10 +323,4 @@ class _Chain:
             last = f"with node {self.nodes[-1]}" if self.nodes else "before any layer"
             raise OnnxImportError(f"{self.path}: the graph ends {last}; lipref needs the logits computed by a "
                                   "linear layer (Gemm, or MatMul + Add) last")
-        big = sorted(k for k, v in self.params.items() if float(host.max(host.abs(v))) > FLOAT32_MAX)
-        if big:  # a Gemm bias plus an Add's constant beyond float32
-            raise OnnxImportError(f"{self.path}: parameters beyond float32's range: {', '.join(big)}")
-        model = Sequential(self.layers)
-        xp = get_backend("numpy")
-        model.load_parameters({k: xp.asarray(v, dtype=xp.float32) for k, v in self.params.items()})
-        return model
+        return load_parameters_into(Sequential(self.layers), self.path, self.params, get_backend("numpy"))
