@@ -20,7 +20,15 @@ from .backend import host, namespace, to_host
 from .bounds import MODES, global_norms, network_bounds, sound_global_norms
 from .bounds import margins as M
 from .bounds.certificates import GRAM_LIMIT
-from .bounds.rounding import below, forward_error_norm, logit_slack, margin_slack, norm_upper, product_upper, support_radius
+from .bounds.rounding import (
+    below,
+    forward_error_norm,
+    logit_slack,
+    margin_slack,
+    norm_upper,
+    product_upper,
+    support_radius,
+)
 from .config import FLOAT_DTYPES, setting
 from .data.batches import batches
 from .errors import InputError

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_certificate_grid import N_ITERS, build_case, check_against_grid, float64_twin, networks
 
 from lipref.backend import to_backend, to_host
 from lipref.certify import certify
@@ -259,3 +262,51 @@ def test_item2_at_the_command_line(tmp_path, mode):
         doc = _cli_certify(model, data, eps, mode, "--dtype", "float64")
         expected = 1.0 if chain.radius_at_most_exact(X2, eps) else 0.0
         assert doc["certified_accuracy_local"] == expected and doc["certified_accuracy_global"] <= expected, (eps, doc)
+
+
+# ---------------------------------------------------------------- scaled by powers of two
+
+SHIFTS = (0, -300, -600, -900, -1000, -1040, -1060, -1074, -1090)
+
+
+def scaled_by_powers_of_two(model, xp, shifts):
+    """(the model with its layers' outputs scaled by 2^A_l, its exact float64 twin). Affine
+    layer l gets weight W 2^(A_l - A_(l-1)) and bias b 2^A_l (its activation's thresholds
+    and clamps 2^A_l too), A_l = shifts[l] with each step A_l - A_(l-1) kept in [-1100, 960]
+    so that no parameter overflows; stored in float64, where they may round or underflow.
+    ReLU, clipped ReLU and MaxMin are positively homogeneous, so the stored network is
+    2^A_last times the twin, whose parameters are the stored ones scaled back, exactly
+    (scaling up by a power of two is exact): the same classes everywhere."""
+    stored, back = {}, {}
+    previous, level = 0, 0
+    shifts = iter(shifts)
+    for i, layer in enumerate(model.layers):
+        if layer.is_affine:
+            level = previous + int(numpy.clip(next(shifts) - previous, -1100, 960))
+        for name, var in layer.params.items():
+            k = level - previous if name == "weight" else level
+            stored[f"{i}.{name}"] = numpy.ldexp(to_host(var.value), k)
+            back[f"{i}.{name}"] = numpy.ldexp(stored[f"{i}.{name}"], -k)
+        if layer.is_affine:
+            previous = level
+    scaled = float64_twin(model, xp)
+    scaled.set_parameters({k: to_backend(v, xp, xp.float64) for k, v in stored.items()})
+    twin = float64_twin(model, xp)
+    twin.set_parameters({k: to_backend(v, xp, xp.float64) for k, v in back.items()})
+    assert all(numpy.all(numpy.isfinite(v)) for v in stored.values())
+    return scaled, twin
+
+
+@settings(deadline=None, print_blob=True)
+@given(case=networks(), shifts=st.lists(st.sampled_from(SHIFTS), min_size=3, max_size=3))
+def test_scaling_towards_underflow_never_certifies_falsely(xp, case, shifts):
+    """A drawn network of tests/test_certificate_grid.py (float64, sound mode) with its layers
+    scaled by powers of two down to and past the smallest subnormal: activations, weights,
+    products and norms underflow. Every certificate and radius sound mode gives the scaled
+    network holds on the dense grid of the exact twin's balls."""
+    case = dict(case, config=("float64", "sound"))
+    model, points, labels, eps = build_case(case, xp)
+    scaled, twin = scaled_by_powers_of_two(model, xp, shifts)
+    res = certify(scaled, points, labels, eps, mode="sound", n_iters=N_ITERS, seed=case["seed"],
+                  batch_size=len(points), pgd_steps=0)
+    check_against_grid(res, twin, xp, points, labels, eps, "float64", "sound")
