@@ -72,9 +72,9 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
       upper (B,): sqrt((max(theta, estimate^2) + delta) (1 + rho) / (1 - eps)), theta the
         largest Ritz value, eps from `kw_relative_error`, rho = sqrt(machine epsilon) a
         floating-point allowance, delta = 2 (n + m)^2 eta one for underflow (m the output
-        size, eta the smallest subnormal); +inf where the bound is vacuous (eps >= 1), where v0 is zero, where the
-        computation is not finite, or where it cannot beat stop_above -- the caller then
-        falls back to another bound.
+        size, eta the smallest subnormal); +inf where the bound is vacuous (eps >= 1),
+        where v0 is zero, where the computation is not finite, or where it cannot beat
+        stop_above -- the caller then falls back to another bound.
       estimate (B,): ||A v||, a lower estimate of ||A||_2 (like power iteration's sigma).
       v (B, ...): the unit Ritz vector of theta (a good warm start for power iteration).
     """

@@ -16,6 +16,7 @@ from ..backend import namespace
 from ..kernels import pick
 from ..primitives import primitive
 from ..tape import value_of
+from .spectral import scaled_l2_norm
 
 
 def one_hot(labels, n_classes, dtype):
@@ -29,18 +30,6 @@ def class_differences(weight, onehot):
     n, d = w_y.shape
     k = weight.shape[0]
     return P.subtract(P.reshape(weight, (1, k, d)), P.reshape(w_y, (n, 1, d)))
-
-
-def scaled_l2_norm(x, axis):
-    """The l2 norm over `axis` (an int) of an array or Var, each row's largest |entry| s
-    scaled out first, s ||x / s||, so that no square underflows or overflows (differences
-    of 1e-170 in float64, of 1e-23 in float32). s carries no gradient: s ||x / s|| is ||x||
-    as a function, so the gradient is the same."""
-    xv = value_of(x)
-    xp = namespace(xv)
-    scale = xp.max(xp.abs(xv), axis=axis, keepdims=True)
-    safe = xp.where(scale > 0, scale, xp.ones_like(scale))  # a zero row stays zero
-    return P.multiply(P.l2_norm(P.divide(x, safe), axis, False), xp.squeeze(safe, axis=axis))
 
 
 def difference_norms(diff):

@@ -86,7 +86,7 @@ def norm_on_tape(layer, weight, v, row_mask, col_mask):
     if row_mask is not None:
         out = out * row_mask
     flat = P.reshape(out, (v.shape[0], -1))
-    return P.l2_norm(flat, 1, False)
+    return spectral.scaled_l2_norm(flat, 1)
 
 
 def _no_entry_left(row_mask, col_mask):
