@@ -83,7 +83,7 @@ class Chain:
         (radius c)^2 2 <= margin^2, with a positive margin."""
         c, _ = self.slope_and_offsets()
         m = self.margin(x)
-        return m > 0 and (Fraction(float(radius)) * c) ** 2 * 2 <= m * m
+        return m > 0 and math.isfinite(radius) and (Fraction(float(radius)) * c) ** 2 * 2 <= m * m
 
     def exact_radius(self, x):
         """margin / (c sqrt(2)) as a float (to rounding; `radius_at_most_exact` is exact)."""
