@@ -20,8 +20,15 @@ from .backend import host, namespace, to_host
 from .bounds import MODES, global_norms, network_bounds, sound_global_norms
 from .bounds import margins as M
 from .bounds.certificates import GRAM_LIMIT
-from .bounds.rounding import last_layer_gamma as _gamma
-from .bounds.rounding import logit_slack, margin_slack, support_radius
+from .bounds.rounding import (
+    below,
+    forward_error_norm,
+    logit_slack,
+    margin_slack,
+    norm_upper,
+    product_upper,
+    support_radius,
+)
 from .config import FLOAT_DTYPES, setting
 from .data.batches import batches
 from .errors import InputError
@@ -122,22 +129,29 @@ class Certification:
 
 def gloro_radius(logits, last_weight, onehot, lipschitz, gap_slack=None, forward_norm=None):
     """min_j (z_y - z_j) / (L ||w_y - w_j||) per sample (0 where the prediction is wrong), a
-    little below it, since a tie is never certified. Sound mode: the gap is reduced by the
-    logits' rounding (`gap_slack`, per sample) and by ||w_y - w_j|| ||forward error||, and
-    the norms are rounded up."""
+    little below it, since a tie is never certified; never NaN. The norms are scaled (no
+    square underflows or overflows) and the product L ||w_y - w_j|| is rounded up, so it is
+    0 only where a factor is (then the margin never moves: radius +inf if it is positive).
+    Sound mode (gap_slack given): the gap is reduced by the logits' rounding (`gap_slack`, per
+    sample) and by ||w_y - w_j|| ||forward error|| (forward_norm), and the norms are upper
+    bounds (`rounding.norm_upper`)."""
     xp = namespace(logits)
     diff = M.class_differences(last_weight, onehot)  # (N, K, D) w_j - w_y
-    norms = xp.sqrt(xp.sum(diff * diff, axis=2))
     z_y = xp.sum(logits * onehot, axis=1)
     gap = z_y[:, None] - logits
     if gap_slack is not None:
-        norms = norms * (1 + _gamma(last_weight.shape[1]))
-        gap = gap - gap_slack[:, None] - norms * forward_norm[:, None]
-    denom = norms * lipschitz[:, None]
-    ratio = xp.where((onehot > 0) | (denom <= 0), xp.full_like(gap, xp.inf),
-                     gap / xp.where(denom > 0, denom, xp.ones_like(denom)) * (1 - 2.0 ** -48))
-    ratio = xp.where((onehot == 0) & (denom <= 0) & (gap <= 0), xp.zeros_like(gap), ratio)
-    return xp.maximum(xp.min(ratio, axis=1), xp.zeros_like(z_y))
+        norms = norm_upper(diff, axis=2, entry_roundings=1)
+        gap = gap - gap_slack[:, None] - product_upper(norms, forward_norm[:, None])
+    else:
+        norms = M.difference_norms(diff)
+    denom = product_upper(norms, lipschitz[:, None])
+    unbounded = xp.full_like(gap, xp.inf)
+    ratio = below(gap / xp.where(denom == 0, xp.ones_like(denom), denom) * (1 - 2.0 ** -48))
+    ratio = xp.where(denom == 0, unbounded, ratio)  # the margin never moves
+    ratio = xp.where(gap > 0, ratio, xp.zeros_like(gap))  # wrong or tied; also -inf over inf
+    ratio = xp.where(onehot > 0, unbounded, ratio)
+    radius = xp.min(ratio, axis=1)
+    return xp.where(radius > 0, radius, xp.zeros_like(radius))  # a NaN (overflowed weights) gives 0
 
 
 def certify_bounds(bounds, last_weight, last_bias, onehot, eps, mode, cap_at_eps):
@@ -152,7 +166,7 @@ def certify_bounds(bounds, last_weight, last_bias, onehot, eps, mode, cap_at_eps
     sound = mode == "sound"
     slack = margin_slack(bounds, last_weight, last_bias) if sound else 0.0
     cert = M.certified(worst, bounds.logits, onehot, slack)
-    forward_norm = radius - bounds.radius if sound else None
+    forward_norm = forward_error_norm(bounds) if sound else None
     gap_slack = logit_slack(bounds, last_weight, last_bias) if sound else None
     r = gloro_radius(bounds.logits, last_weight, onehot, bounds.lipschitz, gap_slack, forward_norm)
     if cap_at_eps:

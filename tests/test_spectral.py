@@ -114,7 +114,8 @@ def test_zero_operator_and_zero_start_give_no_nan(xp):
 
     upper, estimate, v = L.lanczos_upper_bound(apply, apply_adjoint, xp.asarray(v0), 4, 1e-6)
     up = to_numpy(upper)
-    assert up[0] == 0.0 and to_numpy(estimate)[0] == 0.0, "zero operator: bound 0"
+    # zero operator: the bound is Lanczos' absolute allowance for underflow, sqrt(2 (n + m)^2 eta)
+    assert 0.0 <= up[0] <= 1e-150 and to_numpy(estimate)[0] == 0.0, "zero operator: bound about 0"
     assert up[1] == math.inf, "zero start vector: no guarantee, +inf"
     assert numpy.isfinite(up[2]) and up[2] >= exact[2]
     assert numpy.all(numpy.isfinite(to_numpy(v)))

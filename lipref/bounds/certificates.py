@@ -16,7 +16,7 @@ from ..layers import Linear
 from ..shapes import conv_output_hw
 from .interval import check_model
 from .lanczos import lanczos_upper_bound
-from .rounding import gamma, unit_roundoff
+from .rounding import above, gamma, norm_upper, product_upper, underflow_allowance, unit_roundoff
 from .spectral import _eigh, _safe, _transpose, norms
 
 # ---------------------------------------------------------------- dense matrices
@@ -33,7 +33,8 @@ def dense_spectral_norm_upper(matrices):
     Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
     the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
     ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
-    rounding of M / s. Returns (B,), 0 for zero matrices. See docs/soundness.md.
+    rounding of M / s (with underflow too: F' >= 1), the last product rounded up
+    (`rounding.product_upper`). Returns (B,), 0 for zero matrices. See docs/soundness.md.
     """
     xp = namespace(matrices)
     if matrices.ndim != 3:
@@ -53,7 +54,7 @@ def dense_spectral_norm_upper(matrices):
     margin = (2 * g_q + gamma(8 * p * p, u) * (1 + g_q)) * frob_sq
     bound_sq = xp.maximum(lam, xp.zeros_like(lam)) + margin
     bound = xp.sqrt(bound_sq) * (1 + 8 * u) + 2 * u * xp.sqrt(frob_sq)
-    return scale * bound * (1 + 2 * u)
+    return product_upper(scale, bound * (1 + 2 * u))  # rounded up: a subnormal scale too
 
 
 def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
@@ -212,12 +213,15 @@ def circulant_norm_upper(weight, grid_hw):
     # DFT rounding: each table entry is off by at most tau = 32u (angle 2 pi m / N with
     # relative error gamma_3, plus the cos/sin library error); each entry of Re and Im is
     # then off by at most eps_dft * S[o, c], S = sum_ab |w_ocab|, so
-    # ||K(f) - fl(K(f))||_2 <= sqrt(2) eps_dft ||S||_F.
+    # ||K(f) - fl(K(f))||_2 <= sqrt(2) eps_dft ||S||_F (a norm free of underflow); underflow
+    # adds at most kw (kh + 1) eta to each entry of Re and Im (two stages of kh and kw
+    # products), 2 sqrt(O C) kw (kh + 1) eta to the real form's 2-norm
     tau = 32 * u
     eps_dft = 2 * gamma(kh + kw + 1, u) + 3 * tau
-    s_abs = xp.sum(xp.abs(weight), axis=(2, 3))
-    s_frob = xp.sqrt(xp.sum(s_abs * s_abs)) * (1 + gamma(o * c * (kh * kw + 1) + 2, u))
-    bound = (best + math.sqrt(2) * eps_dft * s_frob) * (1 + 4 * u)
+    s_abs = xp.reshape(xp.sum(xp.abs(weight), axis=(2, 3)), (1, o * c))
+    s_frob = norm_upper(s_abs, axis=1, entry_roundings=kh * kw)[0]
+    underflow = underflow_allowance(2 * math.sqrt(o * c) * kw * (kh + 1), xp, dtype)
+    bound = above((best + math.sqrt(2) * eps_dft * s_frob + underflow) * (1 + 4 * u))
     return xp.astype(bound, dtype)
 
 
@@ -245,9 +249,10 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
     Accuracy and Stability, Thm 10.3; any order of summation), so
     lambda_min(C) >= -gamma_(p+1) tr(C) / (1 - gamma_(p+1)), and
         ||A||_2^2 <= mu + gamma_(p+1) tr|C| / (1 - gamma_(p+1)) + 2u max|C_ii|
-                     + gamma_depth abs_norm_upper^2 + 4 (2 (p + 1) + max|C_ii|) eta
-    (the shift's rounding, the Gram's rounding, and Rump's 2006 allowance for underflow,
-    eta the smallest subnormal). Margins are tried in order (a failed Cholesky costs one
+                     + gamma_depth abs_norm_upper^2 + 4 (2 (p + 1) + max|C_ii|) eta + p depth eta
+    (the shift's rounding, the Gram's rounding, Rump's 2006 allowance for underflow in the
+    factorisation, eta the smallest subnormal, and the Gram entries' underflow: depth
+    products of at most eta / 2 each, p entries to a row). Margins are tried in order (a failed Cholesky costs one
     factorisation); if none succeeds the result is +inf.
 
     Returns (upper, estimate): 0-d arrays, estimate = sqrt(theta) (a lower estimate).
@@ -274,7 +279,10 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
         diag = xp.abs(xp.linalg.diagonal(shifted))
         trace = float(xp.sum(diag)) * (1 + gamma(p, u))
         cmax = float(xp.max(diag))
-        total = mu + g * trace / (1 - g) + 2 * u * cmax + rounding_gram + 4 * (2 * (p + 1) + cmax) * eta
+        # the last two terms: Rump's allowance for underflow in the Cholesky factorisation, and
+        # the Gram matrix's own underflow (each entry a dot product of depth terms)
+        total = (mu + g * trace / (1 - g) + 2 * u * cmax + rounding_gram + 4 * (2 * (p + 1) + cmax) * eta
+                 + p * depth * eta)
         upper = math.sqrt(total * (1 + 8 * u)) * (1 + 2 * u)
         return xp.asarray(upper, dtype=dtype), estimate
     return xp.asarray(math.inf, dtype=dtype), estimate

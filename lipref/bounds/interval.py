@@ -41,11 +41,27 @@ def affine_adjoint(layer, u, weight):
 
 def weight_forms(params):
     """The forms of an affine layer's weight W that the bounds use: {"half": W / 2,
-    "abs_half": |W| / 2, "square": W * W} (arrays or tape Vars, as params are). A caller
-    that bounds many blocks of samples computes them once, not per block (three passes
-    over the weight)."""
-    half = P.multiply(params["weight"], 0.5)
-    return {"half": half, "abs_half": P.abs(half), "square": P.square(params["weight"])}
+    "abs_half": |W| / 2, "square": (W / s)^2 and "row_scale": s} (arrays or tape Vars, as
+    params are), s the largest |weight| of each output (`row_scales`), so that no square of
+    a row norm underflows or overflows. A caller that bounds many blocks of samples computes
+    them once, not per block (a few passes over the weight)."""
+    w = params["weight"]
+    ndim = value_of(w).ndim
+    scale = row_scales(value_of(w))
+    xp = namespace(scale)
+    half = P.multiply(w, 0.5)
+    safe = xp.where(scale > 0, scale, xp.ones_like(scale))  # a zero row stays zero
+    scaled = P.divide(w, xp.reshape(safe, (scale.shape[0],) + (1,) * (ndim - 1)))
+    # shaped like one sample's output: (O,) for a dense layer, (O, 1, 1) for a conv layer
+    row_scale = xp.reshape(scale, (scale.shape[0],) + (1,) * (ndim - 2))
+    return {"half": half, "abs_half": P.abs(half), "square": P.square(scaled), "row_scale": row_scale}
+
+
+def row_scales(weight):
+    """Per output (first axis), the largest |weight| (arrays, no gradient: s ||row / s|| is
+    ||row|| as a function, so the gradient is the same)."""
+    xp = namespace(weight)
+    return xp.max(xp.abs(xp.reshape(weight, (weight.shape[0], -1))), axis=1)
 
 
 def affine_interval(layer, forms, bias, lower, upper):
@@ -54,7 +70,8 @@ def affine_interval(layer, forms, bias, lower, upper):
     # P.* rather than operators: either side may be a plain array while the other is a Var
     # centre W (u + l) / 2 + b and radius |W| (u - l) / 2, with the halves taken on the
     # weights (a few numbers) instead of on the box (two passes over it): halving is exact
-    # in binary floating point, so every product, and so the result, is the same bitwise
+    # in binary floating point (but for weights below twice the smallest normal, which
+    # rounding.affine_rounding_slack covers), so every product, and the result, is the same bitwise
     out_mid = affine(layer, P.add(upper, lower), forms["half"], bias)
     out_rad = affine(layer, P.subtract(upper, lower), forms["abs_half"], None)
     return P.subtract(out_mid, out_rad), P.add(out_mid, out_rad)
@@ -66,10 +83,17 @@ def row_norms(layer, forms, input_mask):
     computed once, (1, ...) (they broadcast against the batch).
 
     For a conv layer this is the norm over the receptive field actually inside the image:
-    conv2d of the mask with the squared kernel, so zero padding is counted exactly."""
+    conv2d of the mask with the squared kernel, so zero padding is counted exactly. The
+    squares are of the rows scaled by their largest entry (`weight_forms`), s sqrt(sum
+    (w / s)^2): weights of 1e-170 (float64) or 1e-23 (float32) keep their norm."""
+    return P.multiply(P.sqrt(row_square_sums(layer, forms, input_mask)), forms["row_scale"])
+
+
+def row_square_sums(layer, forms, input_mask):
+    """Per sample and output, sum over the inputs that can move of (w / s)^2 (`row_norms`)."""
     if input_mask is None:
         input_mask = _constant_input(layer, forms, 1.0)
-    return P.sqrt(affine(layer, input_mask, forms["square"], None))
+    return affine(layer, input_mask, forms["square"], None)
 
 
 def uniform_box_interval(layer, forms, center, box_radius, ball_radius, norms):

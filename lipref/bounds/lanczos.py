@@ -8,7 +8,7 @@ docs/soundness.md ("Spectral norms").
 import math
 
 from ..backend import namespace
-from .rounding import unit_roundoff
+from .rounding import underflow_allowance, unit_roundoff
 from .spectral import _eigh, _flat, _normalise, _sample_dim, _transpose, norms
 
 # Kuczynski & Wozniakowski (1992), Lanczos with a random start on an n x n symmetric
@@ -69,11 +69,12 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
     holds for all samples, the iteration stops early, and such samples get +inf.
 
     Returns (upper, estimate, v):
-      upper (B,): sqrt(max(theta, estimate^2) (1 + rho) / (1 - eps)), theta the largest
-        Ritz value, eps from `kw_relative_error`, rho = sqrt(machine epsilon) a floating-point
-        allowance; +inf where the bound is vacuous (eps >= 1), where v0 is zero, where the
-        computation is not finite, or where it cannot beat stop_above -- the caller then
-        falls back to another bound.
+      upper (B,): sqrt((max(theta, estimate^2) + delta) (1 + rho) / (1 - eps)), theta the
+        largest Ritz value, eps from `kw_relative_error`, rho = sqrt(machine epsilon) a
+        floating-point allowance, delta = 2 (n + m)^2 eta one for underflow (m the output
+        size, eta the smallest subnormal); +inf where the bound is vacuous (eps >= 1),
+        where v0 is zero, where the computation is not finite, or where it cannot beat
+        stop_above -- the caller then falls back to another bound.
       estimate (B,): ||A v||, a lower estimate of ||A||_2 (like power iteration's sigma).
       v (B, ...): the unit Ritz vector of theta (a good warm start for power iteration).
     """
@@ -97,9 +98,12 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
     x = xp.matmul(y[:, None, :], basis[:, :steps, :])[:, 0, :]
     v, _ = _normalise(x)
     v = xp.reshape(v, shape)
-    estimate = norms(apply(v))
+    image = apply(v)
+    estimate = norms(image)
 
     lam = xp.maximum(xp.maximum(theta, estimate * estimate), xp.zeros_like(theta))
+    # underflow in the products with A and A^T: an absolute allowance (see docs)
+    lam = lam + underflow_allowance(2 * (n + _sample_dim(image)) ** 2, xp, v0.dtype)
     inf = xp.full_like(theta, math.inf)
     if eps >= 1.0:
         return inf, estimate, v

@@ -16,6 +16,7 @@ from ..backend import namespace
 from ..kernels import pick
 from ..primitives import primitive
 from ..tape import value_of
+from .spectral import scaled_l2_norm
 
 
 def one_hot(labels, n_classes, dtype):
@@ -31,9 +32,14 @@ def class_differences(weight, onehot):
     return P.subtract(P.reshape(weight, (1, k, d)), P.reshape(w_y, (n, 1, d)))
 
 
+def difference_norms(diff):
+    """||w_j - w_y|| (N, K) from `class_differences` (N, K, D), scaled (`scaled_l2_norm`)."""
+    return scaled_l2_norm(diff, 2)
+
+
 def gloro_worst_logits(logits, last_weight, onehot, radius):
     """z_j + R ||w_j - w_y|| for j != y, z_y at y."""
-    diff_norms = P.l2_norm(class_differences(last_weight, onehot), 2, False)  # (N, K)
+    diff_norms = difference_norms(class_differences(last_weight, onehot))  # (N, K)
     r = P.reshape(radius, (radius.shape[0], 1))
     return P.add(logits, P.multiply(diff_norms, r))  # zero at j = y
 
@@ -163,7 +169,7 @@ def bcp_worst_logits(logits, last_weight, onehot, radius, penultimate, lower, up
     support = ball_box_maximum(c, lo_k, hi_k, r)
     # the ball alone gives R ||c|| (GloRo); the support is never above it but for rounding,
     # and the minimum makes BCP never looser than GloRo exactly
-    ball_only = P.multiply(P.l2_norm(c, 1, False), r)
+    ball_only = P.multiply(scaled_l2_norm(c, 1), r)
     return P.add(logits, P.reshape(P.minimum(support, ball_only), (n, k)))
 
 

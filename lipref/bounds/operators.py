@@ -86,7 +86,17 @@ def norm_on_tape(layer, weight, v, row_mask, col_mask):
     if row_mask is not None:
         out = out * row_mask
     flat = P.reshape(out, (v.shape[0], -1))
-    return P.l2_norm(flat, 1, False)
+    return spectral.scaled_l2_norm(flat, 1)
+
+
+def _no_entry_left(row_mask, col_mask):
+    """Per sample, is every row or every column masked out (the operator is exactly 0: its
+    norm is 0, not Lanczos' absolute allowance for underflow)?"""
+    xp = namespace(row_mask)
+    empty = xp.all(xp.reshape(row_mask == 0, (row_mask.shape[0], -1)), axis=1)
+    if col_mask is not None:
+        empty = empty | xp.all(xp.reshape(col_mask == 0, (col_mask.shape[0], -1)), axis=1)
+    return empty
 
 
 def local_norm(layer, w, row_mask, col_mask, options, v0, global_norm, grid):
@@ -102,7 +112,7 @@ def local_norm(layer, w, row_mask, col_mask, options, v0, global_norm, grid):
         # stops early (upper = +inf) where the bound cannot beat the deterministic global norm
         upper, _, v = lanczos_upper_bound(apply, apply_adjoint, v0, options.n_iters, options.failure_prob,
                                           stop_above=global_norm)
-        return xp.minimum(upper, global_norm), v
+        return xp.where(_no_entry_left(row_mask, col_mask), 0.0, xp.minimum(upper, global_norm)), v
     sigma, v = masked_power_iteration(layer, wv, row_mask, col_mask, v0, options.n_iters, grid, not options.record)
     if options.record:
         sigma = norm_on_tape(layer, w, v, row_mask, col_mask)

@@ -1,19 +1,32 @@
 """Every rounding allowance of the sound bounds, in one place (docs/soundness.md cites these).
 
-The standard model of IEEE arithmetic in round-to-nearest: |fl(x op y) - (x op y)| <= u |x op y|
-with u the unit roundoff, and k successive roundings stay within gamma_k = k u / (1 - k u)
-(Higham, Accuracy and Stability, Lemma 3.1). Every sound bound widens its result by one of
-the terms below; none of them assumes more than that model (no overflow, no fused or
-reduced-precision products).
+The standard model of IEEE arithmetic in round-to-nearest with gradual underflow (Higham,
+Accuracy and Stability, 2nd ed., Sections 2.1-2.2): fl(x op y) = (x op y)(1 + d) + e with
+|d| <= u, the unit roundoff, and |e| <= eta / 2, eta the smallest subnormal (d e = 0; for
++ and - e = 0: a sum that underflows is exact). k successive relative roundings stay within
+gamma_k = k u / (1 - k u) (Lemma 3.1); a dot product of k terms, in any summation order and
+with or without fused multiply-adds, is within gamma_k |x|.|y| + k eta / 2 of the exact one
+(each of its at most k products, or fused products, rounds once with |e| <= eta / 2, and
+the additions add no absolute error). Every sound bound widens its result by one of the
+terms below: a relative one and, for underflow, an absolute one (`underflow_allowance`).
+None assumes more than that model (no overflow, no reduced-precision products).
 """
+import math
+
 from ..backend import namespace
 from ..tape import value_of
-from .interval import affine
+from .interval import affine, row_square_sums
 
 
 def unit_roundoff(xp, dtype):
-    """u = eps / 2: |fl(x op y) - (x op y)| <= u |x op y| in round-to-nearest."""
+    """u = eps / 2: |fl(x op y) - (x op y)| <= u |x op y| in round-to-nearest (normal range)."""
     return float(xp.finfo(dtype).eps) / 2
+
+
+def smallest_subnormal(xp, dtype):
+    """eta: the smallest positive subnormal (2^-1074 in float64, 2^-149 in float32)."""
+    info = xp.finfo(dtype)
+    return float(info.smallest_normal) * float(info.eps)
 
 
 def gamma(k, u):
@@ -24,29 +37,138 @@ def gamma(k, u):
     return ku / (1 - ku)
 
 
+def underflow_allowance(k, xp, dtype):
+    """The absolute error gradual underflow adds to k roundings: k eta, twice the k eta / 2
+    they can lose, so that the arithmetic that carries the term has room to spare. k may be
+    a number or an array (counts per output)."""
+    return k * smallest_subnormal(xp, dtype)
+
+
+# ---------------------------------------------------------------- rounding upwards
+
+def above(x):
+    """The next float above x (arrays): if x = fl(y) is ONE rounding to nearest of a real
+    y, then y < above(x), whatever the binade, and also where y underflowed (x = 0 gives
+    eta). The building block of every upper bound below."""
+    xp = namespace(x)
+    return xp.nextafter(x, xp.full_like(x, math.inf))
+
+
+def below(x):
+    """The next float below x: if x = fl(y) is one rounding to nearest of y, y > below(x)."""
+    xp = namespace(x)
+    return xp.nextafter(x, xp.full_like(x, -math.inf))
+
+
+def product_upper(a, b):
+    """An upper bound on the exact product a b of nonnegative arrays (or a Python float b):
+    `above`(fl(a b)), so that a product of nonzero factors never underflows to 0 nor rounds
+    below the exact one (the running Lipschitz bound, the radii eps L, the global product);
+    exactly 0 where a factor is 0. An overflow gives inf, which the walk refuses."""
+    xp = namespace(a)
+    b = xp.asarray(b, dtype=a.dtype) if isinstance(b, (int, float)) else b
+    product = a * b
+    zero = (a == 0) | (b == 0)
+    return xp.where(zero, xp.zeros_like(product), above(product))
+
+
+def scaled_norm_upper(scale, sums, n, entry_roundings=0):
+    """An upper bound on s sqrt(T), the exact l2 norm of a vector x with s = max |x_i| (the
+    scale) and T = sum_i (x_i / s)^2, from sums = fl(sum_i fl(fl(x_i / s)^2)) over n terms
+    (terms with a factor 0/1, such as a mask, are exact and may be left out or in).
+
+    With underflow each scaled square is within (1 + u)^3 of the exact one up to 2 eta
+    (|x_i / s| <= 1), and the sum of n nonnegative terms loses at most gamma_(n-1), so
+    T <= sums (1 + gamma_(2n+2)) + 3 n eta. entry_roundings = r when every x_i is itself
+    within r relative roundings of the exact entry (e.g. r = 1 for a difference w_j - w_y):
+    a factor (1 + gamma_(2r)) more. Then each step is one rounding followed by `above`:
+    A = above(sums c) with c = 1 + gamma_(2n+2r+4) (>= 1 + gamma_(2n+2r+2) once rounded to
+    the dtype), B = above(A + 3 n eta), C = above(sqrt(B)), s C rounded up. 0 where s = 0."""
+    xp = namespace(sums)
+    u = unit_roundoff(xp, sums.dtype)
+    grown = above(sums * (1 + gamma(2 * n + 2 * entry_roundings + 4, u)))
+    padded = above(grown + 3 * underflow_allowance(n, xp, sums.dtype))
+    return product_upper(scale, above(xp.sqrt(padded)))
+
+
+def norm_upper(x, axis=-1, entry_roundings=0):
+    """An upper bound on the exact l2 norm of x over `axis` (an int), free of overflow and
+    underflow: the largest |entry| scaled out first, then `scaled_norm_upper`."""
+    xp = namespace(x)
+    scale = xp.max(xp.abs(x), axis=axis, keepdims=True)
+    scaled = x / xp.where(scale > 0, scale, xp.ones_like(scale))
+    sums = xp.sum(scaled * scaled, axis=axis)
+    return scaled_norm_upper(xp.squeeze(scale, axis=axis), sums, x.shape[axis], entry_roundings)
+
+
+def row_norms_upper(layer, forms, input_mask):
+    """Sound mode's `interval.row_norms`: an upper bound on each output's weight norm over
+    the inputs that can move, from the same scaled sums of squares (`scaled_norm_upper`)."""
+    sums = row_square_sums(layer, forms, input_mask)
+    return scaled_norm_upper(forms["row_scale"], sums, _fan_in(value_of(forms["square"])))
+
+
+def _fan_in(weight):
+    """Terms per output of an affine layer: in_features, or C kh kw for a conv kernel."""
+    return math.prod(weight.shape[1:])
+
+
+def _count_per_output(layer, chosen, dtype):
+    """Per output, how many of its weights are `chosen` (a bool array shaped like the
+    weight), in dtype, shaped to broadcast against the layer's output (N, *out_shape)."""
+    xp = namespace(chosen)
+    count = xp.sum(xp.astype(chosen, dtype), axis=tuple(range(1, chosen.ndim)))
+    return xp.reshape(count, (count.shape[0],) + (1,) * (len(layer.out_shape) - 1))
+
+
+def _nonzero_per_output(layer, weight):
+    """Per output, its nonzero weights (a zero weight's product is exact, with no underflow)."""
+    return _count_per_output(layer, weight != 0, weight.dtype)
+
+
+def _inexact_halves_per_output(layer, weight):
+    """Per output, its weights whose half may round: 0 < |w| < 2 (smallest normal), where
+    w / 2 is subnormal (elsewhere halving is exact)."""
+    xp = namespace(weight)
+    magnitude = xp.abs(weight)
+    tiny = float(xp.finfo(weight.dtype).smallest_normal)
+    return _count_per_output(layer, (magnitude > 0) & (magnitude < 2 * tiny), weight.dtype)
+
+
+def _per_sample_max(a):
+    """max over every axis but the first, shaped (N, 1, ..., 1)."""
+    xp = namespace(a)
+    return xp.max(a, axis=tuple(range(1, a.ndim)), keepdims=True)
+
+
 # ---------------------------------------------------------------- the walk (bounds/walk.py)
 
 def affine_rounding_slack(layer, params, lower, upper, xp):
     """A bound on the floating-point error of the affine layer's interval computation
-    (sound mode): 2 gamma_(n+4) (|W| max(|lower|, |upper|) + |b|), n the fan-in."""
+    (sound mode), per output: 2 gamma_(n+4) (|W| max(|lower|, |upper|) + |b|), n the fan-in,
+    plus 4 eta (k + k' M) for underflow: the centre's and the radius's products each lose at
+    most eta / 2 (k: the output's nonzero weights), and the forms W / 2 and |W| / 2 of a
+    weight below twice the smallest normal may be off by eta / 2 (k' such weights), which
+    the box's entries multiply by at most M, the sample's largest max(|lower|, |upper|)."""
     wv = value_of(params["weight"])
-    fan_in = 1
-    for d in wv.shape[1:]:
-        fan_in *= d
-    g = gamma(fan_in + 4, unit_roundoff(xp, wv.dtype))
+    g = gamma(_fan_in(wv) + 4, unit_roundoff(xp, wv.dtype))
     lo, up = value_of(lower), value_of(upper)
     mag = xp.maximum(xp.abs(lo), xp.abs(up))
     total = value_of(affine(layer, mag, xp.abs(wv), xp.abs(value_of(params["bias"]))))
-    return 2 * g * total
+    # (M capped at the largest float: 0 such weights times an overflowed box is 0, not NaN)
+    largest = xp.minimum(_per_sample_max(mag), float(xp.finfo(wv.dtype).max))
+    products = _nonzero_per_output(layer, wv) + _inexact_halves_per_output(layer, wv) * largest
+    return 2 * g * total + 4 * underflow_allowance(products, xp, wv.dtype)
 
 
 def affine_forward_error(layer, params, error_in, slack, xp):
     """Sound mode: a bound on |z - exact z| per output of an affine layer, where z = fl(W h +
-    b) and h is within error_in of the exact h: |W| error_in (doubled for its own rounding)
-    plus the interval slack, which bounds the rounding of W h + b (|h| is within the box)."""
+    b) and h is within error_in of the exact h: |W| error_in (doubled for its own rounding,
+    plus k eta for its k products' underflow, k the output's nonzero weights) plus the
+    interval slack, which bounds the rounding of W h + b (|h| is within the box)."""
     wv = value_of(params["weight"])
     propagated = value_of(affine(layer, error_in, xp.abs(wv), None))
-    return 2 * propagated + slack
+    return 2 * propagated + slack + underflow_allowance(_nonzero_per_output(layer, wv), xp, wv.dtype)
 
 
 def activation_forward_error(is_maxmin, error_in, xp):
@@ -68,31 +190,38 @@ def last_layer_gamma(fan_in):
     return gamma(fan_in + 10, 2.0 ** -53)
 
 
+def forward_error_norm(bounds):
+    """Sound mode: an upper bound on ||penultimate - exact penultimate|| per sample (N,)."""
+    return norm_upper(bounds.forward_error, axis=1)
+
+
 def support_radius(bounds):
     """The radius of the ball that holds h(x') - h for every x' of the eps-ball: R, and in
-    sound mode R + ||forward error|| (h is the computed penultimate, not the exact one)."""
+    sound mode R + ||forward error|| rounded up (h is the computed penultimate, not the
+    exact one)."""
     if bounds.forward_error is None:
         return bounds.radius
-    xp = namespace(bounds.forward_error)
-    return bounds.radius + xp.sqrt(xp.sum(bounds.forward_error * bounds.forward_error, axis=1))
+    return above(bounds.radius + forward_error_norm(bounds))
 
 
 def logit_slack(bounds, last_weight, last_bias):
     """Sound mode: a bound on the rounding of the logits and of their differences at h,
-    per sample: 4 gamma max_j (|W||h| + |b|)_j, gamma = `last_layer_gamma`(D)."""
+    per sample: 4 gamma max_j (|W||h| + |b|)_j + 4 D eta, gamma = `last_layer_gamma`(D)
+    (each logit's D products lose at most D eta / 2 to underflow)."""
     xp = namespace(last_weight)
     h = bounds.penultimate
     logit_mag = xp.max(xp.abs(h) @ xp.matrix_transpose(xp.abs(last_weight)) + xp.abs(last_bias)[None, :], axis=1)
-    return 4 * last_layer_gamma(last_weight.shape[1]) * logit_mag
+    dim = last_weight.shape[1]
+    return 4 * last_layer_gamma(dim) * logit_mag + 4 * underflow_allowance(dim, xp, last_weight.dtype)
 
 
 def margin_slack(bounds, last_weight, last_bias):
     """Sound mode: a bound on the rounding error of the last layer and the margin arithmetic
     (float64), per sample: `logit_slack` + 4 gamma max_j ||w_j - w_y|| (R + ||u - l||), which
-    covers the worst-case translation's rounding. See docs/soundness.md for what it covers."""
+    covers the worst-case translation's rounding (the norms are upper bounds, free of
+    underflow). See docs/soundness.md for what it covers."""
     xp = namespace(last_weight)
-    row_norms = xp.sqrt(xp.sum(last_weight * last_weight, axis=1))
-    widest = 2 * xp.max(row_norms)
-    box = xp.sqrt(xp.sum((bounds.upper - bounds.lower) ** 2, axis=1))
+    widest = 2 * xp.max(norm_upper(last_weight, axis=1))
+    box = norm_upper(bounds.upper - bounds.lower, axis=1, entry_roundings=1)
     support = 4 * last_layer_gamma(last_weight.shape[1]) * widest * (support_radius(bounds) + box)
     return logit_slack(bounds, last_weight, last_bias) + support

@@ -12,8 +12,10 @@ guarantee of being close; the returned v warm-starts the next call (docs/soundne
 """
 import math
 
+from .. import primitives as P
 from ..backend import namespace
 from ..kernels import pick
+from ..tape import value_of
 
 # ---------------------------------------------------------------- per-sample norms
 
@@ -38,6 +40,18 @@ def scaled_norms(x):
     scale = xp.max(xp.abs(x), axis=axes)
     scaled = x / _per_sample(_safe(scale), x)
     return scale * xp.sqrt(xp.sum(scaled * scaled, axis=axes))
+
+
+def scaled_l2_norm(x, axis):
+    """The l2 norm over `axis` (an int) of an array or Var, each row's largest |entry| s
+    scaled out first, s ||x / s||, so that no square underflows or overflows (entries of
+    1e-170 in float64, of 1e-23 in float32). s carries no gradient: s ||x / s|| is ||x|| as
+    a function, so the gradient is the same."""
+    xv = value_of(x)
+    xp = namespace(xv)
+    scale = xp.max(xp.abs(xv), axis=axis, keepdims=True)
+    safe = xp.where(scale > 0, scale, xp.ones_like(scale))  # a zero row stays zero
+    return P.multiply(P.l2_norm(P.divide(x, safe), axis, False), xp.squeeze(safe, axis=axis))
 
 
 def norms(x):

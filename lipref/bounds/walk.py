@@ -40,7 +40,13 @@ from .interval import (
 )
 from .masks import activation_masks, constant_fraction
 from .operators import conv_kernel_operator, local_norm, masked_power_iteration, norm_on_tape
-from .rounding import activation_forward_error, affine_forward_error, affine_rounding_slack
+from .rounding import (
+    activation_forward_error,
+    affine_forward_error,
+    affine_rounding_slack,
+    product_upper,
+    row_norms_upper,
+)
 
 MODES = ("fast", "sound")
 BOUNDS = ("global", "local")
@@ -149,7 +155,7 @@ def bounds_with(options, model, x, eps, rng=None, local_vectors=None, global_vec
     _check_finite(result, eps, xv.dtype)
     glob = xp.ones((), dtype=xv.dtype)
     for g in gnorms:
-        glob = P.multiply(glob, g)
+        glob = product_upper(glob, g) if options.mode == "sound" else P.multiply(glob, g)
     result.global_lipschitz = glob
     result.global_norms = [value_of(g) for g in gnorms]
     result.global_vectors = gvectors
@@ -285,8 +291,7 @@ def walk(model, x, eps, options, starts, gnorms, prepared=None):
             if v is not None:
                 result.local_vectors[i] = v
             result.local_norms.append(value_of(sigma))
-            ball.lipschitz = P.multiply(ball.lipschitz, sigma)
-            ball.radius = P.multiply(ball.lipschitz, float(eps))
+            _grow(ball, sigma, eps, sound)
             if act is not None:
                 _through_activation(ball, act_index, act, act_params, masks, result)
         elif layer.is_activation:
@@ -303,6 +308,17 @@ def walk(model, x, eps, options, starts, gnorms, prepared=None):
     return result
 
 
+def _grow(ball, sigma, eps, sound):
+    """The running Lipschitz bound times the layer's norm, and the radius eps L; in sound
+    mode both rounded up, so that no product of nonzero norms underflows to 0."""
+    if sound:
+        ball.lipschitz = product_upper(ball.lipschitz, sigma)
+        ball.radius = product_upper(ball.lipschitz, float(eps))
+    else:
+        ball.lipschitz = P.multiply(ball.lipschitz, sigma)
+        ball.radius = P.multiply(ball.lipschitz, float(eps))
+
+
 def _through_affine(ball, layer, params, forms, sound):
     """The affine layer's output and its box: interval bounds intersected with ball bounds,
     widened in sound mode by the interval's rounding and the centre's forward error."""
@@ -311,7 +327,7 @@ def _through_affine(ball, layer, params, forms, sound):
     if sound:  # computed from this layer's input box, before the update
         slack = affine_rounding_slack(layer, params, ball.lower, ball.upper, xp)
         ball.forward_error = affine_forward_error(layer, params, ball.forward_error, slack, xp)
-    norms = row_norms(layer, forms, ball.in_mask)
+    norms = row_norms_upper(layer, forms, ball.in_mask) if sound else row_norms(layer, forms, ball.in_mask)
     if ball.box_radius is not None:
         lower, upper = uniform_box_interval(layer, forms, z, ball.box_radius, ball.radius, norms)
     else:
