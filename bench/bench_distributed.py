@@ -8,7 +8,7 @@ set-up, the cluster's start). The two must certify the same samples with the sam
 bit for bit (--samples files compared). Then, in this process, the parts of the scaling
 model T(N) = T_global_norms + shards / N * t_shard + shards * overhead:
 
-  - T_global_norms: `global_norms_once` (sound: the conv layers' Gram certificates);
+  - T_global_norms: `CertifyConfig.global_norms` (sound: the conv layers' Gram certificates);
   - t_shard: the seconds each shard took inside its worker (model load included once);
   - overhead per shard: the sharded run's wall time beyond shards / N * t_shard, per shard
     (the scheduler's round trip, sending a shard's images, imbalance at the end), and a
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import write_json  # noqa: E402
 from lipref import distributed  # noqa: E402
 from lipref.bounds.certificates import GRAM_LIMIT  # noqa: E402
-from lipref.certify import global_norms_once  # noqa: E402
+from lipref.certify import CertifyConfig  # noqa: E402
 from lipref.data import load_data  # noqa: E402
 from lipref.distributed.cluster import connected  # noqa: E402
 from lipref.inputs import load_model_and_data  # noqa: E402
@@ -106,7 +106,7 @@ def scaling_parts(model_path, data, args):
     model, dataset, compute = load_model_and_data(str(model_path), str(data), None, None, "numpy", "sound", "auto")
     options = distributed.ShardOptions("certify", 1.58, "sound", args.lanczos, batch_size, 0, "numpy", compute)
     start = time.perf_counter()
-    norms = global_norms_once(model, "sound", args.lanczos, 0, args.gram_limit)
+    norms = CertifyConfig(mode="sound", n_iters=args.lanczos, gram_limit=args.gram_limit).global_norms(model, 0)
     t_global = time.perf_counter() - start
     start = time.perf_counter()
     with connected(workers=workers) as client:

@@ -8,7 +8,7 @@ The work timed is one call of the local-bound walk on the 4c3f MNIST architectur
 bounds, masks, masked power iteration per sample and layer (n_iters steps, warm-started from
 the same given start vectors on both sides), the global norms, and the product of the norms.
 
-- lipref: `network_bounds(model, x, eps, bound="local", mode="fast", ...)`.
+- lipref: `network_bounds(model, x, eps, BoundOptions("local", "fast", n_iters), norms, ...)`.
 - torch: `lipref.reference.torch_reference.network_bounds`, the independent torch
   implementation of the same steps, under torch.no_grad().
 
@@ -104,8 +104,8 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     """A no-argument function running lipref's walk (and, in mode grad, loss + gradients)."""
     from lipref import losses
     from lipref.backend import get_backend
-    from lipref.bounds import global_norms, network_bounds
-    from lipref.bounds.margins import one_hot
+    from lipref.bounds import BoundOptions, global_norms, network_bounds
+    from lipref.bounds.certificate import one_hot
     from lipref.train import blocked_gradients
     xp = get_backend("numpy")
     onehot = one_hot(xp.asarray(labels), 10, xp.float32)
@@ -113,15 +113,16 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     last = model.layers[-1].params["weight"]
 
     def values():
-        return network_bounds(model, x, eps, "local", "fast", n_iters, None, local_vectors, global_vectors).lipschitz
+        norms = global_norms(model, "fast", n_iters, None, global_vectors)
+        return network_bounds(model, x, eps, BoundOptions("local", "fast", n_iters), norms,
+                              local_vectors=local_vectors).lipschitz
 
     def gradients():  # as a training step computes them: the global iteration once, then blocks in threads
-        converged = global_norms(model, "fast", n_iters, None, global_vectors, False)[1]
+        norms = global_norms(model, "fast", n_iters, None, global_vectors)
 
         def block_loss(s):
-            b = network_bounds(model, x[s, ...], eps, "local", "fast", n_iters, None,
-                               {k: v[s, ...] for k, v in local_vectors.items()}, converged, record=True,
-                               global_iters=0)
+            b = network_bounds(model, x[s, ...], eps, BoundOptions("local", "fast", n_iters, record=True), norms,
+                               local_vectors={k: v[s, ...] for k, v in local_vectors.items()})
             return losses.gloro_loss(b, last, onehot[s, ...]), None
         return blocked_gradients(xp, x.shape[0], params, block_loss)[1]
     return values if mode == "values" else gradients

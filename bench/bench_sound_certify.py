@@ -32,10 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lipref.backend import get_backend, keep_freed_memory, to_host  # noqa: E402
-from lipref.bounds import margins as M  # noqa: E402
-from lipref.bounds import network_bounds, sound_global_norms  # noqa: E402
+from lipref.bounds import BoundOptions, GlobalNorms, network_bounds, sound_global_norms  # noqa: E402
+from lipref.bounds.certificate import certify_bounds, one_hot, predictions  # noqa: E402
 from lipref.bounds.certificates import GRAM_LIMIT  # noqa: E402
-from lipref.bounds.rounding import margin_slack  # noqa: E402
 from lipref.data import load_dataset  # noqa: E402
 from lipref.models import build_model, load_model  # noqa: E402
 
@@ -45,14 +44,12 @@ SMOKE = {"data": "embedded:test", "n": 4, "pi_n": 2, "pi_iters": 5, "lanczos": 5
 
 
 def certify_batch(model, x, labels, eps, mode, n_iters, rng, sound_norms):
-    res = network_bounds(model, x, eps, "local", mode, n_iters, rng, sound_norms=sound_norms)
-    onehot = M.one_hot(labels, res.logits.shape[1], res.logits.dtype)
+    norms = None if sound_norms is None else GlobalNorms(tuple(sound_norms))
+    res = network_bounds(model, x, eps, BoundOptions("local", mode, n_iters), norms, rng=rng)
+    onehot = one_hot(labels, res.logits.shape[1], res.logits.dtype)
     last = model.layers[-1].params
-    w = last["weight"].value
-    worst = M.bcp_worst_logits(res.logits, w, onehot, res.radius, res.penultimate, res.lower, res.upper)
-    slack = margin_slack(res, w, last["bias"].value) if mode == "sound" else 0.0
-    ok = M.certified(worst, res.logits, onehot, slack)
-    correct = M.predictions(res.logits) == labels
+    ok, _ = certify_bounds(res, last["weight"].value, last["bias"].value, onehot, eps, mode == "sound", True)
+    correct = predictions(res.logits) == labels
     local = numpy.stack([to_host(s) for s in res.local_norms], axis=1)  # (N, layers)
     glob = numpy.array([float(to_host(g)) for g in res.global_norms])
     return to_host(res.lipschitz), to_host(ok & correct), local, glob

@@ -33,7 +33,7 @@ def case_global_bound_4c3f(bench):
         lg = moved(bench, gv)
 
         def run():
-            return global_norms(model, "fast", n_iters, None, lg, False)[0]
+            return global_norms(model, "fast", n_iters, None, lg).norms
     norms = [float(host_values(g)) for g in run()]
     return {"seconds": bench.seconds(run), "n_iters": n_iters, "global_lipschitz": float(numpy.prod(norms))}
 
@@ -63,12 +63,13 @@ def case_local_bound_4c3f(bench):
             with torch.no_grad():
                 return network_bounds(net, tx, EPS, n_iters, tv, tg, "local", shapes).radius
     else:
-        from lipref.bounds import network_bounds
+        from lipref.bounds import BoundOptions, global_norms, network_bounds
         model = model_on(bench, "4c3f", MNIST)
         xv, lv, glv = bench.array(x), moved(bench, vectors), moved(bench, gv)
 
         def run():
-            return network_bounds(model, xv, EPS, "local", "fast", n_iters, None, lv, glv).radius
+            norms = global_norms(model, "fast", n_iters, None, glv)
+            return network_bounds(model, xv, EPS, BoundOptions("local", "fast", n_iters), norms, local_vectors=lv).radius
     radius = host_values(run())
     return {"seconds": bench.seconds(run), "batch": batch, "n_iters": n_iters,
             "median_radius": float(numpy.median(radius))}
@@ -107,8 +108,8 @@ def _torch_train_step(bench, model, x, labels, vectors, gv, n_iters):
 def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters):
     """As `lipref train` computes a step: the global iteration once, then the blocks."""
     from lipref import losses
-    from lipref.bounds import global_norms, network_bounds
-    from lipref.bounds.margins import one_hot
+    from lipref.bounds import BoundOptions, global_norms, network_bounds
+    from lipref.bounds.certificate import one_hot
     from lipref.optim import Adam
     from lipref.train import blocked_gradients
     xp = bench.xp
@@ -119,13 +120,13 @@ def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters):
     xv, onehot = bench.array(x), one_hot(bench.array(labels), 10, xp.float32)
     lv, glv = moved(bench, vectors), moved(bench, gv)
     last = model.layers[-1].params["weight"]
+    options = BoundOptions("local", "fast", n_iters, record=True)
 
     def run():
-        global_vectors = global_norms(model, "fast", n_iters, None, glv, False)[1]
+        norms = global_norms(model, "fast", n_iters, None, glv)
 
         def block_loss(s):
-            b = network_bounds(model, xv[s, ...], EPS, "local", "fast", n_iters, None,
-                               {k: v[s, ...] for k, v in lv.items()}, global_vectors, record=True, global_iters=0)
+            b = network_bounds(model, xv[s, ...], EPS, options, norms, local_vectors={k: v[s, ...] for k, v in lv.items()})
             return losses.gloro_loss(b, last, onehot[s, ...]), None
         value, grads, _ = blocked_gradients(xp, x.shape[0], [params[k] for k in names], block_loss)
         opt.step(dict(zip(names, grads)))
@@ -159,17 +160,18 @@ def _lipref_sound(bench, arch, x, labels):
     import time
 
     from lipref.bounds.certificates import GRAM_LIMIT
-    from lipref.certify import certify, global_norms_once
+    from lipref.certify import CertifyConfig, certify
     steps = bench.size["lanczos_steps"]
     gram_limit = GRAM_LIMIT if bench.size["gram_limit"] is None else bench.size["gram_limit"]
     model = model_on(bench, arch, MNIST, "float64")
     start = time.perf_counter()
-    norms = global_norms_once(model, "sound", steps, 0, gram_limit)
+    config = CertifyConfig(mode="sound", n_iters=steps, gram_limit=gram_limit, pgd_steps=0, batch_size=x.shape[0])
+    norms = config.global_norms(model, 0)
     bench.sync()
     setup = time.perf_counter() - start
 
     def run():
-        result = certify(model, x, labels, EPS, "sound", steps, seed=0, batch_size=x.shape[0], norms=norms)
+        result = certify(model, x, labels, EPS, config, seed=0, norms=norms)
         return result.local_bound, result.certified_local
     return run, {"setup_seconds": setup, "lanczos_steps": steps, "gram_limit": gram_limit}
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import array_api_compat.numpy as xp  # noqa: E402
 
 from bench.study_report import write_report  # noqa: E402
-from lipref.certify import certify  # noqa: E402
+from lipref.certify import CertifyConfig, certify  # noqa: E402
 from lipref.data import load_dataset  # noqa: E402
 from lipref.models import atomic_write_bytes, load_model  # noqa: E402
 from lipref.train import TrainConfig, train  # noqa: E402
@@ -81,8 +81,9 @@ def run_one(runs, name, setting, bound, seed, data, args):
     seconds = time.perf_counter() - start
     model = load_model(folder / "best.npz", xp, xp.float32)
     n = setting["n_certify"]
-    cert = certify(model, certify_set.images[:n], certify_set.labels[:n], config.eval_eps, "fast", args.iters,
-                   numpy.random.default_rng([seed, 0xCE27]), 200, args.pgd_steps)
+    cert = certify(model, certify_set.images[:n], certify_set.labels[:n], config.eval_eps,
+                   CertifyConfig(mode="fast", n_iters=args.iters, batch_size=200, pgd_steps=args.pgd_steps),
+                   rng=numpy.random.default_rng([seed, 0xCE27]))
     summary = cert.summary()
     result = {"setting": name, "bound": bound, "seed": seed, "config": dataclasses.asdict(config),
               "train_limit": limit, "train_seconds": seconds, "history": history,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import primitives as P
 from .backend import map_in_threads, namespace, sample_blocks
-from .bounds.margins import one_hot, predictions
+from .bounds.certificate import one_hot, predictions
 from .config import setting
 from .errors import InputError
 from .tape import Var, grad

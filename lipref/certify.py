@@ -16,23 +16,16 @@ import time
 from dataclasses import dataclass, field
 
 from .attack import pgd_l2
-from .backend import host, namespace, to_host
-from .bounds import MODES, global_norms, network_bounds, sound_global_norms
-from .bounds import margins as M
+from .backend import host, to_host
+from .bounds import MODES, BoundOptions, global_norms, network_bounds
+from .bounds.certificate import certify_bounds, one_hot, predictions
 from .bounds.certificates import GRAM_LIMIT
-from .bounds.rounding import (
-    below,
-    forward_error_norm,
-    logit_slack,
-    margin_slack,
-    norm_upper,
-    product_upper,
-    support_radius,
-)
+from .bounds.layer_norms import model_dtype
 from .config import FLOAT_DTYPES, setting
 from .data.batches import batches
 from .errors import InputError
 from .seeds import BOUNDS, PGD, check_seed, global_rng, sample_streams, seed_from
+from .tape import value_of
 
 DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data, model or mode need it (inputs.compute_dtype)
 
@@ -61,6 +54,17 @@ class CertifyConfig:
                                     "(nearly exact, about half a minute for 4c3f) when the layer's smaller side "
                                     "has at most this many entries; 0 uses the polyphase circulant bound only "
                                     "(seconds, 0.1-1% looser).", minimum=0)
+
+    def bound_options(self, bound, threads=None):
+        """The `BoundOptions` of this run's `bound` ("local" or "global")."""
+        return BoundOptions(bound, self.mode, self.n_iters, threads=threads)
+
+    def global_norms(self, model, seed):
+        """The run's GlobalNorms, computed once before any batch (never warm-started from batch
+        to batch, so no batch depends on another): fast mode, n_iters power-iteration steps
+        from starts drawn from [seed, GLOBAL]; sound mode, the certified norms (their rng
+        from the same stream)."""
+        return global_norms(model, self.mode, self.n_iters, global_rng(seed), gram_limit=self.gram_limit)
 
 
 def local_over_global(local, global_):
@@ -127,74 +131,6 @@ class Certification:
         return rows
 
 
-def gloro_radius(logits, last_weight, onehot, lipschitz, gap_slack=None, forward_norm=None):
-    """min_j (z_y - z_j) / (L ||w_y - w_j||) per sample (0 where the prediction is wrong), a
-    little below it, since a tie is never certified; never NaN. The norms are scaled (no
-    square underflows or overflows) and the product L ||w_y - w_j|| is rounded up, so it is
-    0 only where a factor is (then the margin never moves: radius +inf if it is positive).
-    Sound mode (gap_slack given): the gap is reduced by the logits' rounding (`gap_slack`, per
-    sample) and by ||w_y - w_j|| ||forward error|| (forward_norm), and the norms are upper
-    bounds (`rounding.norm_upper`)."""
-    xp = namespace(logits)
-    diff = M.class_differences(last_weight, onehot)  # (N, K, D) w_j - w_y
-    z_y = xp.sum(logits * onehot, axis=1)
-    gap = z_y[:, None] - logits
-    if gap_slack is not None:
-        norms = norm_upper(diff, axis=2, entry_roundings=1)
-        gap = gap - gap_slack[:, None] - product_upper(norms, forward_norm[:, None])
-    else:
-        norms = M.difference_norms(diff)
-    denom = product_upper(norms, lipschitz[:, None])
-    unbounded = xp.full_like(gap, xp.inf)
-    ratio = below(gap / xp.where(denom == 0, xp.ones_like(denom), denom) * (1 - 2.0 ** -48))
-    ratio = xp.where(denom == 0, unbounded, ratio)  # the margin never moves
-    ratio = xp.where(gap > 0, ratio, xp.zeros_like(gap))  # wrong or tied; also -inf over inf
-    ratio = xp.where(onehot > 0, unbounded, ratio)
-    radius = xp.min(ratio, axis=1)
-    return xp.where(radius > 0, radius, xp.zeros_like(radius))  # a NaN (overflowed weights) gives 0
-
-
-def certify_bounds(bounds, last_weight, last_bias, onehot, eps, mode, cap_at_eps):
-    """(certified, radius) per sample from one `network_bounds` result: the ball-and-box
-    certificate at eps (`bcp_worst_logits_upper`, with `margin_slack` in sound mode) and the
-    certified radius (GloRo's margin form; capped at eps for a local bound, which holds on
-    the eps-ball only; eps itself where the ball-and-box certificate holds)."""
-    xp = namespace(last_weight)
-    radius = support_radius(bounds)
-    worst = M.bcp_worst_logits_upper(bounds.logits, last_weight, onehot, radius, bounds.penultimate,
-                                     bounds.lower, bounds.upper)
-    sound = mode == "sound"
-    slack = margin_slack(bounds, last_weight, last_bias) if sound else 0.0
-    cert = M.certified(worst, bounds.logits, onehot, slack)
-    forward_norm = forward_error_norm(bounds) if sound else None
-    gap_slack = logit_slack(bounds, last_weight, last_bias) if sound else None
-    r = gloro_radius(bounds.logits, last_weight, onehot, bounds.lipschitz, gap_slack, forward_norm)
-    if cap_at_eps:
-        r = xp.minimum(r, xp.full_like(r, float(eps)))
-    if eps > 0:
-        r = xp.where(cert, xp.maximum(r, xp.full_like(r, float(eps))), r)
-    return cert, r
-
-
-@dataclass(frozen=True)
-class GlobalNorms:
-    """What every batch and shard of a run shares, computed once up front from the seed (never
-    warm-started from batch to batch, so no batch depends on another): fast mode's global
-    power-iteration vectors (each batch takes the norms at them), sound mode's certified
-    global norms."""
-    vectors: dict = None
-    sound: list = None
-
-
-def global_norms_once(model, mode, n_iters, seed, gram_limit=GRAM_LIMIT):
-    """GlobalNorms of a run: fast mode, n_iters power-iteration steps from starts drawn from
-    [seed, GLOBAL]; sound mode, `sound_global_norms` (its rng from the same stream)."""
-    if mode == "sound":
-        return GlobalNorms(sound=sound_global_norms(model, global_rng(seed), gram_limit))
-    _, vectors = global_norms(model, "fast", n_iters, global_rng(seed), {}, False)
-    return GlobalNorms(vectors=vectors)
-
-
 def run_seed_of(seed, rng):
     """The seed of a run: `seed`, or one drawn from `rng` (callers that pass a Generator)."""
     if seed is not None:
@@ -204,54 +140,79 @@ def run_seed_of(seed, rng):
     return seed_from(rng)
 
 
-def _norms_of(model, mode, n_iters, seed, norms, sound_norms):
-    if norms is not None:
-        return norms
-    if mode == "sound" and sound_norms is not None:
-        return GlobalNorms(sound=sound_norms)
-    return global_norms_once(model, mode, n_iters, seed)
+def certify(model, images, labels, eps, config=CertifyConfig(pgd_steps=0), *, seed=None, rng=None, norms=None,
+            domain=None, progress=None, threads=None, first_index=0):
+    """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps: a Certification.
+
+    config: a CertifyConfig (mode: "fast", power iteration from random starts, or "sound",
+    upper bounds, for a float64 model; n_iters, batch_size, pgd_steps, pgd_restarts,
+    gram_limit). Every random draw comes from (seed, sample index) (lipref.seeds; seed drawn
+    from rng when not given), the global norms from `norms` (the run's GlobalNorms,
+    `config.global_norms` when None), so no sample's draws depend on its batch: shards of
+    whole batches give the same numbers bit for bit (first_index: the index in the whole
+    dataset of images[0]), other batch sizes the same to the rounding of the kernels' sums
+    (which may pick their order by block size). pgd_steps > 0 also runs l2 PGD (step eps/4,
+    random start, pgd_restarts restarts) inside the ball and the data domain `domain` ((lo,
+    hi), which must hold the data, or None: unbounded); a certified sample that PGD breaks
+    at a point within eps (measured in float64) is a soundness violation. progress(n_done)
+    is called after each batch. threads: for network_bounds and PGD (None: the backend's
+    default)."""
+    if not 0 <= eps < float("inf"):
+        raise InputError(f"eps must be finite and >= 0, got {eps}")
+    seed = run_seed_of(seed, rng)
+    if int(labels.shape[0]) == 0:
+        raise InputError("nothing to certify: the dataset has no examples")
+    xp, dtype = model_dtype(model)
+    start = time.perf_counter()
+    norms = config.global_norms(model, seed) if norms is None else norms
+    parts = []
+    for s, e, x, y in batches(images, labels, batch_size=config.batch_size, xp=xp, dtype=dtype):
+        first, last = first_index + s, first_index + e
+        part = _certify_batch(model, x, y, eps, config, sample_streams(seed, first, last, BOUNDS), norms, threads)
+        if config.pgd_steps > 0:
+            attack = pgd_l2(model, x, y, eps, sample_streams(seed, first, last, PGD), config.pgd_steps, None,
+                            config.pgd_restarts, domain, threads)
+            broken = to_host(attack.success) & _within(to_host(attack.adversarial), images[s:e], eps)
+            part["pgd_broken"] = broken & part["correct"]
+        parts.append(part)
+        if progress is not None:
+            progress(e - s)
+    return joined_certification(parts, eps, config.mode, config.n_iters, config.pgd_steps, time.perf_counter() - start)
 
 
-def _bounds(model, x, eps, bound, mode, n_iters, streams, norms, threads):
-    """network_bounds of one batch with the run's global norms (global_iters=0: the norms at
-    the given vectors) and, for the local bound, each sample's own start vectors."""
-    return network_bounds(model, x, eps, bound, mode, n_iters, streams, None, norms.vectors,
-                          sound_norms=norms.sound, threads=threads, global_iters=0)
-
-
-def _certify_batch(model, x, labels, eps, mode, n_iters, streams, norms, threads):
-    weight, bias = model.layers[-1].params["weight"].value, model.layers[-1].params["bias"].value
-    onehot = M.one_hot(labels, model.n_classes, x.dtype)
-    local = _bounds(model, x, eps, "local", mode, n_iters, streams, norms, threads)
-    glob = _bounds(model, x, eps, "global", mode, n_iters, None, norms, threads)  # draws nothing
-    out = {}
-    for name, b in (("local", local), ("global", glob)):
-        cert, radius = certify_bounds(b, weight, bias, onehot, eps, mode, cap_at_eps=name == "local")
-        out[name] = (to_host(b.lipschitz), to_host(cert), to_host(radius))
-    preds = to_host(M.predictions(local.logits))
+def _certify_batch(model, x, labels, eps, config, streams, norms, threads):
+    """The per-sample arrays (`PER_SAMPLE`, host) of one batch: the local and the global bound
+    with their certificates and radii, the predictions, the constant fractions."""
+    last = model.layers[-1]
+    weight, bias = (value_of(a) for a in last.linear_part(last.params))
+    onehot = one_hot(labels, model.n_classes, x.dtype)
+    sound = config.mode == "sound"
+    local = network_bounds(model, x, eps, config.bound_options("local", threads), norms, streams)
+    glob = network_bounds(model, x, eps, config.bound_options("global", threads), norms)  # draws nothing
+    cert_local, radius_local = certify_bounds(local, weight, bias, onehot, eps, sound, cap_at_eps=True)
+    cert_global, radius_global = certify_bounds(glob, weight, bias, onehot, eps, sound, cap_at_eps=False)
+    preds, labels = to_host(predictions(local.logits)), to_host(labels)
     fractions = [to_host(a.constant_fraction) for a in local.activations]
-    return out, preds, fractions
+    return {"labels": labels, "predictions": preds, "correct": preds == labels,
+            "global_bound": to_host(glob.lipschitz), "local_bound": to_host(local.lipschitz),
+            "certified_global": to_host(cert_global), "certified_local": to_host(cert_local),
+            "radius_global": to_host(radius_global), "radius_local": to_host(radius_local),
+            "constant_fraction": host.stack(fractions, axis=1) if fractions else host.zeros((preds.shape[0], 0))}
 
 
-def bounds_per_sample(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
-                      batch_size=CertifyConfig.batch_size, progress=None, sound_norms=None, threads=None, seed=None,
-                      first_index=0, norms=None):
+def bounds_per_sample(model, images, labels, eps, config=CertifyConfig(), *, seed=None, rng=None, norms=None,
+                      progress=None, threads=None, first_index=0):
     """Per sample, a dict: index, label, prediction, global and local Lipschitz bound of
     x -> penultimate on the eps-ball, and the fraction of constant neurons per activation
-    layer. Random starts come from (seed, index) (lipref.seeds; seed drawn from rng when
-    not given), the global norms from `norms` (GlobalNorms; computed once here when None,
-    or from sound_norms), so no sample's draws depend on its batch (see `certify`).
-    first_index: the index in the whole dataset of images[0] (a shard's offset). threads:
-    for network_bounds."""
-    params = next(iter(model.parameters().values())).value
-    xp = namespace(params)
+    layer. Random starts and global norms as in `certify` (same arguments)."""
+    xp, dtype = model_dtype(model)
     seed = run_seed_of(seed, rng)
-    norms = _norms_of(model, mode, n_iters, seed, norms, sound_norms)
+    norms = config.global_norms(model, seed) if norms is None else norms
     samples = []
-    for s, e, x, _ in batches(images, labels, batch_size, xp, params.dtype):
+    for s, e, x, _ in batches(images, labels, batch_size=config.batch_size, xp=xp, dtype=dtype):
         streams = sample_streams(seed, first_index + s, first_index + e, BOUNDS)
-        b = _bounds(model, x, eps, "local", mode, n_iters, streams, norms, threads)
-        preds, local = to_host(M.predictions(b.logits)), to_host(b.lipschitz)
+        b = network_bounds(model, x, eps, config.bound_options("local", threads), norms, streams)
+        preds, local = to_host(predictions(b.logits)), to_host(b.lipschitz)
         glob = float(to_host(b.global_lipschitz))
         fractions = [to_host(a.constant_fraction) for a in b.activations]
         for i in range(e - s):
@@ -263,74 +224,10 @@ def bounds_per_sample(model, images, labels, eps, mode=CertifyConfig.mode, n_ite
     return samples
 
 
-def certify(model, images, labels, eps, mode=CertifyConfig.mode, n_iters=CertifyConfig.n_iters, rng=None,
-            batch_size=CertifyConfig.batch_size, pgd_steps=0, pgd_restarts=CertifyConfig.pgd_restarts, domain=None,
-            progress=None, sound_norms=None, threads=None, seed=None, first_index=0, norms=None):
-    """Certify host arrays images (N, C, H, W) and labels (N,) at radius eps.
-
-    mode: "fast" (power iteration, n_iters steps from random starts) or "sound" (upper
-    bounds; the model must be float64). Every random draw comes from (seed, sample index)
-    (lipref.seeds; seed drawn from rng when not given), the global norms from `norms`
-    (GlobalNorms, computed once here when None, or sound mode's sound_norms), so no sample's
-    draws depend on its batch: shards of whole batches give the same numbers bit for bit
-    (first_index: the index in the whole dataset of images[0]), other batch sizes the same
-    to the rounding of the kernels' sums (which may pick their order by block size).
-    pgd_steps > 0 also runs l2 PGD (step eps/4, random start, pgd_restarts restarts) inside
-    the ball and the data domain `domain` ((lo, hi), which must hold the data, or None:
-    unbounded); a certified sample that PGD breaks at a point within eps (measured in
-    float64) is a soundness violation. progress(n_done) is called after each batch.
-    threads: for network_bounds and PGD (None: the backend's default)."""
-    if not 0 <= eps < float("inf"):
-        raise InputError(f"eps must be finite and >= 0, got {eps}")
-    seed = run_seed_of(seed, rng)
-    if int(labels.shape[0]) == 0:
-        raise InputError("nothing to certify: the dataset has no examples")
-    params = next(iter(model.parameters().values())).value
-    xp = namespace(params)
-    start = time.perf_counter()
-    parts = {k: [] for k in ("lg", "cg", "rg", "ll", "cl", "rl", "pred", "frac", "broken")}
-    norms = _norms_of(model, mode, n_iters, seed, norms, sound_norms)
-    for s, e, x, y in batches(images, labels, batch_size, xp, params.dtype):
-        first, last = first_index + s, first_index + e
-        out, preds, fractions = _certify_batch(model, x, y, eps, mode, n_iters, sample_streams(seed, first, last, BOUNDS),
-                                               norms, threads)
-        for key, (lip, cert, rad) in (("g", out["global"]), ("l", out["local"])):
-            parts["l" + key].append(lip)
-            parts["c" + key].append(cert)
-            parts["r" + key].append(rad)
-        parts["pred"].append(preds)
-        parts["frac"].append(fractions)
-        if pgd_steps > 0:
-            attack = pgd_l2(model, x, y, eps, sample_streams(seed, first, last, PGD), pgd_steps, None, pgd_restarts,
-                            domain, threads)
-            parts["broken"].append(to_host(attack.success) & _within(to_host(attack.adversarial), images[s:e], eps))
-        if progress is not None:
-            progress(e - s)
-    return _assemble(parts, labels, eps, mode, n_iters, pgd_steps, time.perf_counter() - start)
-
-
 def _within(points, centres, eps):
     """Which points lie in the closed eps-ball of their centre, measured in float64."""
     diff = host.asarray(points, dtype=host.float64) - host.asarray(centres, dtype=host.float64)
     return host.sqrt(host.sum(diff.reshape(diff.shape[0], -1) ** 2, axis=1)) <= eps
-
-
-def _assemble(parts, labels, eps, mode, n_iters, pgd_steps, seconds):
-    cat = host.concatenate
-    preds = cat(parts["pred"])
-    n_layers = len(parts["frac"][0])
-    fractions = host.stack([cat([f[i] for f in parts["frac"]]) for i in range(n_layers)], axis=1) \
-        if n_layers else host.zeros((preds.shape[0], 0))
-    result = Certification(
-        eps=float(eps), mode=mode, n_iters=n_iters, labels=labels, predictions=preds, correct=preds == labels,
-        global_bound=cat(parts["lg"]), local_bound=cat(parts["ll"]),
-        certified_global=cat(parts["cg"]), certified_local=cat(parts["cl"]),
-        radius_global=cat(parts["rg"]), radius_local=cat(parts["rl"]),
-        constant_fraction=fractions, pgd_steps=pgd_steps, seconds=seconds)
-    if pgd_steps > 0:
-        result.pgd_broken = cat(parts["broken"]) & result.correct
-    result.violations = _violations(result)
-    return result
 
 
 def _violations(result):
@@ -353,8 +250,8 @@ def certification_arrays(result):
 
 
 def joined_certification(shards, eps, mode, n_iters, pgd_steps, seconds):
-    """One Certification from the `certification_arrays` of consecutive shards, in sample
-    order; the same arrays, value for value, as one run over all samples."""
+    """One Certification from the `certification_arrays` of consecutive batches or shards, in
+    sample order; the same arrays, value for value, as one run over all samples."""
     arrays = {k: host.concatenate([s[k] for s in shards]) for k in shards[0]}
     result = Certification(eps=float(eps), mode=mode, n_iters=n_iters, pgd_steps=pgd_steps, seconds=seconds,
                            **{k: arrays.get(k) for k in PER_SAMPLE})

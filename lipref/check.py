@@ -23,9 +23,9 @@ breakpoints), so BCP quantities get the same tolerance as the rest.
 from dataclasses import dataclass
 
 from . import losses
-from .backend import get_backend, to_host
+from .backend import get_backend, namespace, to_host
 from .backend import host as numpy  # only backend.py imports NumPy itself
-from .bounds import margins, network_bounds
+from .bounds import BoundOptions, global_norms, margins, network_bounds
 from .config import setting
 from .errors import InputError
 from .layers import Sequential, layer_from_spec
@@ -74,11 +74,9 @@ def start_vectors(model, n, rng):
 def lipref_values(model, x, labels, eps, n_iters, global_vectors, local_vectors):
     """{quantity: host array} from lipref without a tape (certification's path)."""
     xp = get_backend("numpy")
-    b = network_bounds(model, xp.asarray(x), eps, "local", "fast", n_iters, None,
-                       {i: xp.asarray(v) for i, v in local_vectors.items()},
-                       {i: xp.asarray(v) for i, v in global_vectors.items()}, record=False)
+    b = _bounds(model, xp.asarray(x), eps, n_iters, global_vectors, local_vectors, False)
     onehot = margins.one_hot(xp.asarray(labels), model.n_classes, xp.float64)
-    last = model.layers[-1].params["weight"].value
+    last = value_of(_last_weight(model))
     out = {"logits": b.logits, "global bound": b.global_lipschitz, "local bound": b.lipschitz,
            "gloro worst logits": margins.gloro_worst_logits(b.logits, last, onehot, b.radius),
            "bcp worst logits": margins.bcp_worst_logits(b.logits, last, onehot, b.radius, b.penultimate,
@@ -97,17 +95,28 @@ def lipref_values(model, x, labels, eps, n_iters, global_vectors, local_vectors)
 def lipref_loss_gradients(model, x, labels, eps, n_iters, global_vectors, local_vectors, loss):
     """{quantity: host array}: the loss value and its gradient for every parameter, by the tape."""
     xp = get_backend("numpy")
-    b = network_bounds(model, xp.asarray(x), eps, "local", "fast", n_iters, None,
-                       {i: xp.asarray(v) for i, v in local_vectors.items()},
-                       {i: xp.asarray(v) for i, v in global_vectors.items()}, record=True)
+    b = _bounds(model, xp.asarray(x), eps, n_iters, global_vectors, local_vectors, True)
     onehot = margins.one_hot(xp.asarray(labels), model.n_classes, xp.float64)
-    value = losses.robust_loss(loss, b, model.layers[-1].params["weight"], onehot)
+    value = losses.robust_loss(loss, b, _last_weight(model), onehot)
     params = model.parameters()
     grads = grad(value, list(params.values()))
     out = {f"{loss} loss": numpy.asarray(to_host(value_of(value)))}
     for name, g in zip(params, grads):
         out[f"{loss} grad {name}"] = numpy.asarray(to_host(g))
     return out
+
+
+def _bounds(model, x, eps, n_iters, global_vectors, local_vectors, record):
+    """lipref's local bounds with n_iters power-iteration steps from the given start vectors."""
+    xp = namespace(x)
+    norms = global_norms(model, "fast", n_iters, None, {i: xp.asarray(v) for i, v in global_vectors.items()})
+    return network_bounds(model, x, eps, BoundOptions("local", "fast", n_iters, record=record), norms,
+                          local_vectors={i: xp.asarray(v) for i, v in local_vectors.items()})
+
+
+def _last_weight(model):
+    last = model.layers[-1]
+    return last.linear_part(last.params)[0]
 
 
 # ---------------------------------------------------------------- torch's side

@@ -5,6 +5,12 @@ A layer holds its parameters as tape Vars (named as in PyTorch's nn.Sequential s
 axis), which the bounds need to build each layer's exact operator. Calling a layer on a
 Var records the tape; calling it on an array records nothing.
 
+Affine layers (Linear, Conv2d, AvgPool2d) expose their linear part through one hook,
+`linear_part(params)` -> (weight, bias or None), and their map and its adjoint as `affine(x,
+weight, bias)` and `affine_adjoint(u, weight)`: every bound of an affine layer is written with
+these three, so a new affine kind (average pooling: a conv with a constant kernel) needs no
+change in the bounds.
+
 Each layer type is registered under its name (`@layer_type("linear")` fills `LAYER_TYPES`)
 and declares its spec fields once (`FIELDS`: name, checker, default); `Layer.spec` and
 `layer_from_spec` are written from those declarations, so a model file is the registry's
@@ -16,6 +22,7 @@ import numbers
 from dataclasses import dataclass
 
 from . import primitives as P
+from .backend import namespace as array_namespace
 from .errors import InputError
 from .tape import Var
 
@@ -114,6 +121,10 @@ class Layer:
     def init_params(self, xp, dtype, rng):
         self.params = {}
 
+    def place(self, xp, dtype):
+        """Make whatever fixed (non-trainable) arrays the layer computes with, on backend xp in
+        `dtype`; the model calls it whenever its parameters are set (none for most layers)."""
+
     def load_params(self, values):
         """Take the parameters from {local name: backend array} (shapes checked; nothing drawn)."""
         params = {}
@@ -144,7 +155,18 @@ class Linear(Layer):
         }
 
     def __call__(self, x, p):
-        return P.linear(x, p["weight"], p["bias"])
+        return self.affine(x, *self.linear_part(p))
+
+    def linear_part(self, params):
+        """(weight, bias): the hook every bound of an affine layer uses."""
+        return params["weight"], params["bias"]
+
+    def affine(self, x, weight, bias):
+        return P.linear(x, weight, bias)
+
+    def affine_adjoint(self, u, weight):
+        """The adjoint of x -> W x on (N, out) arrays."""
+        return P.matmul(u, weight)
 
     def param_shapes(self):
         return {"weight": (self.out_features, self.in_features), "bias": (self.out_features,)}
@@ -178,11 +200,54 @@ class Conv2d(Layer):
         }
 
     def __call__(self, x, p):
-        return P.conv2d(x, p["weight"], p["bias"], self.stride, self.padding)
+        return self.affine(x, *self.linear_part(p))
+
+    def linear_part(self, params):
+        """(weight, bias): the hook every bound of an affine layer uses."""
+        return params["weight"], params["bias"]
+
+    def affine(self, x, weight, bias):
+        return P.conv2d(x, weight, bias, self.stride, self.padding)
+
+    def affine_adjoint(self, u, weight):
+        """The exact adjoint of x -> conv2d(x, W) on the layer's input shape."""
+        return P.conv2d_transpose(u, weight, self.stride, self.padding, self.in_shape[1:])
 
     def param_shapes(self):
         k = self.kernel_size
         return {"weight": (self.out_channels, self.in_channels, k, k), "bias": (self.out_channels,)}
+
+
+@layer_type("avgpool2d")
+class AvgPool2d(Conv2d):
+    """Average pooling over k x k windows (torch's nn.AvgPool2d with count_include_pad=True):
+    a conv with a constant kernel, W[o, c] = [o == c] / k^2, no bias and nothing trainable.
+    Its `linear_part` is that kernel, so every bound of a conv layer holds for it as it is."""
+    FIELDS = (Field("in_shape", shape(3)), Field("kernel_size", size(1)), Field("stride", size(1)),
+              Field("padding", size(0)))
+
+    def __init__(self, in_shape, kernel_size, stride, padding):
+        super().__init__(in_shape, check_shape("in_shape", in_shape, 3)[0], kernel_size, stride, padding)
+        if 2 * self.padding > self.kernel_size:  # torch's rule: a window must see the image
+            raise InputError(f"avgpool2d: padding {self.padding} is more than half the kernel {self.kernel_size}")
+        self.kernel = None  # made by `place`
+
+    def init_params(self, xp, dtype, rng):
+        self.params = {}
+        self.place(xp, dtype)
+
+    def place(self, xp, dtype):
+        c, k = self.in_channels, self.kernel_size
+        eye = xp.reshape(xp.eye(c, dtype=dtype), (c, c, 1, 1))
+        self.kernel = eye * xp.ones((1, 1, k, k), dtype=dtype) / float(k * k)
+
+    def linear_part(self, params):
+        if self.kernel is None:
+            raise RuntimeError("avgpool2d: its kernel is made when the model's parameters are set (place)")
+        return self.kernel, None
+
+    def param_shapes(self):
+        return {}
 
 
 THRESHOLD = Field("threshold_init", check_finite, 1.0)
@@ -286,6 +351,11 @@ class Sequential:
             layer.init_params(xp, dtype, rng)
         return self
 
+    def place(self, xp, dtype):
+        """Make every layer's fixed arrays (`Layer.place`) on backend xp in dtype."""
+        for layer in self.layers:
+            layer.place(xp, dtype)
+
     def parameter_shapes(self):
         """Ordered {"<index>.<name>": shape}, known before (and without) `init_params`."""
         return {f"{i}.{name}": tuple(shape) for i, layer in enumerate(self.layers)
@@ -300,6 +370,8 @@ class Sequential:
         the architecture): a model built from stored values draws no random weights."""
         for i, layer in enumerate(self.layers):
             layer.load_params({name: arrays[f"{i}.{name}"] for name in layer.param_shapes()})
+        first = next(iter(self.parameters().values())).value  # the last layer is Linear: there is one
+        self.place(array_namespace(first), first.dtype)
         return self
 
     def set_parameters(self, arrays):

@@ -15,19 +15,12 @@ All take a `NetworkBounds` built with record=True and one-hot labels; all return
 from . import primitives as P
 from .backend import namespace
 from .bounds import margins as M
+from .bounds.rules import mean as _mean
+from .bounds.rules import rule_of
 from .errors import InputError
-from .layers import ClampedMaxMin, ClippedReLU, ReLU
 from .tape import value_of
 
 ROBUST_LOSSES = ("gloro", "bcp", "gloro-bcp")
-
-
-def _mean(values):
-    """Mean of all entries (a Var or array)."""
-    n = 1
-    for d in value_of(values).shape:
-        n *= d
-    return P.multiply(P.sum(values, None, False), 1.0 / n)
 
 
 def clean_loss(logits, onehot):
@@ -90,32 +83,15 @@ def mixed_loss(kind, bounds, last_weight, onehot, kappa):
 
 
 def sparsity_loss(activations, saturation_weight=0.1):
-    """Sum over activation layers of a penalty that is zero once a neuron is constant on the ball.
-
-    ReLU: mean(relu(ub)) (push the upper bound below 0: off).
-    Clipped ReLU: mean(relu(ub)) + c * mean(relu(theta - lb)) (off, or saturated at theta),
-    with c = saturation_weight (the paper's code uses 0.1).
-    Clamped MaxMin: mean(relu(hi - max(lb_a, lb_b))) + mean(relu(min(ub_a, ub_b) - lo))
-    (the max half clamped at hi, the min half clamped at lo).
-    `activations`: NetworkBounds.activations from a walk with record=True."""
-    total = None
-    for act in activations:
-        layer, p, lb, ub = act.layer, act.params, act.lower, act.upper
-        if isinstance(layer, ReLU):
-            term = _mean(P.relu(ub))
-        elif isinstance(layer, ClippedReLU):
-            term = P.add(_mean(P.relu(ub)),
-                         P.multiply(_mean(P.relu(P.subtract(p["threshold"], lb))), saturation_weight))
-        elif isinstance(layer, ClampedMaxMin):
-            h = value_of(lb).shape[1] // 2
-            c = value_of(lb).shape[1]
-            lb_max = P.maximum(P.channel_slice(lb, 0, h), P.channel_slice(lb, h, c))
-            ub_min = P.minimum(P.channel_slice(ub, 0, h), P.channel_slice(ub, h, c))
-            term = P.add(_mean(P.relu(P.subtract(p["max"], lb_max))),
-                         _mean(P.relu(P.subtract(ub_min, p["min"]))))
-        else:
-            raise TypeError(f"no sparsity loss for activation {type(layer).__name__}")
-        total = term if total is None else P.add(total, term)
-    if total is None:
+    """Sum over activation layers of each rule's sparsity term (bounds/rules.py), which is zero
+    once every neuron is constant on the ball: ReLU mean(relu(ub)); clipped ReLU mean(relu(ub))
+    + c mean(relu(theta - lb)), c = saturation_weight (the paper's code uses 0.1); clamped
+    MaxMin both halves clamped. `activations`: NetworkBounds.activations from a walk with
+    record=True."""
+    terms = [rule_of(a.layer).sparsity(a.params, a.lower, a.upper, saturation_weight) for a in activations]
+    if not terms:
         raise InputError("the model has no activation layers, so there is nothing to sparsify")
+    total = terms[0]
+    for term in terms[1:]:
+        total = P.add(total, term)
     return total

@@ -14,6 +14,7 @@ from .backend import host, to_host
 from .data.files import read_npz_checked
 from .errors import InputError, UserError
 from .layers import (
+    AvgPool2d,
     ClampedMaxMin,
     ClippedReLU,
     Conv2d,
@@ -45,8 +46,32 @@ class ModelFileError(UserError, ValueError):
     """A model file that cannot be read as a lipref model."""
 
 
+GENERIC_STACK = "conv:OUT:K:STRIDE:PAD,avgpool:K:STRIDE:PAD,...,fc:WIDTH,..."
+
+
 def architecture_names():
-    return sorted(ARCHITECTURES) + ["mlp-<width>[-<width>...]", "linear"]
+    return sorted(ARCHITECTURES) + ["mlp-<width>[-<width>...]", "linear", GENERIC_STACK]
+
+
+def parse_generic(text):
+    """(convs, widths) of a generic stack "conv:OUT:K:STRIDE:PAD,avgpool:K:STRIDE:PAD,...,
+    fc:WIDTH,..." (convs and pools first, in order; fcs after), or None when `text` is not in
+    that form. convs: (out, k, stride, padding) per conv, ("avgpool", k, stride, padding) per
+    average pooling (no activation after it)."""
+    convs, widths = [], []
+    for token in text.split(","):
+        conv = re.fullmatch(r"conv:(\d+):(\d+):(\d+):(\d+)", token.strip())
+        pool = re.fullmatch(r"avgpool:(\d+):(\d+):(\d+)", token.strip())
+        fc = re.fullmatch(r"fc:(\d+)", token.strip())
+        if conv and not widths:
+            convs.append(tuple(int(g) for g in conv.groups()))
+        elif pool and not widths:
+            convs.append(("avgpool",) + tuple(int(g) for g in pool.groups()))
+        elif fc:
+            widths.append(int(fc.group(1)))
+        else:
+            return None
+    return convs, widths
 
 
 def build_architecture(arch, input_shape, n_classes, activation="relu", threshold_init=1.0):
@@ -63,9 +88,9 @@ def build_architecture(arch, input_shape, n_classes, activation="relu", threshol
         convs, widths = [], [int(w) for w in match.group(1).split("-")[1:]]
         if min(widths) < 1:
             raise InputError(f"architecture {arch}: every width must be >= 1")
-    elif arch in ARCHITECTURES:
-        convs, widths = ARCHITECTURES[arch]
-        if len(input_shape) != 3:
+    elif arch in ARCHITECTURES or (":" in arch and parse_generic(arch) is not None):
+        convs, widths = ARCHITECTURES[arch] if arch in ARCHITECTURES else parse_generic(arch)
+        if convs and len(input_shape) != 3:
             raise InputError(f"architecture {arch} needs an image input (C, H, W), got {input_shape}")
     else:
         raise InputError(f"unknown architecture {arch!r}; known: {', '.join(architecture_names())}")
@@ -74,10 +99,15 @@ def build_architecture(arch, input_shape, n_classes, activation="relu", threshol
 
 def build_stack(convs, widths, input_shape, n_classes, activation="relu", threshold_init=1.0):
     """The paper's layout for any conv/fc widths: [conv, act]..., Flatten, [linear, act]..., linear.
-    convs: (out_channels, kernel, stride, padding) per conv layer; widths: hidden fc widths."""
+    convs: (out_channels, kernel, stride, padding) per conv layer, or ("avgpool", kernel,
+    stride, padding) for an average pooling (no activation after it); widths: hidden fc widths."""
     layers, shape = [], tuple(input_shape)
-    for out_ch, k, s, p in convs:
-        conv = Conv2d(shape, out_ch, k, s, p)
+    for item in convs:
+        if item[0] == "avgpool":
+            layers.append(AvgPool2d(shape, *item[1:]))
+            shape = layers[-1].out_shape
+            continue
+        conv = Conv2d(shape, *item)
         layers += [conv, activation_layer(activation, conv.out_shape, threshold_init)]
         shape = conv.out_shape
     if len(shape) > 1:

@@ -14,8 +14,9 @@ lipref's min(max(x, 0), t): equal for t >= 0, and for t < 0 both are 0 once t is
 `arch` is a named architecture (4c3f, 6c2f, 8c2f, 2c2f, mlp-W1-W2...), "auto" (the named
 architecture, or a dense stack, whose parameter names and shapes fit the checkpoint; the
 input shape is found the same way when not given), or a
-generic conv/linear stack "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,..." (strides and paddings are
-not in a state dict, so a generic conv stack must be spelled out). torch is optional: it is
+generic conv/linear stack "conv:OUT:K:STRIDE:PAD,avgpool:K:STRIDE:PAD,...,fc:WIDTH,..." (strides,
+paddings and average poolings, nn.AvgPool2d, have no parameters in a state dict, so such a
+stack must be spelled out). torch is optional: it is
 imported inside the functions that need it.
 """
 import os
@@ -24,7 +25,7 @@ import re
 from .backend import get_backend, host
 from .errors import InputError, MissingExtraError, UserError, import_extra
 from .layers import ACTIVATIONS, check_int, check_shape
-from .models import ARCHITECTURES, build_architecture, build_stack, load_parameters_into, save_model
+from .models import ARCHITECTURES, GENERIC_STACK, build_architecture, build_stack, load_parameters_into, parse_generic, save_model
 from .precision import widen_exactly
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
@@ -119,22 +120,6 @@ def _strip_prefix(name):
 
 # ---------------------------------------------------------------- architectures
 
-def parse_generic(text):
-    """(convs, widths) of "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,..." (convs before fcs), or None
-    when `text` is not in that form."""
-    convs, widths = [], []
-    for token in text.split(","):
-        conv = re.fullmatch(r"conv:(\d+):(\d+):(\d+):(\d+)", token.strip())
-        fc = re.fullmatch(r"fc:(\d+)", token.strip())
-        if conv and not widths:
-            convs.append(tuple(int(g) for g in conv.groups()))
-        elif fc:
-            widths.append(int(fc.group(1)))
-        else:
-            return None
-    return convs, widths
-
-
 def build_generic(convs, widths, input_shape, n_classes, activation):
     """The paper's layout for any conv/fc widths (models.build_stack, thresholds at 1)."""
     return build_stack(convs, widths, input_shape, n_classes, activation, 1.0)
@@ -144,8 +129,7 @@ def build_named_or_generic(arch, input_shape, n_classes, activation):
     """A Sequential (parameters not set) for a named architecture or a generic spec."""
     generic = parse_generic(arch) if ":" in arch else None
     if ":" in arch and generic is None:
-        raise TorchImportError(f"cannot parse architecture {arch!r}; expected "
-                               "conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,... (convs first)")
+        raise TorchImportError(f"cannot parse architecture {arch!r}; expected {GENERIC_STACK} (convs and pools first)")
     try:
         if generic is not None:
             return build_generic(*generic, input_shape, n_classes, activation)

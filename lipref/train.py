@@ -27,9 +27,9 @@ from pathlib import Path
 from . import losses
 from . import primitives as P
 from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
-from .bounds import BOUNDS, global_norms, network_bounds, start_vectors
+from .bounds import BOUNDS, BoundOptions, global_norms, network_bounds, start_vectors
 from .bounds import margins as M
-from .certify import certify
+from .certify import CertifyConfig, certify
 from .config import FLOAT_DTYPES, setting
 from .data.augment import augment
 from .data.record import check_same_data, input_range, refuse_overlap, training_data
@@ -336,19 +336,18 @@ class Trainer:
         if previous is not None:
             stored = {k: to_backend(v, xp, self.dtype) for k, v in previous.read(index).items()}
         clean_only = kappa == 1.0 and c.sparsity == 0  # warm-up: clean training, stored vectors carried over
-        global_vectors, local_starts = {}, {}
+        options = BoundOptions(c.bound, "fast", c.n_iters, record=True)
         if not clean_only:
             global_starts, local_starts = start_vectors(self.model, n, c.bound, rng, stored, self.global_vectors)
             # the global power iteration once, here; each block only puts its norms on the tape
-            global_vectors = global_norms(self.model, "fast", c.n_iters, None, global_starts, False)[1]
-        last = self.model.layers[-1].params["weight"]
+            norms = global_norms(self.model, "fast", c.n_iters, None, global_starts)
+        last = self.model.layers[-1].linear_part(self.model.layers[-1].params)[0]
 
         def block_loss(s):
             if clean_only:
                 return losses.clean_loss(self.model(x[s, ...]), onehot[s, ...]), None
-            b = network_bounds(self.model, x[s, ...], eps, c.bound, "fast", c.n_iters, None,
-                               {k: v[s, ...] for k, v in local_starts.items()}, global_vectors, record=True,
-                               global_iters=0)
+            b = network_bounds(self.model, x[s, ...], eps, options, norms,
+                               local_vectors={k: v[s, ...] for k, v in local_starts.items()})
             loss = losses.mixed_loss(c.loss, b, last, onehot[s, ...], kappa)
             if c.sparsity > 0:
                 loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
@@ -384,8 +383,9 @@ class Trainer:
         c = self.config
         ev = self.eval_set
         n = min(int(ev.labels.shape[0]), c.eval_limit)
-        result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps, "fast", c.eval_iters,
-                         _rng(c.seed, 0xE7A1, self.epoch), batch_size=100, threads=self.threads)
+        result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps,
+                         CertifyConfig(mode="fast", n_iters=c.eval_iters, batch_size=100, pgd_steps=0),
+                         rng=_rng(c.seed, 0xE7A1, self.epoch), threads=self.threads)
         s = result.summary()
         return _finite({"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
                         "certified_accuracy_global": s["certified_accuracy_global"],

@@ -5,7 +5,7 @@ import numpy
 
 from lipref import primitives as P
 from lipref.backend import to_host
-from lipref.layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from lipref.layers import AvgPool2d, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
 from lipref.tape import Var, grad
 
 ACTS = ("relu", "clipped_relu", "maxmin")
@@ -17,9 +17,18 @@ def _act(kind, shape, theta):
 
 
 def small_model(kind, conv, xp, seed, theta=0.6):
-    """A small net (dense or conv) with random weights and random per-neuron thresholds."""
+    """A small net (dense, conv, or conv = "pool": conv with average pools, one between an
+    activation and a conv, one right before the flatten) with random weights and random
+    per-neuron thresholds."""
     rng = numpy.random.default_rng(seed)
-    if conv:
+    if conv == "pool":
+        c1 = Conv2d((1, 6, 6), 4, 3, 1, 1)
+        p1 = AvgPool2d(c1.out_shape, 2, 2, 0)
+        c2 = Conv2d(p1.out_shape, 4, 3, 1, 1)
+        p2 = AvgPool2d(c2.out_shape, 3, 1, 1)
+        layers = [c1, _act(kind, c1.out_shape, theta), p1, c2, _act(kind, c2.out_shape, theta), p2,
+                  Flatten(p2.out_shape), Linear(36, 6), _act(kind, (6,), theta), Linear(6, 3)]
+    elif conv:
         c1 = Conv2d((1, 6, 6), 4, 3, 2, 1)
         c2 = Conv2d(c1.out_shape, 4, 3, 1, 1)
         layers = [c1, _act(kind, c1.out_shape, theta), c2, _act(kind, c2.out_shape, theta),

@@ -6,8 +6,9 @@ from networks import small_model
 
 from lipref.attack import pgd_l2
 from lipref.backend import to_host
-from lipref.bounds.margins import predictions
+from lipref.bounds.certificate import predictions
 from lipref.errors import InputError
+from lipref.certify import CertifyConfig, certify
 
 
 def test_pgd_points_are_in_the_ball_and_break_the_prediction(xp):
@@ -56,7 +57,7 @@ def test_pgd_stays_in_the_ball_for_data_outside_zero_one(xp):
     from lipref.certify import certify
     model = _one_input_model(xp, 1.0, -3.0)
     images, labels = numpy.array([[5.0]]), numpy.array([1])
-    result = certify(model, images, labels, 0.5, "sound", 20, numpy.random.default_rng(0), pgd_steps=20)
+    result = certify(model, images, labels, 0.5, CertifyConfig(mode="sound", n_iters=20, pgd_steps=20), rng=numpy.random.default_rng(0))
     assert result.certified_local[0] and result.certified_global[0]
     assert not result.pgd_broken[0] and result.violations == []
     attack = pgd_l2(model, xp.asarray(images), xp.asarray(labels), 0.5, numpy.random.default_rng(1), 20)

@@ -154,10 +154,10 @@ def test_a_pgd_break_of_a_sound_certificate_still_exits_3(estimate_breaker, monk
     import lipref.certify
     original = lipref.certify.certify_bounds
 
-    def halved_in_sound_mode(bounds, weight, bias, onehot, eps, mode, cap_at_eps):
-        if mode == "sound":
+    def halved_in_sound_mode(bounds, weight, bias, onehot, eps, sound, cap_at_eps):
+        if sound:
             bounds = dataclasses.replace(bounds, radius=bounds.radius / 2, lipschitz=bounds.lipschitz / 2)
-        return original(bounds, weight, bias, onehot, eps, mode, cap_at_eps)
+        return original(bounds, weight, bias, onehot, eps, sound, cap_at_eps)
     monkeypatch.setattr(lipref.certify, "certify_bounds", halved_in_sound_mode)
     result = _audit_run(estimate_breaker, "--iters", "200", "--json")
     assert result.exit_code == 3, result.output

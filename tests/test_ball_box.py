@@ -17,6 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lipref.backend import to_host
+from lipref.bounds import certificate as C
 from lipref.bounds import margins as M
 from lipref.kernels.ball_box import sorted_breakpoint_multiplier
 
@@ -72,10 +73,10 @@ def hard_cases(draw):
 def _solve(xp, c, lo, hi, radius):
     arrays = [xp.asarray(numpy.asarray(a, dtype=numpy.float64).reshape(1, -1)) for a in (c, lo, hi)]
     r = xp.asarray(numpy.array([radius], dtype=numpy.float64))
-    value, lam, inside = M.ball_box_support(*arrays, r, sorted_breakpoint_multiplier)
-    reference, _, _ = M.ball_box_support(*arrays, r, M.bisected_multiplier)
+    value, lam, inside = C.ball_box_support(*arrays, r, sorted_breakpoint_multiplier)
+    reference, _, _ = C.ball_box_support(*arrays, r, C.ball_box_multiplier.plain)
     lam_used = xp.where(inside, xp.full_like(lam, xp.inf), lam)
-    upper = M.ball_box_upper_bound(*arrays, r, lam_used)
+    upper = C.ball_box_upper_bound(*arrays, r, lam_used)
     return (float(to_host(a)[0]) for a in (value, reference, upper))
 
 
@@ -106,11 +107,11 @@ def test_the_dual_bound_holds_for_any_multiplier(xp, case, log_lam):
     arrays = [xp.asarray(a.reshape(1, -1)) for a in (c, lo, hi)]
     r = xp.asarray(numpy.array([radius]))
     for lam in (10.0 ** log_lam, 0.0, numpy.inf, numpy.nan):
-        upper = float(to_host(M.ball_box_upper_bound(*arrays, r, xp.asarray(numpy.array([lam]))))[0])
+        upper = float(to_host(C.ball_box_upper_bound(*arrays, r, xp.asarray(numpy.array([lam]))))[0])
         assert upper >= truth - 1e-13 * size - 1e-300, f"lam {lam}: bound {upper} below the maximum {truth}"
 
 
-MULTIPLIERS = pytest.mark.parametrize("multiplier", [sorted_breakpoint_multiplier, M.bisected_multiplier],
+MULTIPLIERS = pytest.mark.parametrize("multiplier", [sorted_breakpoint_multiplier, C.ball_box_multiplier.plain],
                                       ids=["sorted breakpoints", "bisection"])
 
 
@@ -126,7 +127,7 @@ def test_sphere_met_at_a_breakpoint(xp, dtype, multiplier):
     c = numpy.stack([c0, numpy.zeros(m)], axis=1).astype(dtype)
     box = numpy.repeat(radius[:, None], 2, axis=1).astype(dtype)
     r = radius.astype(dtype)
-    value, _, _ = M.ball_box_support(xp.asarray(c), xp.asarray(-box), xp.asarray(box), xp.asarray(r), multiplier)
+    value, _, _ = C.ball_box_support(xp.asarray(c), xp.asarray(-box), xp.asarray(box), xp.asarray(r), multiplier)
     expected = c[:, 0].astype(numpy.float64) * r.astype(numpy.float64)
     numpy.testing.assert_allclose(to_host(value), expected, rtol=1e-5 if dtype == "float32" else 1e-12)
 
@@ -142,7 +143,7 @@ def test_heavy_constant_coordinates_do_not_cancel(xp, dtype, ratio, multiplier):
     lo = numpy.concatenate([numpy.zeros((m, heavy)), -numpy.ones((m, light))], axis=1)
     hi = -lo
     radius = numpy.full(m, 0.5)
-    value, _, _ = M.ball_box_support(*(xp.asarray(a.astype(dtype)) for a in (c, lo, hi, radius)), multiplier)
+    value, _, _ = C.ball_box_support(*(xp.asarray(a.astype(dtype)) for a in (c, lo, hi, radius)), multiplier)
     expected = 0.5 * numpy.linalg.norm(c[:, heavy:], axis=1)  # the moving part alone, inside its box
     numpy.testing.assert_allclose(to_host(value), expected, rtol=1e-4 if dtype == "float32" else 1e-10)
 
@@ -164,7 +165,7 @@ def test_ball_box_maximum_is_a_primitive_with_the_envelope_gradient(seed, dim, i
     radius = rng.uniform(2.0, 3.0, 3) * (3 * dim if inside else 0.2)
     args = [xp.asarray(a) for a in (c, lo, hi, radius)]
     value = M.ball_box_maximum(*args)
-    assert numpy.array_equal(value, M.ball_box_support(*args)[0])
+    assert numpy.array_equal(value, C.ball_box_support(*args)[0])
     vs = [Var(a) for a in args]
     seed_g = xp.asarray(rng.standard_normal(3))
     grads = grad(M.ball_box_maximum(*vs), vs, seed=seed_g)
@@ -175,5 +176,5 @@ def test_ball_box_maximum_is_a_primitive_with_the_envelope_gradient(seed, dim, i
             up, down = [b.copy() for b in args], [b.copy() for b in args]
             up[i][idx] += step
             down[i][idx] -= step
-            fd[idx] = numpy.sum(seed_g * (M.ball_box_support(*up)[0] - M.ball_box_support(*down)[0])) / (2 * step)
+            fd[idx] = numpy.sum(seed_g * (C.ball_box_support(*up)[0] - C.ball_box_support(*down)[0])) / (2 * step)
         numpy.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-6, err_msg=f"argument {i}")

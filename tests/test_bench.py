@@ -34,6 +34,7 @@ SMOKE_TESTS = {
     "bench_sound_certify.py": "test_bench_sound_certify_bounds_lie_above_the_estimates",
     "bench_distributed.py": "test_bench_distributed_shards_agree_with_one_process",
     "gpu.py": "test_gpu_script_runs_its_steps_on_the_cpu",
+    "bench_ball_box.py": "test_bench_ball_box_times_both_multipliers",
     "study.py": "tests/test_study.py::test_the_study_pipeline_records_every_seed_and_keeps_the_hand_written_text",
 }
 # modules without a command of their own -> the script whose smoke run imports them
@@ -78,6 +79,7 @@ def _commands(tmp):
         "ab_taps": py + [str(BENCH / "ab_taps.py"), "--smoke", "--json", str(tmp / "ab_taps.json")],
         "bench_sound_certify": py + [str(BENCH / "bench_sound_certify.py"), "--smoke", "--json",
                                      str(tmp / "sound.json")],
+        "bench_ball_box": py + [str(BENCH / "bench_ball_box.py"), "--smoke", "--json", str(tmp / "ball_box.json")],
     }
     for impl in ("lipref", "torch"):  # every case in one process per side (run_all.py runs one per process)
         runs[f"suite {impl}"] = py + [str(BENCH / "suite.py"), ",".join(suite.CASES), impl, "--smoke"]
@@ -318,3 +320,10 @@ def test_gpu_parts_past_their_limit_are_stopped_and_recorded():
     assert stopped["status"] == "stopped after 0 s" and stopped["seconds"] < 30
     with pytest.raises(CaseFailed, match="matmul lipref: timed out after 0.05 s"):
         run_case("matmul", "lipref", 1, 1, smoke=True, timeout=0.05)
+
+
+def test_bench_ball_box_times_both_multipliers(smoke_runs):
+    smoke_runs.get("bench_ball_box")
+    doc = strict_json((smoke_runs.tmp / "ball_box.json").read_text())
+    for name in ("certify", "gloro_bcp_step"):
+        assert doc[name]["seconds_kernel"] > 0 and doc[name]["seconds_plain"] > 0

@@ -6,7 +6,7 @@ from networks import drawn_inputs, small_model
 from support import assert_backend_close
 
 from lipref.backend import to_host
-from lipref.bounds import network_bounds
+from lipref.bounds import BoundOptions, GlobalNorms, global_norms, network_bounds
 
 
 def _same_bounds(a, b, xp):
@@ -35,7 +35,7 @@ def test_sample_blocks_and_threads_do_not_change_the_bounds(xp, mode, conv):
     results, next_draws = [], []
     for threads, block in ((1, 7), (2, 2), (3, 3), (1, 3), (2, None)):
         r = numpy.random.default_rng(5)
-        results.append(network_bounds(model, x, 0.4, "local", mode, 12, r, threads=threads, sample_block=block))
+        results.append(network_bounds(model, x, 0.4, BoundOptions("local", mode, 12, threads=threads, sample_block=block), rng=r))
         next_draws.append(r.standard_normal())
     assert len(set(next_draws)) == 1
     for other in results[1:]:
@@ -49,11 +49,9 @@ def test_sample_block_warm_start_is_per_sample(xp):
     vectors equals warm-starting a single pass from them."""
     model, rng = small_model("relu", True, xp, 8)
     x = xp.asarray(drawn_inputs(model, rng, 5))
-    first = network_bounds(model, x, 0.2, "local", "fast", 3, numpy.random.default_rng(0), threads=2, sample_block=2)
-    one = network_bounds(model, x, 0.2, "local", "fast", 3, None, first.local_vectors, first.global_vectors,
-                         threads=1, sample_block=5)
-    blocked = network_bounds(model, x, 0.2, "local", "fast", 3, None, first.local_vectors, first.global_vectors,
-                             threads=2, sample_block=2)
+    first = network_bounds(model, x, 0.2, BoundOptions("local", "fast", 3, threads=2, sample_block=2), rng=numpy.random.default_rng(0))
+    one = network_bounds(model, x, 0.2, BoundOptions("local", "fast", 3, threads=1, sample_block=5), norms=global_norms(model, "fast", 3, None, first.global_vectors), local_vectors=first.local_vectors)
+    blocked = network_bounds(model, x, 0.2, BoundOptions("local", "fast", 3, threads=2, sample_block=2), norms=global_norms(model, "fast", 3, None, first.global_vectors), local_vectors=first.local_vectors)
     _same_bounds(one, blocked, xp)
 
 
@@ -66,8 +64,8 @@ def test_start_vectors_are_the_draws_network_bounds_makes(xp, bound):
     x = xp.asarray(drawn_inputs(model, rng, 4))
     drawn, direct = numpy.random.default_rng(9), numpy.random.default_rng(9)
     global_starts, local_starts = start_vectors(model, 4, bound, drawn)
-    given = network_bounds(model, x, 0.3, bound, "fast", 6, None, local_starts, global_starts)
-    expected = network_bounds(model, x, 0.3, bound, "fast", 6, direct)
+    given = network_bounds(model, x, 0.3, BoundOptions(bound, "fast", 6), norms=global_norms(model, "fast", 6, None, global_starts), local_vectors=local_starts)
+    expected = network_bounds(model, x, 0.3, BoundOptions(bound, "fast", 6), rng=direct)
     assert drawn.standard_normal() == direct.standard_normal()
     _same_bounds(expected, given, xp)
     assert (bound == "local") == bool(local_starts)

@@ -57,8 +57,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import certify
-from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential
+from lipref.certify import CertifyConfig, certify
+from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential, layer_from_spec
 
 N_RADII, N_ANGLES, N_CIRCLE = 60, 120, 3000
 EPS_CAP = 2.0  # eps is drawn log-uniformly in [1e-3, EPS_CAP]; points lie in [-1, 1]^2
@@ -110,22 +110,15 @@ def float64_twin(model, xp):
 
 
 def _copy_layer(layer):
-    if isinstance(layer, Linear):
-        return Linear(layer.in_features, layer.out_features)
-    if isinstance(layer, ReLU):
-        return ReLU(layer.in_shape)
-    if isinstance(layer, ClippedReLU):
-        return ClippedReLU(layer.in_shape, 1.0)
-    if isinstance(layer, ClampedMaxMin):
-        return ClampedMaxMin(layer.in_shape, 1.0)
-    raise TypeError(type(layer).__name__)
+    """A new layer of the same kind and shape (parameters set afterwards)."""
+    return layer_from_spec(layer.spec())
 
 
 def ground_truth_logits(twin, points, xp):
     """(logits, penultimate) of the twin at host points (P, 2) as host float64 arrays: one
     batched forward pass, layer by layer exactly as `Sequential.__call__(x, record=False)`
     runs it (the penultimate activations are kept for the rounding tolerance)."""
-    h = to_backend(points, xp, xp.float64)
+    h = to_backend(points.reshape((points.shape[0],) + tuple(twin.input_shape)), xp, xp.float64)  # 2-D, or an image of 2 pixels
     for layer in twin.layers[:-1]:
         h = layer(h, {k: v.value for k, v in layer.params.items()})
     last = twin.layers[-1]
@@ -434,8 +427,7 @@ def check_case(case, xp):
     """Certify the drawn points and hold every certificate and radius against the grid."""
     model, points, labels, eps = build_case(case, xp)
     dtype, mode = case["config"]
-    res = certify(model, points, labels, eps, mode=mode, n_iters=N_ITERS,
-                  rng=numpy.random.default_rng(case["seed"] + 1), batch_size=N_POINTS, pgd_steps=0)
+    res = certify(model, points, labels, eps, CertifyConfig(mode=mode, n_iters=N_ITERS, batch_size=N_POINTS, pgd_steps=0), rng=numpy.random.default_rng(case["seed"] + 1))
     check_against_grid(res, float64_twin(model, xp), xp, points, labels, eps, dtype, mode)
     return res
 
@@ -538,8 +530,7 @@ def _check_regression(xp, dtype, mode, n_dead=0, big=0.0):
     assert not counterexamples(twin, xp, [REG_X[0]], [TRUE_RADIUS], [0], ULP[dtype])
 
     def run(eps):
-        return certify(model, REG_X, REG_LABEL, float(eps), mode=mode, n_iters=N_ITERS_REGRESSION,
-                       rng=numpy.random.default_rng(3), batch_size=1, pgd_steps=0)
+        return certify(model, REG_X, REG_LABEL, float(eps), CertifyConfig(mode=mode, n_iters=N_ITERS_REGRESSION, batch_size=1, pgd_steps=0), rng=numpy.random.default_rng(3))
 
     # float64: strictly at most 1/3 (the double nearest 1/3 is below it). float32 rounds
     # the radius to the nearest float32, which for 1/3 is above it; fast mode makes no

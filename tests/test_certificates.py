@@ -12,7 +12,7 @@ from support import assert_backend_close, to_numpy
 
 from lipref.backend import to_host
 from lipref.bounds import certificates as C
-from lipref.bounds import network_bounds
+from lipref.bounds import BoundOptions, GlobalNorms, global_norms, network_bounds
 from lipref.layers import Conv2d
 from lipref.primitives import conv2d, conv2d_transpose
 
@@ -247,8 +247,8 @@ def test_sound_global_norms_are_certified_and_reused(xp):
         exact = scipy.linalg.svdvals(matrix)[0]
         assert exact <= float(to_host(bound)) <= exact * (1 + 1e-6), (type(layer).__name__, float(to_host(bound)), exact)
     x = xp.asarray(drawn_inputs(model, rng, 3))
-    given_norms = network_bounds(model, x, 0.3, "local", "sound", 20, numpy.random.default_rng(1), sound_norms=norms)
-    computed = network_bounds(model, x, 0.3, "local", "sound", 20, numpy.random.default_rng(0))
+    given_norms = network_bounds(model, x, 0.3, BoundOptions("local", "sound", 20), norms=GlobalNorms(tuple(norms)), rng=numpy.random.default_rng(1))
+    computed = network_bounds(model, x, 0.3, BoundOptions("local", "sound", 20), rng=numpy.random.default_rng(0))
     for a, b in zip(given_norms.global_norms, computed.global_norms):  # the same certificate, given or not
         assert_backend_close(a, float(to_host(b)), xp, rtol=1e-12, atol=0, what="global norm")
     assert numpy.all(to_host(given_norms.lipschitz) <= float(to_host(given_norms.global_lipschitz)) * (1 + 1e-12))

@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from test_certificate_grid import disk_grid
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import certify, global_norms_once
+from lipref.certify import CertifyConfig, certify
 from lipref.errors import UserError
 from lipref.layers import ClippedReLU, Linear, ReLU, Sequential
 
@@ -282,8 +282,7 @@ def certify_against_exact(model, points, labels, radii, eps, mode, tol, seed, no
     a one-line UserError and refusal_ok (a sound answer for the constructions below; on the drawn
     networks a refusal fails). norms: the run's GlobalNorms, when computed already."""
     try:
-        res = certify(model, points, labels, float(eps), mode=mode, n_iters=N_ITERS, seed=seed,
-                      batch_size=points.shape[0], pgd_steps=0, norms=norms)
+        res = certify(model, points, labels, float(eps), CertifyConfig(mode=mode, n_iters=N_ITERS, batch_size=points.shape[0], pgd_steps=0), seed=seed, norms=norms)
     except UserError as exc:
         if not refusal_ok:
             raise
@@ -316,7 +315,7 @@ def check_case(case, xp):
     labels[-1] = (labels[-1] + 1) % case["n_classes"]  # a wrong label: radius 0
     radii = [exact_radius(net, x, int(y), cap=CAP * rho) for x, y in zip(points, labels)]
     finite = [r.upper for r in radii if 0 < r.upper < math.inf]
-    norms = global_norms_once(model, mode, N_ITERS, case["seed"])  # what certify computes first, once
+    norms = CertifyConfig(mode=mode, n_iters=N_ITERS).global_norms(model, case["seed"])  # what certify computes first, once
     ratios = []
     for i, r in enumerate(radii):
         if 0 < r.upper < math.inf:

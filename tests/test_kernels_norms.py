@@ -10,16 +10,16 @@ from hypothesis import strategies as st
 from support import assert_backend_close
 
 from lipref.bounds import spectral as S
-from lipref.kernels import enabled, pick, reference_only
+from lipref.kernels import applying_kernel, enabled, reference_only
 from lipref.kernels import norms as K
 
 
 def test_the_kernel_applies_on_numpy_only(xp):
-    picked = pick("norms", xp.zeros((2, 3), dtype=xp.float64))
+    picked = applying_kernel("norms", xp.zeros((2, 3), dtype=xp.float64))
     on_numpy = "numpy" in xp.__name__ and "strict" not in xp.__name__
-    assert (picked is K.norms_and_range) == (enabled() and on_numpy)  # enabled: not LIPREF_REFERENCE=1
+    assert (picked is K.norms) == (enabled() and on_numpy)  # enabled: not LIPREF_REFERENCE=1
     with reference_only():
-        assert pick("norms", xp.zeros((2, 3), dtype=xp.float64)) is None
+        assert applying_kernel("norms", xp.zeros((2, 3), dtype=xp.float64)) is None
 
 
 @pytest.mark.parametrize("batch, dim", [(1, 7), (3, 4096), (32, 28800), (32, 900), (32, 97), (600, 130), (0, 5)])
@@ -30,7 +30,7 @@ def test_norms_in_pieces_and_their_range(batch, dim):
     assert dim % pieces == 0 and (pieces == 1 or (dim // pieces >= 64 and batch * pieces >= 512))
     rng = numpy.random.default_rng(batch + dim)
     x = rng.standard_normal((batch, dim))
-    norms, smallest, largest = K.norms_and_range(x)
+    norms, smallest, largest = K.unscaled_norms_and_range(x)
     expected = numpy.linalg.norm(x, axis=1)
     numpy.testing.assert_allclose(norms, expected, rtol=1e-13)
     if batch:
@@ -45,13 +45,13 @@ def test_exactly_zero_samples_stay_on_the_fast_path_tiny_ones_do_not():
     rng = numpy.random.default_rng(4)
     x = rng.standard_normal((3, 40))
     x[1] = 0.0
-    norms, smallest, _ = K.norms_and_range(x)
+    norms, smallest, _ = K.unscaled_norms_and_range(x)
     numpy.testing.assert_allclose(norms, numpy.linalg.norm(x, axis=1), rtol=1e-14, atol=0)
     assert smallest == 0.0
     x[2] = 1e-200  # squares underflow to a zero sum, but the sample is not zero
-    assert K.norms_and_range(x) is None
+    assert K.unscaled_norms_and_range(x) is None and K.norms(x) is NotImplemented
     x[2] = 1e200  # squares overflow
-    assert K.norms_and_range(x) is None
+    assert K.unscaled_norms_and_range(x) is None and K.norms(x) is NotImplemented
     expected = numpy.linalg.norm(x, axis=1)
     expected[2] = 1e200 * math.sqrt(40)  # numpy.linalg.norm itself overflows here
     numpy.testing.assert_allclose(S.norms(x), expected, rtol=1e-14, atol=0)
@@ -105,3 +105,10 @@ def test_power_iteration_on_the_host_and_on_the_device_path_agree(xp):
             plain = S.power_iteration(apply, apply_adjoint, xp.asarray(v0), n_iters)
         for name, a, b in zip(("sigma", "u", "v"), fast, plain):
             assert_backend_close(a, numpy.asarray(b), xp, rtol=1e-12, atol=0, what=f"{name}, {n_iters} steps")
+
+
+def test_the_host_power_iteration_keeps_the_plain_rescaling_range():
+    """kernels/power_iteration.py repeats the plain definition's rescaling range (a kernel
+    never imports lipref.bounds): the two must agree."""
+    from lipref.kernels import power_iteration as H
+    assert (H.RESCALE_ABOVE, H.RESCALE_BELOW) == (S._RESCALE_ABOVE, S._RESCALE_BELOW)

@@ -16,6 +16,7 @@ SPECS = [
     {"type": "clipped_relu", "shape": [6], "threshold_init": 0.5},
     {"type": "maxmin", "shape": [6, 2, 2], "threshold_init": 2.0},
     {"type": "flatten", "in_shape": [4, 2, 2]},
+    {"type": "avgpool2d", "in_shape": [3, 6, 6], "kernel_size": 2, "stride": 2, "padding": 0},
 ]
 
 

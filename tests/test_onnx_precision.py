@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 from rounding_models import nearest_counterexample, rounding_sensitive_weights  # noqa: E402
 
-from lipref.certify import certify  # noqa: E402
+from lipref.certify import CertifyConfig, certify  # noqa: E402
 from lipref.importing import load_any_model  # noqa: E402
 from lipref.models import load_model  # noqa: E402
 from lipref.onnx_import import import_onnx_model  # noqa: E402
@@ -60,9 +60,9 @@ def test_the_minimal_float64_model_keeps_its_values_and_is_not_certified_where_i
     model = load_any_model(path, xp, xp.float64)  # what sound mode computes in
     values = {k: numpy.asarray(v.value) for k, v in model.parameters().items()}
     assert values["1.weight"][0, 0] == 1 + 2.0 ** -30 and values["1.bias"][0] == 2.0 ** -35
-    at_2 = certify(model, x, numpy.array([0]), 2.0, "sound", n_iters=5, seed=0)
+    at_2 = certify(model, x, numpy.array([0]), 2.0, CertifyConfig(mode="sound", n_iters=5, pgd_steps=0), seed=0)
     assert not at_2.certified_local[0] and not at_2.certified_global[0]
-    within = certify(model, x, numpy.array([0]), 0.03, "sound", n_iters=5, seed=0)  # below the radius 2^-5
+    within = certify(model, x, numpy.array([0]), 0.03, CertifyConfig(mode="sound", n_iters=5, pgd_steps=0), seed=0)  # below the radius 2^-5
     assert within.certified_local[0], "the exact model is certified inside its radius: the test can fail"
     native = load_any_model(path, xp)  # no dtype: the file's precision
     assert native.precision == "float64" and numpy.asarray(native.parameters()["1.weight"].value).dtype == "float64"
@@ -112,7 +112,7 @@ def test_random_float64_models_are_never_certified_beyond_a_counterexample_of_th
     assert numpy.argmax(logits) != 0 and logits.max() - logits[0] > 0  # the file's own model, in float64
     distance = float(numpy.linalg.norm(found - x))
     model = load_any_model(path, xp, xp.float64)
-    result = certify(model, x, numpy.array([0]), distance * 1.001, "sound", n_iters=10, seed=seed)
+    result = certify(model, x, numpy.array([0]), distance * 1.001, CertifyConfig(mode="sound", n_iters=10, pgd_steps=0), seed=seed)
     assert not result.certified_local[0] and not result.certified_global[0]
 
 

@@ -1,4 +1,4 @@
-"""Masked operators (bounds/operators.py): the plain masked operator is the masked matrix,
+"""Masked operators (bounds/layer_norms.py): the plain masked operator is the masked matrix,
 its adjoint is its transpose, its Gram shortcut is A^T A on A^T's range, and the masked
 power iteration never exceeds the exact masked norm."""
 import numpy
@@ -8,7 +8,7 @@ from networks import materialise
 from support import assert_backend_close
 
 from lipref.backend import to_host
-from lipref.bounds.operators import masked_operator, masked_power_iteration
+from lipref.bounds.layer_norms import masked_operator, masked_power_iteration
 from lipref.kernels import reference_only
 from lipref.layers import Conv2d, Linear
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipref.bounds import rounding as R
-from lipref.bounds.interval import affine_interval, weight_forms
+from lipref.bounds.rules import affine_interval, weight_forms
 from lipref.bounds.walk import NetworkBounds
 from lipref.layers import Conv2d, Linear
 
@@ -39,11 +39,12 @@ def test_affine_rounding_slack_covers_the_float32_interval(seed, conv, scale):
 
     def interval(dtype):
         params = {"weight": w.astype(dtype), "bias": b.astype(dtype)}
-        return params, affine_interval(layer, weight_forms(params), params["bias"], lower.astype(dtype),
+        return params, affine_interval(layer, weight_forms(params["weight"]), params["bias"], lower.astype(dtype),
                                        upper.astype(dtype))
     params32, (lo32, up32) = interval(numpy.float32)
     _, (lo64, up64) = interval(numpy.float64)
-    slack = R.affine_rounding_slack(layer, params32, lower.astype(numpy.float32), upper.astype(numpy.float32), xp)
+    slack = R.affine_rounding_slack(layer, params32["weight"], params32["bias"], lower.astype(numpy.float32),
+                                    upper.astype(numpy.float32))
     assert numpy.all(numpy.abs(lo32.astype(numpy.float64) - lo64) <= slack)
     assert numpy.all(numpy.abs(up32.astype(numpy.float64) - up64) <= slack)
 

@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from lipref import data as D
-from lipref.certify import bounds_per_sample, certification_arrays, certify, global_norms_once
+from lipref.certify import CertifyConfig, bounds_per_sample, certification_arrays, certify
 from lipref.errors import InputError
 from lipref.models import build_model
 from lipref.seeds import BOUNDS, PGD, SampleStreams, sample_streams
@@ -45,16 +45,15 @@ def test_certify_does_not_depend_on_the_batch_size(images, mode):
     dtype = xp.float64 if mode == "sound" else xp.float32
     model = build_model("2c2f", (1, 28, 28), 10, xp, dtype, numpy.random.default_rng(0))
     x = x.astype(dtype)
-    norms = global_norms_once(model, mode, 10, 3, gram_limit=0)
-    runs = [certification_arrays(certify(model, x, labels, 0.05, mode, 10, batch_size=b, pgd_steps=3, seed=3,
-                                         norms=norms)) for b in (7, 100)]
+    norms = CertifyConfig(mode=mode, n_iters=10, gram_limit=0).global_norms(model, 3)
+    runs = [certification_arrays(certify(model, x, labels, 0.05, CertifyConfig(mode=mode, n_iters=10, batch_size=b, pgd_steps=3), seed=3, norms=norms)) for b in (7, 100)]
     small, large = runs
     for key in small:
         if mode == "sound" or key in DISCRETE:
             assert numpy.array_equal(small[key], large[key]), key
         else:
             numpy.testing.assert_allclose(small[key], large[key], rtol=1e-5, err_msg=key)
-    rows = [bounds_per_sample(model, x, labels, 0.05, mode, 10, batch_size=b, seed=3, norms=norms) for b in (7, 100)]
+    rows = [bounds_per_sample(model, x, labels, 0.05, CertifyConfig(mode=mode, n_iters=10, batch_size=b), seed=3, norms=norms) for b in (7, 100)]
     if mode == "sound":
         assert rows[0] == rows[1]
 
@@ -64,7 +63,7 @@ def test_certify_still_takes_a_generator(images):
     x, labels = images
     model = build_model("2c2f", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(0))
     x = x.astype(numpy.float32)
-    a, b = (certify(model, x, labels, 0.05, "fast", 5, numpy.random.default_rng(1), batch_size=10) for _ in "ab")
+    a, b = (certify(model, x, labels, 0.05, CertifyConfig(mode="fast", n_iters=5, batch_size=10, pgd_steps=0), rng=numpy.random.default_rng(1)) for _ in "ab")
     assert numpy.array_equal(a.local_bound, b.local_bound)
     with pytest.raises(InputError, match="seed"):
-        certify(model, x, labels, 0.05, "fast", 5)
+        certify(model, x, labels, 0.05, CertifyConfig(mode="fast", n_iters=5, pgd_steps=0))

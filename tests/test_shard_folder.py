@@ -211,8 +211,7 @@ def test_a_model_file_changed_at_the_same_path_is_loaded_again(tmp_path):
         save_model(path, build_model("2c2f", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(seed)))
         task = shard_task(path, distributed.file_digest(path))
         _, arrays, _ = distributed.compute_shard(task)
-        single = bounds_per_sample(load_model(path, xp, xp.float32), task.images, task.labels, 0.05, "fast", 3,
-                                   batch_size=3, seed=5)
+        single = bounds_per_sample(load_model(path, xp, xp.float32), task.images, task.labels, 0.05, CertifyConfig(mode="fast", n_iters=3, batch_size=3), seed=5)
         assert distributed.bound_samples(arrays) == single
         results.append(arrays["local"])
     assert not numpy.array_equal(*results)

@@ -7,9 +7,9 @@ import numpy
 import pytest
 
 from lipref.backend import to_host
-from lipref.bounds import network_bounds
-from lipref.bounds.masks import activation_masks
-from lipref.certify import certify
+from lipref.bounds import BoundOptions, network_bounds
+from lipref.bounds.rules import rule_of
+from lipref.certify import CertifyConfig, certify
 from lipref.errors import BoundsOverflowError, InputError
 from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential
 
@@ -26,7 +26,7 @@ def test_nan_bounds_mean_can_move(xp, layer):
     marked constant and the local bound collapsed to 0."""
     layer.init_params(xp, xp.float64, numpy.random.default_rng(0))
     nan = xp.full((2,) + layer.in_shape, float("nan"), dtype=xp.float64)
-    rows, outputs = activation_masks(layer, {k: v.value for k, v in layer.params.items()}, nan, nan)
+    rows, outputs = rule_of(layer).masks({k: v.value for k, v in layer.params.items()}, nan, nan)
     assert bool(xp.all(rows == 1)) and bool(xp.all(outputs == 1))
 
 
@@ -41,12 +41,12 @@ def test_an_eps_whose_bounds_overflow_is_an_error(xp, dtype, eps):
                     "4.weight": rng.normal(size=(3, 4)), "4.bias": rng.normal(size=3)})
     x = xp.asarray(rng.uniform(-1, 1, (3, 2)), dtype=dt)
     with pytest.raises(BoundsOverflowError, match="overflow"):
-        network_bounds(model, x, eps, "local", "fast", 5, rng)
+        network_bounds(model, x, eps, BoundOptions("local", "fast", 5), rng=rng)
     mode = "sound" if dtype == "float64" else "fast"
     with pytest.raises(BoundsOverflowError):
-        certify(model, rng.uniform(-1, 1, (3, 2)).astype(dtype), numpy.zeros(3, dtype=numpy.int64), eps, mode, 5, rng)
+        certify(model, rng.uniform(-1, 1, (3, 2)).astype(dtype), numpy.zeros(3, dtype=numpy.int64), eps, CertifyConfig(mode=mode, n_iters=5, pgd_steps=0), rng=rng)
     with pytest.raises(InputError, match="finite"):
-        network_bounds(model, x, float("inf"), "local", "fast", 5, rng)
+        network_bounds(model, x, float("inf"), BoundOptions("local", "fast", 5), rng=rng)
 
 
 def _cancelling_model(xp, order):
@@ -74,7 +74,7 @@ def test_sound_mode_covers_the_forward_pass_rounding(xp):
         logits = to_host(model(xp.asarray(x), record=False))
         if logits[0, 0] > 0:  # float64 met the rounding in this order: prediction 0, exactly 1
             rounded.append(order)
-            result = certify(model, x, numpy.array([0]), 1e-3, "sound", 10, numpy.random.default_rng(0))
+            result = certify(model, x, numpy.array([0]), 1e-3, CertifyConfig(mode="sound", n_iters=10, pgd_steps=0), rng=numpy.random.default_rng(0))
             assert int(result.predictions[0]) == 0
             assert not result.certified_local[0] and not result.certified_global[0]
             assert result.radius_local[0] == 0.0 and result.radius_global[0] == 0.0

@@ -22,7 +22,7 @@ from support import assert_backend_close, to_numpy
 
 from lipref import losses
 from lipref import primitives as P
-from lipref.bounds import network_bounds
+from lipref.bounds import BoundOptions, GlobalNorms, global_norms, network_bounds
 from lipref.models import ModelFileError, build_model, load_model, model_to_bytes, save_model
 from lipref.tape import Var, grad, value_of
 
@@ -189,7 +189,7 @@ def test_training_loss_on_strict_arrays_equals_numpy(arch, activation, loss):
         params = model.parameters()
         x = ns.asarray(x_h)
         onehot = ns.asarray(numpy.eye(k)[labels])
-        b = network_bounds(model, x, 0.1, "local", "fast", 3, numpy.random.default_rng(9), record=True)
+        b = network_bounds(model, x, 0.1, BoundOptions("local", "fast", 3, record=True), rng=numpy.random.default_rng(9))
         total = losses.mixed_loss(loss, b, model.layers[-1].params["weight"], onehot, 0.5)
         total = total + losses.sparsity_loss(b.activations, 0.1) * 0.01
         return value_of(total), grad(total, list(params.values())), list(params)

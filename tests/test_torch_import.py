@@ -126,7 +126,7 @@ def _rounding_sensitive_checkpoint(path, seed):
 def test_float64_checkpoints_are_never_certified_beyond_a_counterexample_of_the_checkpoint(tmp_path, xp, seed):
     from rounding_models import nearest_counterexample
 
-    from lipref.certify import certify
+    from lipref.certify import CertifyConfig, certify
     from lipref.importing import load_any_model
     net = _rounding_sensitive_checkpoint(tmp_path / "double.pth", seed)
 
@@ -138,8 +138,7 @@ def test_float64_checkpoints_are_never_certified_beyond_a_counterexample_of_the_
     found = nearest_counterexample(logits, x, 0, numpy.random.default_rng(seed))
     assert numpy.argmax(logits(found)) != 0  # the checkpoint's own model, in float64
     model = load_any_model(tmp_path / "double.pth", xp, xp.float64)
-    result = certify(model, x, numpy.array([0]), float(numpy.linalg.norm(found - x)) * 1.001, "sound", n_iters=10,
-                     seed=seed)
+    result = certify(model, x, numpy.array([0]), float(numpy.linalg.norm(found - x)) * 1.001, CertifyConfig(mode="sound", n_iters=10, pgd_steps=0), seed=seed)
     assert not result.certified_local[0] and not result.certified_global[0]
 
 

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from lipref import check as C  # noqa: E402
 from lipref.backend import get_backend  # noqa: E402
-from lipref.bounds.margins import ball_box_support  # noqa: E402
+from lipref.bounds.certificate import ball_box_support  # noqa: E402
 from lipref.layers import ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential  # noqa: E402
 from lipref.models import ARCHITECTURES, build_model, load_model  # noqa: E402
 from lipref.reference import torch_margins as RM  # noqa: E402

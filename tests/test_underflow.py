@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_certificate_grid import N_ITERS, build_case, check_against_grid, float64_twin, networks
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import certify
+from lipref.certify import CertifyConfig, certify
 from lipref.layers import Flatten, Linear, ReLU, Sequential
 from lipref.models import save_model
 
@@ -124,7 +124,7 @@ X1, X2 = numpy.array([0.9, 0.1]), numpy.array([0.5, 0.5])
 def _certify(chain, x, label, eps, mode, xp, dtype="float64"):
     model = chain.model(xp, numpy.dtype(dtype))
     images = numpy.asarray(x, dtype=dtype).reshape(1, 1, 1, 2)
-    return certify(model, images, numpy.array([label]), eps, mode, 50, seed=1, pgd_steps=0)
+    return certify(model, images, numpy.array([label]), eps, CertifyConfig(mode=mode, n_iters=50, pgd_steps=0), seed=1)
 
 
 def _assert_sound(chain, x, res, eps, slack=0.0):
@@ -307,6 +307,5 @@ def test_scaling_towards_underflow_never_certifies_falsely(xp, case, shifts):
     case = dict(case, config=("float64", "sound"))
     model, points, labels, eps = build_case(case, xp)
     scaled, twin = scaled_by_powers_of_two(model, xp, shifts)
-    res = certify(scaled, points, labels, eps, mode="sound", n_iters=N_ITERS, seed=case["seed"],
-                  batch_size=len(points), pgd_steps=0)
+    res = certify(scaled, points, labels, eps, CertifyConfig(mode="sound", n_iters=N_ITERS, batch_size=len(points), pgd_steps=0), seed=case["seed"])
     check_against_grid(res, twin, xp, points, labels, eps, "float64", "sound")

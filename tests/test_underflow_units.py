@@ -13,9 +13,9 @@ from operators_support import SETTINGS, conv_matrix, conv_operator, masked_norms
 from lipref.backend import to_backend, to_host
 from lipref.bounds import rounding as R
 from lipref.bounds.certificates import conv_spectral_norm_certified, conv_spectral_norm_upper, dense_spectral_norm_upper
-from lipref.bounds.interval import affine, affine_interval, row_norms, uniform_box_interval, weight_forms
+from lipref.bounds.rules import affine_interval, row_norms, uniform_box_interval, weight_forms
 from lipref.bounds.lanczos import lanczos_upper_bound
-from lipref.certify import gloro_radius
+from lipref.bounds.certificate import gloro_radius
 from lipref.layers import Conv2d, Linear
 
 ETA = 2.0 ** -1074
@@ -75,7 +75,7 @@ def test_row_norms_of_tiny_weights(xp, seed, conv, top):
     layer = Conv2d((2, 4, 4), 3, 3, 1, 1) if conv else Linear(6, 4)
     shape = (3, 2, 3, 3) if conv else (4, 6)
     w = numpy.ldexp(rng.uniform(-1, 1, shape), top)
-    forms = weight_forms({"weight": to_backend(w, xp, xp.float64)})
+    forms = weight_forms(to_backend(w, xp, xp.float64))
     mask = numpy.ones((1,) + layer.in_shape)
     plain = to_host(row_norms(layer, forms, None))
     upper = to_host(R.row_norms_upper(layer, forms, to_backend(mask, xp, xp.float64)))
@@ -128,16 +128,16 @@ def test_affine_slack_and_forward_error_cover_underflow(xp, seed, w_exp, x_exp, 
     x = numpy.ldexp(rng.uniform(-1, 1, (2, 5)), x_exp)
     eps = math.ldexp(rng.uniform(0.5, 1), eps_exp)
     params = {"weight": to_backend(w, xp, xp.float64), "bias": to_backend(b, xp, xp.float64)}
-    forms = weight_forms(params)
+    forms = weight_forms(params["weight"])
     lower, upper = x - eps, x + eps
     lo_b, up_b = (to_backend(v, xp, xp.float64) for v in (lower, upper))
-    slack = to_host(R.affine_rounding_slack(layer, params, lo_b, up_b, xp))
-    z = affine(layer, to_backend(x, xp, xp.float64), params["weight"], params["bias"])
+    slack = to_host(R.affine_rounding_slack(layer, params["weight"], params["bias"], lo_b, up_b))
+    z = layer.affine(to_backend(x, xp, xp.float64), params["weight"], params["bias"])
     computed = [affine_interval(layer, forms, params["bias"], lo_b, up_b),
                 uniform_box_interval(layer, forms, z, eps, xp.zeros((2,), dtype=xp.float64) + 1e300,
                                      xp.zeros((1, 3), dtype=xp.float64) + 1e300)]
-    error = to_host(R.affine_forward_error(layer, params, xp.zeros((2, 5), dtype=xp.float64),
-                                           to_backend(slack, xp, xp.float64), xp))
+    error = to_host(R.affine_forward_error(layer, params["weight"], xp.zeros((2, 5), dtype=xp.float64),
+                                           to_backend(slack, xp, xp.float64)))
     wf, bf = _fractions(w), [Fraction(float(v)) for v in b]
     for s in range(2):
         lo_f, up_f = [Fraction(float(v)) for v in lower[s]], [Fraction(float(v)) for v in upper[s]]

@@ -26,18 +26,18 @@ from support import assert_backend_close
 
 from lipref import primitives as P
 from lipref.backend import to_host
-from lipref.bounds import network_bounds
+from lipref.bounds import BoundOptions, GlobalNorms, global_norms, network_bounds
 from lipref.layers import ReLU
 from lipref.tape import grad
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.sampled_from([False, True, "pool"]),
        eps=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
 def test_local_bound_between_jacobians_and_global(xp, seed, kind, conv, eps):
     model, rng = small_model(kind, conv, xp, seed)
     x_host = drawn_inputs(model, rng, 3)
-    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 300, rng)
+    res = network_bounds(model, xp.asarray(x_host), eps, BoundOptions("local", "fast", 300), rng=rng)
     local, glob = to_host(res.lipschitz), float(to_host(res.global_lipschitz))
     assert numpy.all(local <= glob * (1 + 1e-9)), (local, glob)
     for s in range(x_host.shape[0]):
@@ -49,12 +49,12 @@ def test_local_bound_between_jacobians_and_global(xp, seed, kind, conv, eps):
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.sampled_from([False, True, "pool"]),
        eps=st.sampled_from([0.01, 0.1, 0.5, 2.0]))
 def test_constant_neurons_never_change_and_bounds_contain_samples(xp, seed, kind, conv, eps):
     model, rng = small_model(kind, conv, xp, seed)
     x_host = drawn_inputs(model, rng, 2)
-    res = network_bounds(model, xp.asarray(x_host), eps, "local", "fast", 50, rng)
+    res = network_bounds(model, xp.asarray(x_host), eps, BoundOptions("local", "fast", 50), rng=rng)
     for s in range(x_host.shape[0]):
         pts = numpy.concatenate([x_host[s:s + 1], ball_points(rng, x_host[s:s + 1], eps, 64)])
         # points on the sphere too: the extreme case of the ball
@@ -76,7 +76,7 @@ def test_constant_neurons_never_change_and_bounds_contain_samples(xp, seed, kind
 
 def test_global_bound_is_product_of_exact_norms(xp):
     model, rng = small_model("relu", False, xp, 7)
-    res = network_bounds(model, xp.asarray(drawn_inputs(model, rng, 2)), 0.1, "global", "fast", 500, rng)
+    res = network_bounds(model, xp.asarray(drawn_inputs(model, rng, 2)), 0.1, BoundOptions("global", "fast", 500), rng=rng)
     exact = 1.0
     for layer in model.layers[:-1]:
         if layer.is_affine:
@@ -87,7 +87,7 @@ def test_global_bound_is_product_of_exact_norms(xp):
 def test_local_norm_of_dense_layer_matches_masked_svd(xp):
     model, rng = small_model("relu", False, xp, 11)
     x_host = drawn_inputs(model, rng, 4)
-    res = network_bounds(model, xp.asarray(x_host), 0.3, "local", "fast", 1000, rng)
+    res = network_bounds(model, xp.asarray(x_host), 0.3, BoundOptions("local", "fast", 1000), rng=rng)
     w = to_host(model.layers[2].params["weight"].value)  # second affine layer
     rows = to_host(res.activations[1].row_mask)
     cols = to_host(res.activations[0].output_mask)
@@ -100,13 +100,13 @@ def test_local_norm_of_dense_layer_matches_masked_svd(xp):
 
 
 @settings(max_examples=8, deadline=None)
-@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.booleans(),
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(ACTS), conv=st.sampled_from([False, True, "pool"]),
        eps=st.sampled_from([0.05, 0.5]))
 def test_sound_mode_bounds_converged_fast_mode(xp, seed, kind, conv, eps):
     model, rng = small_model(kind, conv, xp, seed)
     x = xp.asarray(drawn_inputs(model, rng, 3))
-    fast = network_bounds(model, x, eps, "local", "fast", 400, numpy.random.default_rng(seed))
-    sound = network_bounds(model, x, eps, "local", "sound", 40, numpy.random.default_rng(seed))
+    fast = network_bounds(model, x, eps, BoundOptions("local", "fast", 400), rng=numpy.random.default_rng(seed))
+    sound = network_bounds(model, x, eps, BoundOptions("local", "sound", 40), rng=numpy.random.default_rng(seed))
     sound_global = float(to_host(sound.global_lipschitz))
     assert float(to_host(fast.global_lipschitz)) <= sound_global * (1 + 1e-12)
     assert numpy.all(to_host(sound.lipschitz) <= sound_global * (1 + 1e-12))
@@ -122,43 +122,54 @@ def test_unknown_layer_is_an_error(xp):
     model.layers[1] = type("Weird", (), {"is_affine": False, "is_activation": False, "in_shape": (8,),
                                          "out_shape": (8,), "params": {}})()
     with pytest.raises(TypeError, match="unknown layers are an error"):
-        network_bounds(model, xp.asarray(drawn_inputs(model, rng, 1)), 0.1, "local", "fast", 5, rng)
+        network_bounds(model, xp.asarray(drawn_inputs(model, rng, 1)), 0.1, BoundOptions("local", "fast", 5), rng=rng)
 
 
 def test_bad_arguments(xp):
     model, rng = small_model("relu", False, xp, 1)
     x = xp.asarray(drawn_inputs(model, rng, 1))
     with pytest.raises(ValueError, match="eps"):
-        network_bounds(model, x, -0.1, "local", "fast", 5, rng)
+        network_bounds(model, x, -0.1, BoundOptions("local", "fast", 5), rng=rng)
     with pytest.raises(ValueError, match="input shape"):
-        network_bounds(model, xp.asarray(numpy.zeros((1, 4))), 0.1, "local", "fast", 5, rng)
+        network_bounds(model, xp.asarray(numpy.zeros((1, 4))), 0.1, BoundOptions("local", "fast", 5), rng=rng)
     with pytest.raises(ValueError, match="float64"):
-        network_bounds(model, xp.astype(x, xp.float32), 0.1, "local", "sound", 5, rng)
+        network_bounds(model, xp.astype(x, xp.float32), 0.1, BoundOptions("local", "sound", 5), rng=rng)
     with pytest.raises(ValueError, match="record must be False"):
-        network_bounds(model, x, 0.1, "local", "sound", 5, rng, record=True)
+        network_bounds(model, x, 0.1, BoundOptions("local", "sound", 5, record=True), rng=rng)
     with pytest.raises(ValueError, match="threads and sample_block"):
-        network_bounds(model, x, 0.1, "local", "fast", 5, rng, threads=0)
+        network_bounds(model, x, 0.1, BoundOptions("local", "fast", 5, threads=0), rng=rng)
     with pytest.raises(ValueError, match="threads and sample_block"):
-        network_bounds(model, x, 0.1, "local", "fast", 5, rng, sample_block=0)
-    with pytest.raises(ValueError, match="global_iters"):
-        network_bounds(model, x, 0.1, "local", "fast", 5, rng, global_iters=-1)
-    with pytest.raises(ValueError, match=r"global_iters=0 takes .* layers \[0, 2\]"):
-        network_bounds(model, x, 0.1, "local", "fast", 5, rng, global_iters=0)
+        network_bounds(model, x, 0.1, BoundOptions("local", "fast", 5, sample_block=0), rng=rng)
+
+
+class _Starts:
+    """An rng that hands out the given global start vectors, in layer order."""
+    def __init__(self, starts):
+        self.queue = [numpy.asarray(to_host(v)) for v in starts.values()]
+
+    def standard_normal(self, shape):
+        return self.queue.pop(0)
 
 
 @pytest.mark.parametrize("bound", ["local", "global"])
 def test_global_iteration_once_then_only_on_the_tape(xp, bound):
     """Training runs the global power iteration once per step (global_norms) and gives every
-    block its vectors with global_iters=0: the bounds and their gradients are those of a
-    call that runs the iteration itself."""
+    block the GlobalNorms: the bounds and their gradients are those of a call that runs the
+    iteration itself, and the norms are those at the vectors kept (a 0-step iteration from
+    them gives the same, bit for bit)."""
     from lipref.bounds import global_norms, start_vectors
     model, rng = small_model("clipped_relu", True, xp, 14)
     x = xp.asarray(drawn_inputs(model, rng, 4))
     global_starts, local_starts = start_vectors(model, 4, bound, numpy.random.default_rng(2))
-    itself = network_bounds(model, x, 0.3, bound, "fast", 9, None, local_starts, global_starts, record=True)
-    converged = global_norms(model, "fast", 9, None, global_starts, False)[1]
-    once = network_bounds(model, x, 0.3, bound, "fast", 9, None, local_starts, converged, record=True,
-                          global_iters=0)
+    itself = network_bounds(model, x, 0.3, BoundOptions(bound, "fast", 9, record=True),
+                            local_vectors=local_starts, rng=_Starts(global_starts))
+    norms = global_norms(model, "fast", 9, None, global_starts)
+    converged = norms.vectors
+    again = global_norms(model, "fast", 0, None, converged)
+    for a, b in zip(again.norms, norms.norms):
+        assert float(to_host(a)) == float(to_host(b))
+    once = network_bounds(model, x, 0.3, BoundOptions(bound, "fast", 9, record=True), norms,
+                          local_vectors=local_starts)
     params = list(model.parameters().values())
     expected = grad(P.sum(itself.lipschitz, None, False), params)
     got = grad(P.sum(once.lipschitz, None, False), params)

@@ -3,13 +3,12 @@
 Without a tape, `network_bounds` bounds the batch in blocks of samples (backend.sample_blocks),
 run in threads (backend.map_in_threads), and merges the blocks' results here. Every random
 start vector is drawn first, in the calling thread, in the order a single pass over the
-whole batch draws them, so the result does not depend on the threads at all, nor on the
-blocks beyond rounding.
+whole batch draws them (layer_norms.py), so the result does not depend on the threads at
+all, nor on the blocks beyond rounding.
 """
 import dataclasses
 
 from ..backend import map_in_threads, namespace, sample_blocks
-from ..layers import Linear
 
 PER_SAMPLE = {"per_sample": True}  # field metadata: merged across blocks along the sample axis
 
@@ -59,65 +58,3 @@ def _stack_blocks(arrays):
     keeps the parts' memory order -- channels-last behind the NCHW views -- and runs without
     the interpreter lock; see BENCHMARKS.md.)"""
     return namespace(arrays[0]).concat(arrays, axis=0)
-
-
-# ---------------------------------------------------------------- start vectors
-
-def random_start(rng, shape, xp, dtype):
-    if rng is None:
-        raise ValueError("power iteration needs start vectors: pass rng (a numpy Generator) or stored vectors")
-    return xp.asarray(rng.standard_normal(shape), dtype=dtype)
-
-
-def fits(vectors, key, shape):
-    """Is there a stored vector under key, of this shape?"""
-    v = vectors.get(key)
-    return v is not None and tuple(v.shape) == tuple(shape)
-
-
-def _start(vectors, key, shape, rng, xp, dtype):
-    if fits(vectors, key, shape):
-        return vectors[key]
-    return random_start(rng, shape, xp, dtype)
-
-
-def start_vectors(model, n, bound, rng, local_vectors=None, global_vectors=None):
-    """The start vectors a fast-mode network_bounds call on n samples would use, drawn from
-    rng now, in the order that call draws them: ({layer index: (1, ...)} for the global
-    norms, {layer index: (n, ...)} for the local ones), given vectors kept where their shape
-    fits. A caller that splits one batch into blocks itself (data-parallel training) draws
-    them once and passes each block its slice, with rng None, so no block draws anything."""
-    first = next(iter(model.parameters().values())).value
-    glob = global_starts(model, rng, dict(global_vectors or {}))
-    return glob, local_starts(model, bound, "fast", n, rng, dict(local_vectors or {}), namespace(first), first.dtype)
-
-
-def global_starts(model, rng, vectors):
-    """The global power iteration's start vectors, {affine layer index: (1, ...)}, in layer
-    order: the stored vector where its shape fits, else a Gaussian draw from rng."""
-    starts = {}
-    for i, layer in enumerate(model.layers[:-1]):
-        if layer.is_affine:
-            wv = layer.params["weight"].value
-            starts[i] = _start(vectors, i, (1,) + layer.in_shape, rng, namespace(wv), wv.dtype)
-    return starts
-
-
-def local_starts(model, bound, mode, n, rng, vectors, xp, dtype):
-    """Each masked norm's start vectors, {affine layer index: (n, ...)}, in layer order: fast
-    mode's stored vectors where their shape fits, else a Gaussian draw from rng; sound
-    mode's conv layers always a fresh draw (the Kuczynski-Wozniakowski bound needs a random
-    start); none for the global bound or sound mode's dense layers (exact SVD)."""
-    starts = {}
-    if bound != "local":
-        return starts
-    for i, layer in enumerate(model.layers[:-1]):
-        if not layer.is_affine:
-            continue
-        shape = (n,) + layer.in_shape
-        if mode == "sound":
-            if not isinstance(layer, Linear):
-                starts[i] = random_start(rng, shape, xp, dtype)
-        else:
-            starts[i] = _start(vectors, i, shape, rng, xp, dtype)
-    return starts

@@ -13,10 +13,10 @@ import math
 from .. import primitives as P
 from ..backend import cholesky_or_none, namespace
 from ..layers import Linear
+from ..tape import value_of
 from ..shapes import conv_output_hw
-from .interval import check_model
 from .lanczos import lanczos_upper_bound
-from .rounding import above, gamma, norm_upper, product_upper, underflow_allowance, unit_roundoff
+from .rounding import cholesky_norm_upper, dft_norm_upper, gram_norm_upper
 from .spectral import _eigh, _safe, _transpose, norms
 
 # ---------------------------------------------------------------- dense matrices
@@ -40,21 +40,14 @@ def dense_spectral_norm_upper(matrices):
     if matrices.ndim != 3:
         raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
     _, m, n = matrices.shape
-    u = unit_roundoff(xp, matrices.dtype)
     scale = xp.max(xp.abs(matrices), axis=(1, 2))
     scaled = matrices / _safe(scale)[:, None, None]
     if m <= n:
         gram = xp.matmul(scaled, _transpose(scaled))
     else:
         gram = xp.matmul(_transpose(scaled), scaled)
-    p, q = min(m, n), max(m, n)
     lam = _eigh(gram, values_only=True)[:, -1]
-    frob_sq = xp.sum(scaled * scaled, axis=(1, 2)) * (1 + gamma(m * n + 1, u))
-    g_q = gamma(q, u)
-    margin = (2 * g_q + gamma(8 * p * p, u) * (1 + g_q)) * frob_sq
-    bound_sq = xp.maximum(lam, xp.zeros_like(lam)) + margin
-    bound = xp.sqrt(bound_sq) * (1 + 8 * u) + 2 * u * xp.sqrt(frob_sq)
-    return product_upper(scale, bound * (1 + 2 * u))  # rounded up: a subnormal scale too
+    return gram_norm_upper(scale, lam, xp.sum(scaled * scaled, axis=(1, 2)), m, n, xp)
 
 
 def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
@@ -183,7 +176,6 @@ def circulant_norm_upper(weight, grid_hw):
     o, c, kh, kw = weight.shape
     nh, nw = grid_hw
     dtype = weight.dtype
-    u = unit_roundoff(xp, dtype)
 
     def tables(n_freq_used, n_grid, taps):
         """cos/sin of 2 pi (f a mod N) / N, (n_freq_used, taps); the index product is exact."""
@@ -210,18 +202,7 @@ def circulant_norm_upper(weight, grid_hw):
         part = xp.max(dense_spectral_norm_upper(real_form[s:min(s + chunk, n_freq), ...]))
         best = part if best is None else xp.maximum(best, part)
 
-    # DFT rounding: each table entry is off by at most tau = 32u (angle 2 pi m / N with
-    # relative error gamma_3, plus the cos/sin library error); each entry of Re and Im is
-    # then off by at most eps_dft * S[o, c], S = sum_ab |w_ocab|, so
-    # ||K(f) - fl(K(f))||_2 <= sqrt(2) eps_dft ||S||_F (a norm free of underflow); underflow
-    # adds at most kw (kh + 1) eta to each entry of Re and Im (two stages of kh and kw
-    # products), 2 sqrt(O C) kw (kh + 1) eta to the real form's 2-norm
-    tau = 32 * u
-    eps_dft = 2 * gamma(kh + kw + 1, u) + 3 * tau
-    s_abs = xp.reshape(xp.sum(xp.abs(weight), axis=(2, 3)), (1, o * c))
-    s_frob = norm_upper(s_abs, axis=1, entry_roundings=kh * kw)[0]
-    underflow = underflow_allowance(2 * math.sqrt(o * c) * kw * (kh + 1), xp, dtype)
-    bound = above((best + math.sqrt(2) * eps_dft * s_frob + underflow) * (1 + 4 * u))
+    bound = dft_norm_upper(best, weight, xp)  # the DFT's rounding (rounding.py)
     return xp.astype(bound, dtype)
 
 
@@ -262,13 +243,8 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
     xp = namespace(gram)
     dtype = gram.dtype
     theta = _gram_top_eigenvalue(gram, rng, n_steps, max_rounds)
-    u = unit_roundoff(xp, dtype)
-    info = xp.finfo(dtype)
-    eta = float(info.smallest_normal) * float(info.eps)  # the smallest subnormal
-    base = theta if theta > 0 else float(info.smallest_normal)
-    rounding_gram = gamma(depth, u) * float(abs_norm_upper) ** 2
+    base = theta if theta > 0 else float(xp.finfo(dtype).smallest_normal)
     p = gram.shape[0]
-    g = gamma(p + 1, u)
     eye = xp.eye(p, dtype=dtype)
     estimate = xp.asarray(math.sqrt(max(theta, 0.0)), dtype=dtype)
     for margin in margins:
@@ -277,13 +253,8 @@ def gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_no
         if cholesky_or_none(xp, shifted) is None:
             continue
         diag = xp.abs(xp.linalg.diagonal(shifted))
-        trace = float(xp.sum(diag)) * (1 + gamma(p, u))
-        cmax = float(xp.max(diag))
-        # the last two terms: Rump's allowance for underflow in the Cholesky factorisation, and
-        # the Gram matrix's own underflow (each entry a dot product of depth terms)
-        total = (mu + g * trace / (1 - g) + 2 * u * cmax + rounding_gram + 4 * (2 * (p + 1) + cmax) * eta
-                 + p * depth * eta)
-        upper = math.sqrt(total * (1 + 8 * u)) * (1 + 2 * u)
+        upper = cholesky_norm_upper(mu, float(xp.sum(diag)), float(xp.max(diag)), p, depth, abs_norm_upper, xp,
+                                    dtype)
         return xp.asarray(upper, dtype=dtype), estimate
     return xp.asarray(math.inf, dtype=dtype), estimate
 
@@ -366,15 +337,14 @@ def sound_global_norms(model, rng, max_dense=GRAM_LIMIT):
     layers by the dense-Gram Cholesky certificate where the layer's smaller side has at
     most max_dense entries (nearly exact), else by the polyphase circulant bound
     (docs/soundness.md). Computing them is the slow part of a sound run's set-up (see
-    BENCHMARKS.md), so callers that bound many batches compute them once and pass them to
-    `network_bounds` as `sound_norms`. rng only steers how tight the certificate is (its
+    BENCHMARKS.md), so a run computes them once (layer_norms.global_norms: its GlobalNorms)
+    and every batch and shard uses them. rng only steers how tight the certificate is (its
     Lanczos estimate), never whether it holds."""
-    check_model(model)
     found = []
     for layer in model.layers[:-1]:
         if not layer.is_affine:
             continue
-        wv = layer.params["weight"].value
+        wv = value_of(layer.linear_part(layer.params)[0])
         if isinstance(layer, Linear):
             found.append(dense_spectral_norm_upper(wv[None, :, :])[0])
         else:

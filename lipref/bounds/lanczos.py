@@ -8,7 +8,7 @@ docs/soundness.md ("Spectral norms").
 import math
 
 from ..backend import namespace
-from .rounding import underflow_allowance, unit_roundoff
+from .rounding import lanczos_rho, lanczos_upper
 from .spectral import _eigh, _flat, _normalise, _sample_dim, _transpose, norms
 
 # Kuczynski & Wozniakowski (1992), Lanczos with a random start on an n x n symmetric
@@ -85,7 +85,7 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
     n = _sample_dim(v0)
     k = min(n_iters, n)  # more than n orthonormal directions do not exist
     eps = kw_relative_error(n, k, failure_prob)
-    rho = math.sqrt(unit_roundoff(xp, v0.dtype) * 2)  # sqrt(machine epsilon), see docs
+    rho = lanczos_rho(xp, v0.dtype)
     start = _flat(v0)
     q, start_norms = _normalise(start)
     stop = None if stop_above is None or eps >= 1.0 else (stop_above, (1 + rho) / (1 - eps), check_every)
@@ -102,12 +102,10 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
     estimate = norms(image)
 
     lam = xp.maximum(xp.maximum(theta, estimate * estimate), xp.zeros_like(theta))
-    # underflow in the products with A and A^T: an absolute allowance (see docs)
-    lam = lam + underflow_allowance(2 * (n + _sample_dim(image)) ** 2, xp, v0.dtype)
     inf = xp.full_like(theta, math.inf)
     if eps >= 1.0:
         return inf, estimate, v
-    upper = xp.sqrt(lam * ((1 + rho) / (1 - eps)))
+    upper = lanczos_upper(lam, eps, n, _sample_dim(image), xp, v0.dtype)  # the rounding allowances (rounding.py)
     good = (start_norms > 0) & xp.isfinite(upper) & ~beaten
     return xp.where(good, upper, inf), estimate, v
 

@@ -15,7 +15,7 @@ import math
 
 from ..backend import namespace
 from ..tape import value_of
-from .interval import affine, row_square_sums
+from .rules import row_square_sums
 
 
 def unit_roundoff(xp, dtype):
@@ -143,43 +143,34 @@ def _per_sample_max(a):
 
 # ---------------------------------------------------------------- the walk (bounds/walk.py)
 
-def affine_rounding_slack(layer, params, lower, upper, xp):
+def affine_rounding_slack(layer, weight, bias, lower, upper):
     """A bound on the floating-point error of the affine layer's interval computation
     (sound mode), per output: 2 gamma_(n+4) (|W| max(|lower|, |upper|) + |b|), n the fan-in,
     plus 4 eta (k + k' M) for underflow: the centre's and the radius's products each lose at
     most eta / 2 (k: the output's nonzero weights), and the forms W / 2 and |W| / 2 of a
     weight below twice the smallest normal may be off by eta / 2 (k' such weights), which
     the box's entries multiply by at most M, the sample's largest max(|lower|, |upper|)."""
-    wv = value_of(params["weight"])
+    wv = value_of(weight)
+    xp = namespace(wv)
     g = gamma(_fan_in(wv) + 4, unit_roundoff(xp, wv.dtype))
     lo, up = value_of(lower), value_of(upper)
     mag = xp.maximum(xp.abs(lo), xp.abs(up))
-    total = value_of(affine(layer, mag, xp.abs(wv), xp.abs(value_of(params["bias"]))))
+    total = value_of(layer.affine(mag, xp.abs(wv), None if bias is None else xp.abs(value_of(bias))))
     # (M capped at the largest float: 0 such weights times an overflowed box is 0, not NaN)
     largest = xp.minimum(_per_sample_max(mag), float(xp.finfo(wv.dtype).max))
     products = _nonzero_per_output(layer, wv) + _inexact_halves_per_output(layer, wv) * largest
     return 2 * g * total + 4 * underflow_allowance(products, xp, wv.dtype)
 
 
-def affine_forward_error(layer, params, error_in, slack, xp):
+def affine_forward_error(layer, weight, error_in, slack):
     """Sound mode: a bound on |z - exact z| per output of an affine layer, where z = fl(W h +
     b) and h is within error_in of the exact h: |W| error_in (doubled for its own rounding,
     plus k eta for its k products' underflow, k the output's nonzero weights) plus the
     interval slack, which bounds the rounding of W h + b (|h| is within the box)."""
-    wv = value_of(params["weight"])
-    propagated = value_of(affine(layer, error_in, xp.abs(wv), None))
+    wv = value_of(weight)
+    xp = namespace(wv)
+    propagated = value_of(layer.affine(error_in, xp.abs(wv), None))
     return 2 * propagated + slack + underflow_allowance(_nonzero_per_output(layer, wv), xp, wv.dtype)
-
-
-def activation_forward_error(is_maxmin, error_in, xp):
-    """|act(z) - act(exact z)| <= error per coordinate: ReLU and clipped ReLU are
-    1-Lipschitz per coordinate; MaxMin's outputs of a pair move by at most the pair's larger
-    error (is_maxmin)."""
-    if is_maxmin:
-        half = error_in.shape[1] // 2
-        pair = xp.maximum(error_in[:, :half, ...], error_in[:, half:, ...])
-        return xp.concat([pair, pair], axis=1)
-    return error_in
 
 
 # ---------------------------------------------------------------- the last layer (certify.py)
@@ -225,3 +216,87 @@ def margin_slack(bounds, last_weight, last_bias):
     box = norm_upper(bounds.upper - bounds.lower, axis=1, entry_roundings=1)
     support = 4 * last_layer_gamma(last_weight.shape[1]) * widest * (support_radius(bounds) + box)
     return logit_slack(bounds, last_weight, last_bias) + support
+
+
+def radius_below(ratio):
+    """A certified radius a little below the ratio gap / (L ||w_j - w_y||) it comes from:
+    one float below fl(ratio (1 - 2^-48)), so that neither the division's rounding nor a tie
+    at the exact radius certifies a point on the decision boundary."""
+    return below(ratio * (1 - 2.0 ** -48))
+
+
+# ---------------------------------------------------------------- spectral norms (certificates.py, lanczos.py)
+
+def gram_norm_upper(scale, lam, frob_sq, m, n, xp):
+    """`dense_spectral_norm_upper`'s bound for a matrix M (m x n) scaled by s = max |M_ij|,
+    M' = fl(M / s), from lam = the computed largest eigenvalue of its smaller Gram matrix and
+    frob_sq = the computed ||M'||_F^2: with p = min(m, n), q = max(m, n), F' = frob_sq
+    (1 + gamma_(mn+1)),
+        ||M'||_2^2 <= lam + (2 gamma_q + gamma_(8 p^2) (1 + gamma_q)) F'
+    (the Gram product's rounding, doubled to cover underflow, and the eigensolver's backward
+    error taken as gamma_(8 p^2) ||fl(G')||_F), and ||M||_2 <= s (sqrt(that) (1 + 8u) +
+    2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the rounding of M / s (underflow too:
+    F' >= 1), the last product rounded up (`product_upper`)."""
+    u = unit_roundoff(xp, lam.dtype)
+    p, q = min(m, n), max(m, n)
+    frob_sq = frob_sq * (1 + gamma(m * n + 1, u))
+    g_q = gamma(q, u)
+    margin = (2 * g_q + gamma(8 * p * p, u) * (1 + g_q)) * frob_sq
+    bound_sq = xp.maximum(lam, xp.zeros_like(lam)) + margin
+    bound = xp.sqrt(bound_sq) * (1 + 8 * u) + 2 * u * xp.sqrt(frob_sq)
+    return product_upper(scale, bound * (1 + 2 * u))  # rounded up: a subnormal scale too
+
+
+def dft_norm_upper(best, weight, xp):
+    """The circulant bound's allowance for its explicit DFT: from `best`, the largest computed
+    ||fl(K(f))||_2 bound over the frequencies, an upper bound on the exact max ||K(f)||_2 of the
+    kernel weight (O, C, kh, kw). Each cos/sin table entry is off by at most tau = 32u (the
+    angle 2 pi m / N with relative error gamma_3, plus the library's error); each entry of Re
+    and Im is then off by at most eps_dft S[o, c], S = sum_ab |w_ocab|, so ||K(f) - fl(K(f))||_2
+    <= sqrt(2) eps_dft ||S||_F (a norm free of underflow); underflow adds at most kw (kh + 1)
+    eta to each entry of Re and Im (two stages of kh and kw products), 2 sqrt(O C) kw (kh + 1)
+    eta to the real form's 2-norm; the sum rounded (1 + 4u), then up."""
+    o, c, kh, kw = weight.shape
+    u = unit_roundoff(xp, weight.dtype)
+    tau = 32 * u
+    eps_dft = 2 * gamma(kh + kw + 1, u) + 3 * tau
+    s_abs = xp.reshape(xp.sum(xp.abs(weight), axis=(2, 3)), (1, o * c))
+    s_frob = norm_upper(s_abs, axis=1, entry_roundings=kh * kw)[0]
+    underflow = underflow_allowance(2 * math.sqrt(o * c) * kw * (kh + 1), xp, weight.dtype)
+    return above((best + math.sqrt(2) * eps_dft * s_frob + underflow) * (1 + 4 * u))
+
+
+def cholesky_norm_upper(mu, trace, cmax, p, depth, abs_norm_upper, xp, dtype):
+    """`gram_cholesky_upper`'s bound (a Python float) on ||A||_2 once floating-point Cholesky of
+    C = fl(mu I - B) ran to completion, B A's computed Gram matrix (p x p, entries dot products
+    of `depth` terms), trace = sum |C_ii| and cmax = max |C_ii|: C + dC = R^T R with |dC| <=
+    gamma_(p+1) |R^T| |R| (Demmel 1989; Higham, Thm 10.3), so lambda_min(C) >= -gamma_(p+1)
+    tr(C) / (1 - gamma_(p+1)), and
+        ||A||_2^2 <= mu + gamma_(p+1) tr|C| (1 + gamma_p) / (1 - gamma_(p+1)) + 2u cmax
+                     + gamma_depth abs_norm_upper^2 + 4 (2 (p + 1) + cmax) eta + p depth eta
+    (the shift's rounding, the Gram's rounding with abs_norm_upper >= ||abs(A)||_2, Rump's 2006
+    allowance for underflow in the factorisation, the Gram's own underflow); its square root
+    rounded up twice over."""
+    u = unit_roundoff(xp, dtype)
+    eta = smallest_subnormal(xp, dtype)
+    g = gamma(p + 1, u)
+    trace = trace * (1 + gamma(p, u))
+    total = (mu + g * trace / (1 - g) + 2 * u * cmax + gamma(depth, u) * float(abs_norm_upper) ** 2
+             + 4 * (2 * (p + 1) + cmax) * eta + p * depth * eta)
+    return math.sqrt(total * (1 + 8 * u)) * (1 + 2 * u)
+
+
+def lanczos_upper(lam, eps, n, m, xp, dtype):
+    """The Lanczos bound's floating-point allowance: sqrt((lam + delta) (1 + rho) / (1 - eps)),
+    lam >= the largest Ritz value (and the squared norm at the Ritz vector), eps from the
+    Kuczynski-Wozniakowski theorem, rho = sqrt(machine epsilon) for the rounding of the
+    Lanczos process (docs/soundness.md), delta = 2 (n + m)^2 eta for underflow in the products
+    with A (n inputs) and A^T (m outputs)."""
+    rho = lanczos_rho(xp, dtype)
+    lam = lam + underflow_allowance(2 * (n + m) ** 2, xp, dtype)
+    return xp.sqrt(lam * ((1 + rho) / (1 - eps)))
+
+
+def lanczos_rho(xp, dtype):
+    """rho = sqrt(machine epsilon): the Lanczos bound's relative allowance (`lanczos_upper`)."""
+    return math.sqrt(unit_roundoff(xp, dtype) * 2)

@@ -14,7 +14,7 @@ import math
 
 from .. import primitives as P
 from ..backend import namespace
-from ..kernels import pick
+from ..kernels.registry import replaceable
 from ..tape import value_of
 
 # ---------------------------------------------------------------- per-sample norms
@@ -32,9 +32,10 @@ def _sample_dim(x):
     return n
 
 
-def scaled_norms(x):
-    """Per-sample Euclidean norm (B,), the plain definition: each sample's largest entry
-    scaled out first, so no square overflows or underflows (a zero sample has norm 0)."""
+@replaceable("norms")
+def norms(x):
+    """Per-sample Euclidean norm (B,): each sample's largest entry scaled out first, so no
+    square overflows or underflows (a zero sample has norm 0)."""
     xp = namespace(x)
     axes = tuple(range(1, x.ndim))
     scale = xp.max(xp.abs(x), axis=axes)
@@ -52,26 +53,6 @@ def scaled_l2_norm(x, axis):
     scale = xp.max(xp.abs(xv), axis=axis, keepdims=True)
     safe = xp.where(scale > 0, scale, xp.ones_like(scale))  # a zero row stays zero
     return P.multiply(P.l2_norm(P.divide(x, safe), axis, False), xp.squeeze(safe, axis=axis))
-
-
-def norms(x):
-    """Per-sample Euclidean norm, (B,): `scaled_norms`, or the host kernel's one-pass sum of
-    squares where it is accurate (kernels/norms.py)."""
-    fast = pick("norms", x)
-    result = None if fast is None else fast(x)
-    return scaled_norms(x) if result is None else result[0]
-
-
-def _norms_and_range(x):
-    """(`norms(x)`, its smallest and largest entry as Python floats), for the host power
-    iteration only (the floats are a host read)."""
-    fast = pick("norms", x)
-    result = None if fast is None else fast(x)
-    if result is not None:
-        return result
-    xp = namespace(x)
-    found = scaled_norms(x)
-    return found, float(xp.min(found)), float(xp.max(found))
 
 
 def _per_sample(s, like):
@@ -155,19 +136,19 @@ def power_iteration(apply, apply_adjoint, v0, n_iters, gram=None, left=True):
     return sigma, u, v
 
 
+@replaceable("power_iteration_vector")
 def power_iteration_vector(apply, apply_adjoint, v0, n_iters, gram=None):
     """power_iteration's v alone (unit per sample, same arguments), without the product
-    A v that sigma needs: for callers that take ||A v|| on a tape themselves."""
+    A v that sigma needs: for callers that take ||A v|| on a tape themselves. Every test
+    stays an array (no host read per step, on a device); the host kernel
+    (kernels/power_iteration.py) takes the same decisions from the norms' range as floats."""
     if n_iters < 0:
         raise ValueError(f"n_iters must be >= 0, got {n_iters}")
     v = safe_start(v0)
-    # the host kernel of the norms also gives their range as floats: test it there; on a
-    # device every test stays an array (no host read per step)
-    next_iterate = _next_iterate_on_host if pick("norms", v) is not None else _next_iterate
     in_range = False  # is v in the range of A^T (so that gram may be used)?
     for step in range(n_iters):
         w = gram(v) if (gram is not None and in_range) else apply_adjoint(apply(v))
-        v, gram = next_iterate(v, w, gram, step)
+        v, gram = _next_iterate(v, w, gram, step)
         in_range = True
     return _normalise(v)[0]
 
@@ -190,49 +171,15 @@ def _next_iterate(v, w, gram, step):
     return v / _per_sample(factor, v), gram
 
 
-def _next_iterate_on_host(v, w, gram, step):
-    """`_next_iterate` with the decisions taken on the host from the norms' range."""
-    xp = namespace(w)
-    w_norms, smallest, largest = _norms_and_range(w)
-    if smallest == 0:
-        # w == 0: v lies in A's null space (or A == 0); keep v rather than divide by
-        # zero. That v may be outside A^T's range, so gram is off from here on.
-        v = xp.where(_per_sample(w_norms == 0, v), v, w)
-        gram = None
-    else:
-        v = w
-    if _rescale_needed(w_norms, smallest, largest):
-        v = _normalise(v)[0]
-    return v, gram
-
-
 def safe_start(v0):
     """The start power_iteration uses, from v0 (B, ...): v0 itself while every sample's
     norm is in the rescaling range (only its direction matters), else every sample scaled
     to unit; the constant unit vector where v0 is exactly zero (deterministic, never NaN)."""
     xp = namespace(v0)
-    if pick("norms", v0) is not None:
-        found, smallest, largest = _norms_and_range(v0)
-    else:
-        found, smallest, largest = norms(v0), None, None
+    found = norms(v0)
     zero = found == 0
-    if smallest is None or smallest == 0:
-        fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
-        v0 = xp.where(_per_sample(zero, v0), fallback, v0)
-        found = xp.where(zero, xp.ones_like(found), found)  # the fallback's norm
-    if smallest is None:  # on a device: divide by 1 where no norm leaves the range
-        leaves = xp.any((found > _RESCALE_ABOVE) | (found < _RESCALE_BELOW))
-        return v0 / _per_sample(xp.where(leaves, found, xp.ones_like(found)), v0)
-    if _rescale_needed(found, smallest, largest):
-        v0 = v0 / _per_sample(found, v0)
-    return v0
-
-
-def _rescale_needed(found, smallest, largest):
-    """Does some nonzero norm lie outside [_RESCALE_BELOW, _RESCALE_ABOVE]? From the
-    extremes (`_norms_and_range`) when none is zero; else the smallest nonzero norm is not
-    known, and the norms themselves are asked. NaN extremes say no, as NaN norms do."""
-    if smallest != 0:
-        return largest > _RESCALE_ABOVE or smallest < _RESCALE_BELOW
-    xp = namespace(found)
-    return bool(xp.any((found > _RESCALE_ABOVE) | ((found < _RESCALE_BELOW) & (found != 0))))
+    fallback = xp.ones_like(v0) / math.sqrt(_sample_dim(v0))
+    v0 = xp.where(_per_sample(zero, v0), fallback, v0)
+    found = xp.where(zero, xp.ones_like(found), found)  # the fallback's norm
+    leaves = xp.any((found > _RESCALE_ABOVE) | (found < _RESCALE_BELOW))  # else divide by 1
+    return v0 / _per_sample(xp.where(leaves, found, xp.ones_like(found)), v0)

@@ -1,17 +1,18 @@
 """Global and local Lipschitz bounds of the map x -> penultimate activations: the walk.
 
 Global: the product over affine layers (all but the last) of each layer's spectral norm,
-the norm of the exact operator (conv2d and its adjoint on the layer's input shape).
+the norm of the exact operator (layer_norms.py: `GlobalNorms`, computed once per run).
 
 Local (Huang et al. 2021): walk the network once per batch, keeping for every sample the
-interval [lower, upper] of the current activations over the eps-ball and a radius r with
+box [lower, upper] of the current activations over the eps-ball and a radius r with
 ||h(x') - h(x)|| <= r for every x' in the ball. Each affine layer is taken together with
 the activation right after it: the pre-activation bounds are the interval bounds
-intersected with the ball bounds (interval.py); the activation's masks say which neurons
-are constant on the ball (masks.py); the layer's local norm is the spectral norm of W with
-constant rows (outputs) and constant columns (inputs) removed (operators.py); r grows by
-that norm. The product of the local norms is the local Lipschitz bound, never above the
-global one (each masked operator is a restriction of the full one, and we take the minimum).
+intersected with the ball bounds (interval.py); the activation's rule (rules.py) says which
+neurons are constant on the ball and maps the box through; the layer's local norm is the
+spectral norm of W with constant rows (outputs) and constant columns (inputs) removed
+(layer_norms.py); r grows by that norm. The product of the local norms is the local
+Lipschitz bound, never above the global one (each masked operator is a restriction of the
+full one, and we take the minimum).
 
 Modes (see docs/soundness.md): "fast" estimates norms by power iteration (under-estimates,
 what the paper's code does); "sound" uses upper bounds everywhere a certificate depends
@@ -21,32 +22,14 @@ allowance is in rounding.py.
 from dataclasses import dataclass, field
 
 from .. import primitives as P
-from ..backend import map_in_threads, namespace
+from ..backend import namespace
 from ..errors import BoundsOverflowError, InputError
-from ..layers import ClampedMaxMin, Flatten
 from ..tape import Var, value_of
-from .blocks import PER_SAMPLE, bound_in_blocks, fits, global_starts, local_starts
-from .certificates import sound_global_norms
-from .interval import (
-    activation_interval,
-    affine,
-    affine_interval,
-    ball_interval,
-    check_model,
-    intersect,
-    row_norms,
-    uniform_box_interval,
-    weight_forms,
-)
-from .masks import activation_masks, constant_fraction
-from .operators import conv_kernel_operator, local_norm, masked_power_iteration, norm_on_tape
-from .rounding import (
-    activation_forward_error,
-    affine_forward_error,
-    affine_rounding_slack,
-    product_upper,
-    row_norms_upper,
-)
+from .blocks import PER_SAMPLE, bound_in_blocks
+from .rules import affine_interval, ball_interval, intersect, row_norms, uniform_box_interval, weight_forms
+from .layer_norms import global_norms, local_norm, local_starts
+from .rounding import affine_forward_error, affine_rounding_slack, product_upper, row_norms_upper
+from .rules import check_model, constant_fraction, rule_of  # noqa: E402 (one module: affine bounds and activation rules)
 
 MODES = ("fast", "sound")
 BOUNDS = ("global", "local")
@@ -54,7 +37,17 @@ BOUNDS = ("global", "local")
 
 @dataclass(frozen=True)
 class BoundOptions:
-    """How `network_bounds` bounds (see its docstring for each option)."""
+    """How the bounds are computed, from the command line to the walk.
+
+    bound: "local" (masks and masked norms) or "global" (product of full norms; the box
+    bounds still use the global radius). mode: "fast" or "sound" (module docstring).
+    n_iters: power-iteration steps per call (fast; warm-started from stored vectors when their
+    shapes fit) or Lanczos steps (sound, conv layers). failure_prob: sound mode's probability
+    that one masked conv norm bound fails. record: build the tape, so that every output is
+    differentiable in the parameters. threads, sample_block: without `record` the batch is
+    bounded in blocks of at most `sample_block` samples, run in `threads` threads (blocks.py;
+    None: the backend's defaults, which on a GPU keep the batch whole); the result does not
+    depend on `threads` at all, nor on `sample_block` beyond rounding."""
     bound: str = "local"
     mode: str = "fast"
     n_iters: int = 5
@@ -62,7 +55,6 @@ class BoundOptions:
     record: bool = False
     threads: int = None
     sample_block: int = None
-    global_iters: int = None
 
     def __post_init__(self):
         if self.bound not in BOUNDS:
@@ -73,8 +65,6 @@ class BoundOptions:
             raise ValueError("sound mode gives bounds, not gradients: record must be False")
         if (self.threads is not None and self.threads < 1) or (self.sample_block is not None and self.sample_block < 1):
             raise ValueError(f"threads and sample_block must be >= 1, got {self.threads} and {self.sample_block}")
-        if self.global_iters is not None and self.global_iters < 0:
-            raise ValueError(f"global_iters must be >= 0, got {self.global_iters}")
 
 
 @dataclass
@@ -92,13 +82,13 @@ class ActivationBounds:
 
 @dataclass
 class NetworkBounds:
-    logits: object = field(metadata=PER_SAMPLE)  # (N, K) at x
-    penultimate: object = field(metadata=PER_SAMPLE)  # (N, D) activations entering the last layer
-    lower: object = field(metadata=PER_SAMPLE)  # (N, D) box of the penultimate activations over the ball
-    upper: object = field(metadata=PER_SAMPLE)
-    lipschitz: object = field(metadata=PER_SAMPLE)  # (N,) the bound used (local or global) for x -> penultimate
-    radius: object = field(metadata=PER_SAMPLE)  # (N,) eps * lipschitz
-    global_lipschitz: object  # scalar
+    logits: object = field(default=None, metadata=PER_SAMPLE)  # (N, K) at x
+    penultimate: object = field(default=None, metadata=PER_SAMPLE)  # (N, D) activations entering the last layer
+    lower: object = field(default=None, metadata=PER_SAMPLE)  # (N, D) their box over the ball
+    upper: object = field(default=None, metadata=PER_SAMPLE)
+    lipschitz: object = field(default=None, metadata=PER_SAMPLE)  # (N,) the bound used for x -> penultimate
+    radius: object = field(default=None, metadata=PER_SAMPLE)  # (N,) eps * lipschitz
+    global_lipschitz: object = None  # scalar
     local_norms: list = field(default_factory=list, metadata=PER_SAMPLE)  # per affine layer (N,) arrays
     global_norms: list = field(default_factory=list)  # per affine layer, scalars
     activations: list = field(default_factory=list, metadata=PER_SAMPLE)
@@ -108,105 +98,53 @@ class NetworkBounds:
     global_vectors: dict = field(default_factory=dict)
 
 
-def network_bounds(model, x, eps, bound="local", mode="fast", n_iters=5, rng=None, local_vectors=None,
-                   global_vectors=None, record=False, failure_prob=1e-9, sound_norms=None, threads=None,
-                   sample_block=None, global_iters=None):
+def network_bounds(model, x, eps, options=BoundOptions(), norms=None, rng=None, local_vectors=None):
     """Logits at x and Lipschitz bounds of x -> penultimate over the l2 ball of radius eps.
 
-    bound: "local" (masks and masked norms) or "global" (product of full norms; the box
-    bounds still use the global radius). mode: "fast" or "sound" (see module docstring).
-    n_iters: power-iteration steps per call (fast; warm-started from local_vectors /
-    global_vectors when their shapes fit) or Lanczos steps (sound, conv layers).
-    failure_prob: sound mode's probability that one masked conv norm bound fails.
-    record: build the tape so that every output is differentiable in the parameters.
-    sound_norms: sound mode's global norms from `sound_global_norms` (computed here when
-    None; pass them when bounding many batches of one model).
-    threads, sample_block: without `record` the batch is bounded in blocks of at most
-    `sample_block` samples, run in `threads` threads (blocks.py; None: the backend's
-    defaults, which on a GPU keep the batch whole); the result does not depend on
-    `threads` at all, nor on `sample_block` beyond rounding. With `record`, or an x on the
-    tape, the tape is built in one piece, in the calling thread.
-    global_iters: fast mode's power-iteration steps for the global norms (None: n_iters). A
-    caller that bounds one batch in blocks (training) runs the global iteration once
-    (`global_norms`) and passes its vectors to every block with global_iters=0: the blocks
-    then only put the norms on the tape, instead of each repeating the same iteration.
-    """
-    options = BoundOptions(bound, mode, n_iters, failure_prob, record, threads, sample_block, global_iters)
-    return bounds_with(options, model, x, eps, rng, local_vectors, global_vectors, sound_norms)
-
-
-def bounds_with(options, model, x, eps, rng=None, local_vectors=None, global_vectors=None, sound_norms=None):
-    """`network_bounds` with its options as one `BoundOptions`."""
-    xv = _check_inputs(options, model, x, eps, global_vectors)
+    options: `BoundOptions`. norms: the run's `GlobalNorms` (layer_norms.global_norms; None:
+    computed here with options.n_iters steps from rng). rng: draws the start vectors that
+    are not given (fast mode: where `local_vectors`, {layer index: (N, ...)}, has none of the
+    right shape; sound mode: Lanczos' random starts). With options.record, or an x on the
+    tape, the tape is built in one piece, in the calling thread."""
+    xv = _check_inputs(options, model, x, eps)
     xp = namespace(xv)
-    n = xv.shape[0]
-    iters = options.n_iters if options.global_iters is None else options.global_iters
-    gnorms, gvectors = global_norms(model, options.mode, iters, rng, global_vectors or {}, options.record,
-                                    sound_norms)
-    starts = local_starts(model, options.bound, options.mode, n, rng, dict(local_vectors or {}), xp, xv.dtype)
-    if options.record or isinstance(x, Var):  # a tape (of the parameters, or of x) is built in one piece
+    if norms is None:
+        norms = global_norms(model, options.mode, options.n_iters, rng)
+    starts = local_starts(model, options.bound, options.mode, xv.shape[0], rng, dict(local_vectors or {}), xp,
+                          xv.dtype)
+    gnorms = norms.for_walk(model, options.record)
+    if options.record or isinstance(x, Var):
         result = walk(model, x, eps, options, starts, gnorms)
     else:
-        prepared = _prepare_layers(model)  # once for all blocks
+        forms = {i: weight_forms(value_of(layer.linear_part(layer.params)[0]))
+                 for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}  # once for all blocks
 
         def bound_block(s):
-            return walk(model, x[s, ...], eps, options, {k: v[s, ...] for k, v in starts.items()}, gnorms, prepared)
-        result = bound_in_blocks(xp, bound_block, n, options.sample_block, options.threads)
+            return walk(model, x[s, ...], eps, options, {k: v[s, ...] for k, v in starts.items()}, gnorms, forms)
+        result = bound_in_blocks(xp, bound_block, xv.shape[0], options.sample_block, options.threads)
     _check_finite(result, eps, xv.dtype)
-    glob = xp.ones((), dtype=xv.dtype)
+    result.global_lipschitz = xp.ones((), dtype=xv.dtype)
     for g in gnorms:
-        glob = product_upper(glob, g) if options.mode == "sound" else P.multiply(glob, g)
-    result.global_lipschitz = glob
+        result.global_lipschitz = (product_upper(result.global_lipschitz, g) if options.mode == "sound"
+                                   else P.multiply(result.global_lipschitz, g))
     result.global_norms = [value_of(g) for g in gnorms]
-    result.global_vectors = gvectors
+    result.global_vectors = norms.vectors
     # the given vectors of layers that kept none (the global bound, sound mode's dense layers) carry over
     result.local_vectors = {**dict(local_vectors or {}), **result.local_vectors}
     return result
 
 
-def _check_inputs(options, model, x, eps, global_vectors):
-    """x's value, once eps, the model, x's dtype and shape and the global vectors fit."""
+def _check_inputs(options, model, x, eps):
+    """x's value, once eps, the model and x's dtype and shape fit."""
     if not (0 <= eps < float("inf")):
         raise InputError(f"eps must be finite and >= 0, got {eps}")
     check_model(model)
     xv = value_of(x)
-    xp = namespace(xv)
-    if options.mode == "sound" and xv.dtype != xp.float64:
+    if options.mode == "sound" and xv.dtype != namespace(xv).float64:
         raise InputError("sound mode needs float64 inputs and parameters")
     if tuple(xv.shape[1:]) != model.input_shape:
         raise InputError(f"input shape {tuple(xv.shape[1:])} does not fit the model's {model.input_shape}")
-    if options.global_iters == 0 and options.mode == "fast":  # the norms would come from random vectors
-        unfit = [i for i, layer in enumerate(model.layers[:-1])
-                 if layer.is_affine and not fits(global_vectors or {}, i, (1,) + layer.in_shape)]
-        if unfit:
-            raise ValueError(f"global_iters=0 takes the global norms from given global_vectors (those of a "
-                             f"finished global power iteration); none of shape (1, *input shape) for layers {unfit}")
     return xv
-
-
-def global_norms(model, mode, n_iters, rng, vectors, record, sound_norms=None):
-    """Per affine layer except the last: the spectral norm of the full operator (scalar).
-    Fast mode: power iteration (warm-started from `vectors`), the norms put on the tape
-    afterwards if `record`. Sound mode: `sound_norms` if given, else
-    `sound_global_norms(model, rng)`."""
-    if mode == "sound":
-        return (sound_global_norms(model, rng) if sound_norms is None else list(sound_norms)), dict(vectors)
-    starts = global_starts(model, rng, vectors)
-    layers = list(starts)  # the affine layers but the last, in order
-
-    def iterate(i):
-        layer = model.layers[i]
-        return masked_power_iteration(layer, layer.params["weight"].value, None, None, starts[i], n_iters, None,
-                                      not record)
-    # in one thread with a one-thread BLAS (map_in_threads' limit): with the whole BLAS, its
-    # threads spin afterwards on the cores the bounds' blocks need next (see BENCHMARKS.md)
-    results = map_in_threads(namespace(starts[layers[0]]), iterate, layers, 1) if layers else []
-    found, new_vectors = [], dict(vectors)
-    for i, (sigma, v) in zip(layers, results):
-        new_vectors[i] = v
-        layer = model.layers[i]
-        found.append(P.reshape(norm_on_tape(layer, layer.params["weight"], v, None, None), ()) if record else sigma[0])
-    return found, new_vectors
 
 
 def _check_finite(result, eps, dtype):
@@ -221,21 +159,6 @@ def _check_finite(result, eps, dtype):
         if not bool(namespace(a).all(namespace(a).isfinite(a))):
             raise BoundsOverflowError(f"eps {eps:g} makes {what} overflow in {dtype} (inf or NaN); "
                                       "use a smaller eps or float64")
-
-
-def _params(layer, record):
-    return layer.params if record else {k: v.value for k, v in layer.params.items()}
-
-
-def _prepare_layers(model):
-    """What every block of one call shares, per affine layer index: (its `weight_forms`,
-    its masked conv kernel operator, None for a dense layer or without kernels)."""
-    prepared = {}
-    for i, layer in enumerate(model.layers[:-1]):
-        if layer.is_affine:
-            params = _params(layer, False)
-            prepared[i] = (weight_forms(params), conv_kernel_operator(layer, params["weight"]))
-    return prepared
 
 
 def layer_pairs(model):
@@ -263,31 +186,27 @@ class _Ball:
     forward_error: object  # sound mode: a bound on |h - exact h| per coordinate; else None
 
 
-def walk(model, x, eps, options, starts, gnorms, prepared=None):
-    """network_bounds for one block of samples, given the global norms, the start vectors
-    and `_prepare_layers` (None: the weight forms are computed here, on the tape if
-    recording)."""
+def walk(model, x, eps, options, starts, gnorms, forms=None):
+    """network_bounds for one block of samples, given the global norms (as the walk uses
+    them), the start vectors and the affine layers' `weight_forms` (None: computed here, on
+    the tape if recording)."""
     xv = value_of(x)
-    xp = namespace(xv)
-    n = xv.shape[0]
+    xp, n = namespace(xv), xv.shape[0]
     sound = options.mode == "sound"
     ball = _Ball(x, P.subtract(x, float(eps)), P.add(x, float(eps)), xp.ones((n,), dtype=xv.dtype),
                  xp.full((n,), float(eps), dtype=xv.dtype), None, float(eps), xp.zeros_like(xv) if sound else None)
-    result = NetworkBounds(None, None, None, None, None, None, None)
-    affine_number = 0
+    result = NetworkBounds()
+    norms = iter(gnorms)
     for i, act_index in layer_pairs(model):
         layer = model.layers[i]
         if layer.is_affine:
-            params = _params(layer, options.record)
-            forms, grid = (weight_forms(params), None) if prepared is None else prepared[i]
+            weight, bias = layer.linear_part(_params(layer, options.record))
             col_mask = ball.in_mask
-            _through_affine(ball, layer, params, forms, sound)
+            _through_affine(ball, layer, weight, bias, weight_forms(weight) if forms is None else forms[i], sound)
             act = None if act_index is None else model.layers[act_index]
             act_params = None if act is None else _params(act, options.record)
             masks = None if act is None else _masks(act, act_params, ball)
-            sigma, v = _layer_norm(ball, layer, params, masks, col_mask, options, starts.get(i),
-                                   gnorms[affine_number], grid)
-            affine_number += 1
+            sigma, v = _layer_norm(ball, layer, weight, masks, col_mask, options, starts.get(i), next(norms))
             if v is not None:
                 result.local_vectors[i] = v
             result.local_norms.append(value_of(sigma))
@@ -297,15 +216,18 @@ def walk(model, x, eps, options, starts, gnorms, prepared=None):
         elif layer.is_activation:
             params = _params(layer, options.record)
             _through_activation(ball, i, layer, params, _masks(layer, params, ball), result)
-        elif isinstance(layer, Flatten):
-            _through_flatten(ball, layer)
+        else:  # a reshape (rules.RESHAPES)
+            _through_reshape(ball, layer)
     last = model.layers[-1]
-    params = _params(last, options.record)
-    result.logits = P.linear(ball.h, params["weight"], params["bias"])
+    result.logits = last.affine(ball.h, *last.linear_part(_params(last, options.record)))
     result.penultimate, result.lower, result.upper = ball.h, ball.lower, ball.upper
     result.forward_error = ball.forward_error
     result.lipschitz, result.radius = ball.lipschitz, ball.radius
     return result
+
+
+def _params(layer, record):
+    return layer.params if record else {k: v.value for k, v in layer.params.items()}
 
 
 def _grow(ball, sigma, eps, sound):
@@ -319,19 +241,18 @@ def _grow(ball, sigma, eps, sound):
         ball.radius = P.multiply(ball.lipschitz, float(eps))
 
 
-def _through_affine(ball, layer, params, forms, sound):
+def _through_affine(ball, layer, weight, bias, forms, sound):
     """The affine layer's output and its box: interval bounds intersected with ball bounds,
     widened in sound mode by the interval's rounding and the centre's forward error."""
-    xp = namespace(value_of(ball.h))
-    z = affine(layer, ball.h, params["weight"], params["bias"])
+    z = layer.affine(ball.h, weight, bias)
     if sound:  # computed from this layer's input box, before the update
-        slack = affine_rounding_slack(layer, params, ball.lower, ball.upper, xp)
-        ball.forward_error = affine_forward_error(layer, params, ball.forward_error, slack, xp)
+        slack = affine_rounding_slack(layer, weight, bias, ball.lower, ball.upper)
+        ball.forward_error = affine_forward_error(layer, weight, ball.forward_error, slack)
     norms = row_norms_upper(layer, forms, ball.in_mask) if sound else row_norms(layer, forms, ball.in_mask)
     if ball.box_radius is not None:
         lower, upper = uniform_box_interval(layer, forms, z, ball.box_radius, ball.radius, norms)
     else:
-        lo_i, up_i = affine_interval(layer, forms, params["bias"], ball.lower, ball.upper)
+        lo_i, up_i = affine_interval(layer, forms, bias, ball.lower, ball.upper)
         lo_b, up_b = ball_interval(z, ball.radius, norms)
         lower, upper = intersect(lo_i, up_i, lo_b, up_b)
     if sound:
@@ -342,12 +263,12 @@ def _through_affine(ball, layer, params, forms, sound):
 
 
 def _masks(layer, params, ball):
-    """(row mask, output mask) of an activation from its input box."""
-    return activation_masks(layer, {k: value_of(v) for k, v in params.items()}, value_of(ball.lower),
-                            value_of(ball.upper))
+    """(row mask, output mask) of an activation from its input box (rules.py)."""
+    return rule_of(layer).masks({k: value_of(v) for k, v in params.items()}, value_of(ball.lower),
+                                value_of(ball.upper))
 
 
-def _layer_norm(ball, layer, params, masks, col_mask, options, start, gnorm, grid):
+def _layer_norm(ball, layer, weight, masks, col_mask, options, start, gnorm):
     """(the affine layer's norm per sample, its vector to store or None): the masked norm
     (rows from the next activation's masks, all rows without one) or the global norm."""
     xv = value_of(ball.h)
@@ -355,28 +276,27 @@ def _layer_norm(ball, layer, params, masks, col_mask, options, start, gnorm, gri
     if options.bound != "local":
         return P.multiply(gnorm, xp.ones((n,), dtype=xv.dtype)), None
     rows = xp.ones((n,) + layer.out_shape, dtype=xv.dtype) if masks is None else masks[0]
-    return local_norm(layer, params["weight"], rows, col_mask, options, start, gnorm, grid)
+    return local_norm(layer, weight, rows, col_mask, options, start, gnorm)
 
 
 def _through_activation(ball, index, layer, params, masks, result):
-    """Record the activation's bounds and masks, then its output and box: the interval
-    through the monotone activation, intersected with the ball of the current radius."""
+    """Record the activation's bounds and masks, then its output and box: the rule's interval
+    map, intersected with the ball of the current radius."""
+    rule = rule_of(layer)
     row_mask, out_mask = masks
     result.activations.append(ActivationBounds(index, layer, params, ball.lower, ball.upper, row_mask, out_mask,
                                                constant_fraction(out_mask)))
-    lower, upper = activation_interval(layer, params, ball.lower, ball.upper)
+    lower, upper = rule.interval(layer, params, ball.lower, ball.upper)
     h = layer(ball.h, params)
-    n = value_of(h).shape[0]
-    r = P.reshape(ball.radius, (n,) + (1,) * (len(layer.out_shape)))
+    r = P.reshape(ball.radius, (value_of(h).shape[0],) + (1,) * (len(layer.out_shape)))
     if ball.forward_error is not None:  # the exact h lies within forward_error of the computed one
-        xp = namespace(ball.forward_error)
-        ball.forward_error = activation_forward_error(isinstance(layer, ClampedMaxMin), ball.forward_error, xp)
+        ball.forward_error = rule.forward_error(ball.forward_error)
         r = P.add(r, ball.forward_error)
     ball.lower, ball.upper = intersect(lower, upper, P.subtract(h, r), P.add(h, r))
     ball.h, ball.in_mask, ball.box_radius = h, out_mask, None
 
 
-def _through_flatten(ball, layer):
+def _through_reshape(ball, layer):
     n = value_of(ball.h).shape[0]
     shape = (n,) + layer.out_shape
     ball.h, ball.lower, ball.upper = P.reshape(ball.h, shape), P.reshape(ball.lower, shape), P.reshape(ball.upper, shape)

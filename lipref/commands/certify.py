@@ -3,6 +3,7 @@ cluster (lipref.distributed)."""
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 
 import click
 
@@ -13,6 +14,8 @@ from lipref.backend import float_dtype, get_backend, host, to_host
 from lipref.certify import CertifyConfig
 from lipref.commands.common import (
     EXIT_UNSOUND,
+    DataChoice,
+    Engine,
     NullBar,
     apply_options,
     data_options,
@@ -27,10 +30,12 @@ from lipref.commands.common import (
     reference_option,
     setting_option,
     settings_options,
+    take,
     threads_option,
     user_errors,
 )
 from lipref.errors import InputError
+from lipref.distributed import Sharding
 from lipref.inputs import load_model_and_data, resolve_domain, rounding_note, run_seed
 from lipref.kernels import reference_only_if
 
@@ -56,16 +61,6 @@ distributed_options = [
                       "that is not this run's (other samples, data, options; truncated, empty, an array missing) "
                       "is recomputed, with a line on stderr."),
 ]
-
-
-def _sharding(workers, scheduler, shard_size, shards_dir, resume):
-    """The run's lipref.distributed.Sharding, once its options fit together."""
-    from lipref.distributed import Sharding
-    if workers and scheduler:
-        raise InputError("give --workers N (a cluster on this machine) or --scheduler ADDRESS, not both")
-    if resume and not shards_dir:
-        raise InputError("--resume continues the run in --shards-dir DIR: give the folder")
-    return Sharding(scheduler, workers, shard_size, shards_dir, resume)
 
 
 def _sharded_seed(mode, seed, sharding):
@@ -130,15 +125,14 @@ def _said_rounded(model, compute):
 
 # ----------------------------------------------------------------------------------- certify
 
-def _global_norms(model, mode, n_iters, seed, verbose, gram_limit):
-    """The run's global norms (certify.global_norms_once), computed once before any batch or
+def _global_norms(model, config, seed, verbose):
+    """The run's global norms (CertifyConfig.global_norms), computed once before any batch or
     shard; in sound mode with a line on stderr (its slowest step; see BENCHMARKS.md)."""
-    from lipref.certify import global_norms_once
-    sound = verbose and mode == "sound"
+    sound = verbose and config.mode == "sound"
     if sound:
         click.echo("sound mode: certifying each layer's global norm (once per model) ...", err=True)
     start = time.perf_counter()
-    norms = global_norms_once(model, mode, n_iters, seed, gram_limit)
+    norms = config.global_norms(model, seed)
     if sound:
         click.echo(f"sound mode: global norms certified in {time.perf_counter() - start:.1f} s", err=True)
     return norms
@@ -172,9 +166,7 @@ def _global_norms(model, mode, n_iters, seed, verbose, gram_limit):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @apply_options(distributed_options)
 @user_errors
-def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_steps, pgd_restarts, batch_size,
-            domain, dtype, gram_limit, threads, backend, seed, reference, audit, as_json, samples_path, plot_path,
-            quiet, workers, scheduler, shard_size, shards_dir, resume):
+def certify(model_path, eps, **options):
     """Certify MODEL on a dataset at radius EPS: clean, certified (global and local) and PGD accuracy.
     MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
 
@@ -184,59 +176,110 @@ def certify(model_path, data_spec, data_dir, limit, eps, mode, n_iters, pgd_step
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the results equal a single-process run's bit for bit (every random draw
     comes from the seed and the sample's index), and the JSON adds workers and shards."""
-    from lipref.certify import certify as run_certify
-    from lipref.distributed import ShardOptions
-    from lipref.models import atomic_write_bytes
-    if audit and mode != "fast":
+    config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
+    sharding = take(options, Sharding, folder="shards_dir")
+    out = take(options, CertifyOutputs)
+    if out.audit and config.mode != "fast":
         raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
-    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
-    if audit and sharding.requested:
+    if out.audit and sharding.requested:
         raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
-    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
-    rounded = _said_rounded(model, compute)
-    n = int(dataset.labels.shape[0])
-    seed = _sharded_seed(mode, seed, sharding)
-    pgd_domain = resolve_domain(domain, dataset, model, data_spec)
-    extra = {}
-    options = ShardOptions("certify", eps, mode, n_iters, batch_size, seed, backend, compute, reference, pgd_steps,
-                           pgd_restarts, pgd_domain)
-    # a folder that does not fit: refused now
-    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data_spec, limit, gram_limit))
-    with reference_only_if(reference):
-        norms = _global_norms(model, mode, n_iters, seed, not quiet, gram_limit)
-        if sharding.requested:
-            result, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "certifying",
-                                         quiet)
-        else:
-            with progress_bar(n, "certifying", not quiet) as bar:
-                result = run_certify(model, dataset.images, dataset.labels, eps, mode, n_iters, None, batch_size,
-                                     pgd_steps, pgd_restarts, pgd_domain, progress=bar.update, threads=threads,
-                                     seed=seed, norms=norms)
+    run = _prepared(model_path, eps, "certify", config, data, engine, sharding, pgd=True)
+    result, extra = _certified(run, config, engine, sharding, out.quiet)
     summary = result.summary()
-    summary.update({"model": model_path, "data": data_spec, "seed": seed, "dtype": compute, "model_rounded": rounded,
-                    "reference": reference, "domain": None if pgd_domain is None else list(pgd_domain), **extra})
+    summary.update({"model": model_path, "data": data.spec, "seed": run.seed, "dtype": run.dtype,
+                    "model_rounded": run.rounded, "reference": engine.reference,
+                    "domain": None if run.domain is None else list(run.domain), **extra})
     sound = None
-    if audit:
-        with reference_only_if(reference):
-            summary["audit"], sound = _audit(result, model_path, data_spec, data_dir, limit, eps, n_iters,
-                                             batch_size, gram_limit, threads, backend, quiet,
-                                             (pgd_steps, pgd_restarts, pgd_domain))
+    if out.audit:
+        with reference_only_if(engine.reference):
+            summary["audit"], sound = _audit(result, model_path, data, eps, config, run.domain, engine, out.quiet)
         # the estimates' broken certificates are the audit's finding; only sound ones can be unsound
         summary["soundness_violations"] = summary["audit"]["sound_broken_samples"]
-    if samples_path:
-        atomic_write_bytes(samples_path, outputs.dumps(result.samples(), indent=1).encode("utf-8"))
-    if plot_path:
-        from lipref.plots import plot_audit, plot_certified_accuracy
-        if sound is None:
-            plot_certified_accuracy(result, plot_path, title=f"{model_path} on {data_spec}")
-        else:
-            plot_audit(result, sound, plot_path, title=f"{model_path} on {data_spec}, audit")
-    if as_json:
+    _write_outputs(out, result, sound, f"{model_path} on {data.spec}")
+    if out.as_json:
         emit_json(summary)
     else:
-        _print_certification(summary, f"{model_path} on {data_spec} ({n} examples), eps = {eps:g}, mode = {mode}",
-                             pgd_steps)
+        _print_certification(summary, f"{model_path} on {data.spec} ({run.n} examples), eps = {eps:g}, mode = "
+                                      f"{config.mode}", config.pgd_steps)
     _report_verdicts(summary)
+
+
+@dataclass(frozen=True)
+class CertifyOutputs:
+    """What `lipref certify` writes besides its table: --json, --samples, --plot; --audit, --quiet."""
+    as_json: bool = False
+    samples_path: str = None
+    plot_path: str = None
+    audit: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A certify or bound run once its inputs are read and checked: the model, the data, the
+    compute dtype (and whether it rounded the model), the seed, PGD's domain, the shard plan."""
+    model_path: str
+    eps: float
+    model: object
+    dataset: object
+    dtype: str
+    rounded: bool
+    seed: int
+    domain: tuple
+    shard_options: object
+    plan: object
+
+    @property
+    def n(self):
+        return int(self.dataset.labels.shape[0])
+
+
+def _data(options):
+    return take(options, DataChoice, spec="data_spec", folder="data_dir")
+
+
+def _prepared(model_path, eps, command, config, data, engine, sharding, pgd):
+    """The run's `_Run`: model and data read and checked, the seed chosen (a resumed folder's),
+    the data's fit to the model's input range checked (PGD's domain when `pgd`), a shard folder
+    that does not fit refused now."""
+    from lipref.distributed import ShardOptions
+    model, dataset, compute = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend,
+                                                  config.mode, config.dtype)
+    domain = resolve_domain(config.domain, dataset, model, data.spec)
+    rounded = _said_rounded(model, compute)
+    seed = _sharded_seed(config.mode, engine.seed, sharding)
+    pgd_steps, pgd_restarts = (config.pgd_steps, config.pgd_restarts) if pgd else (0, 1)
+    options = ShardOptions(command, eps, config.mode, config.n_iters, config.batch_size, seed, engine.backend, compute,
+                           engine.reference, pgd_steps, pgd_restarts, domain if pgd else None)
+    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data.spec, data.limit, config.gram_limit))
+    return _Run(model_path, eps, model, dataset, compute, rounded, seed, domain if pgd else None, options, plan)
+
+
+def _certified(run, config, engine, sharding, quiet):
+    """(the Certification, the JSON's sharding keys): one process or shards."""
+    from lipref.certify import certify as run_certify
+    with reference_only_if(engine.reference):
+        norms = _global_norms(run.model, config, run.seed, not quiet)
+        if sharding.requested:
+            return _run_sharded(run.model_path, run.dataset, run.shard_options, norms, sharding, run.plan,
+                                engine.threads, "certifying", quiet)
+        with progress_bar(run.n, "certifying", not quiet) as bar:
+            result = run_certify(run.model, run.dataset.images, run.dataset.labels, run.eps, config, seed=run.seed,
+                                 norms=norms, domain=run.domain, progress=bar.update, threads=engine.threads)
+    return result, {}
+
+
+def _write_outputs(out, result, sound, title):
+    """--samples and --plot (the audit's plot when `sound`, the audit's sound Certification)."""
+    from lipref.models import atomic_write_bytes
+    if out.samples_path:
+        atomic_write_bytes(out.samples_path, outputs.dumps(result.samples(), indent=1).encode("utf-8"))
+    if out.plot_path:
+        from lipref.plots import plot_audit, plot_certified_accuracy
+        if sound is None:
+            plot_certified_accuracy(result, out.plot_path, title=title)
+        else:
+            plot_audit(result, sound, out.plot_path, title=f"{title}, audit")
 
 
 def _report_verdicts(summary):
@@ -270,20 +313,23 @@ def _print_certification(summary, heading, pgd_steps):
     click.echo(f"{summary['seconds']:.1f} s")
 
 
-def _audit(estimate, model_path, data_spec, data_dir, limit, eps, n_iters, batch_size, gram_limit, threads, backend,
-           quiet, pgd):
+def _audit(estimate, model_path, data, eps, config, pgd_domain, engine, quiet):
     """(the audit's summary, the sound Certification): sound-mode certification of the samples
-    `estimate` (a fast run) certified, checked by PGD (pgd: steps, restarts, domain) in its
-    own float64 arithmetic, compared with the estimate."""
+    `estimate` (a fast run of `config`) certified, checked by PGD (the same steps, restarts and
+    domain) in its own float64 arithmetic, compared with the estimate."""
+    from dataclasses import replace
+
     from lipref.audit import audit_summary
     from lipref.certify import certify as run_certify
-    model, dataset, _ = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "sound", "auto")
+    threads = engine.threads
+    model, dataset, _ = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend, "sound",
+                                            "auto")
     seed = run_seed("sound", None)
-    norms = _global_norms(model, "sound", n_iters, seed, not quiet, gram_limit)
-    pgd_steps, pgd_restarts, pgd_domain = pgd
+    sound_config = replace(config, mode="sound", dtype="auto")
+    norms = _global_norms(model, sound_config, seed, not quiet)
     with progress_bar(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
-        sound = run_certify(model, dataset.images, dataset.labels, eps, "sound", n_iters, None, batch_size, pgd_steps,
-                            pgd_restarts, pgd_domain, progress=bar.update, threads=threads, seed=seed, norms=norms)
+        sound = run_certify(model, dataset.images, dataset.labels, eps, sound_config, seed=seed, norms=norms,
+                            domain=pgd_domain, progress=bar.update, threads=threads)
     return {**audit_summary(estimate, sound), "seed": seed,
             "sound_certified_accuracy_local": float(sound.certified_local.mean())}, sound
 
@@ -332,38 +378,30 @@ def _fraction(k, n):
                    "constant_fraction}]} (sharded: also workers, shards).")
 @apply_options(distributed_options)
 @user_errors
-def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size, dtype, domain, gram_limit, threads,
-          backend, seed, reference, as_json, workers, scheduler, shard_size, shards_dir, resume):
+def bound(model_path, eps, as_json, **options):
     """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
     MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
 
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the bounds equal a single-process run's bit for bit."""
     from lipref.certify import bounds_per_sample, local_over_global
-    from lipref.distributed import ShardOptions
-    sharding = _sharding(workers, scheduler, shard_size, shards_dir, resume)
-    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, mode, dtype)
-    resolve_domain(domain, dataset, model, data_spec)  # the data must fit the model's input range
-    rounded = _said_rounded(model, compute)
-    n = int(dataset.labels.shape[0])
-    seed = _sharded_seed(mode, seed, sharding)
+    config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
+    sharding = take(options, Sharding, folder="shards_dir")
+    run = _prepared(model_path, eps, "bound", config, data, engine, sharding, pgd=False)
     extra = {}
-    options = ShardOptions("bound", eps, mode, n_iters, batch_size, seed, backend, compute, reference)
-    # a folder that does not fit: refused now
-    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data_spec, limit, gram_limit))
-    with reference_only_if(reference):
-        norms = _global_norms(model, mode, n_iters, seed, True, gram_limit)
+    with reference_only_if(engine.reference):
+        norms = _global_norms(run.model, config, run.seed, True)
         if sharding.requested:
-            samples, extra = _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, "bounding",
-                                          False)
+            samples, extra = _run_sharded(model_path, run.dataset, run.shard_options, norms, sharding, run.plan,
+                                          engine.threads, "bounding", False)
         else:
-            with progress_bar(n, "bounding", True) as bar:
-                samples = bounds_per_sample(model, dataset.images, dataset.labels, eps, mode, n_iters, None,
-                                            batch_size, progress=bar.update, threads=threads, seed=seed, norms=norms)
+            with progress_bar(run.n, "bounding", True) as bar:
+                samples = bounds_per_sample(run.model, run.dataset.images, run.dataset.labels, eps, config,
+                                            seed=run.seed, norms=norms, progress=bar.update, threads=engine.threads)
     if as_json:
-        emit_json({"model": model_path, "data": data_spec, "eps": eps, "mode": mode, "iters": n_iters,
-                    "seed": seed, "dtype": compute, "model_rounded": rounded, "reference": reference, **extra,
-                    "samples": samples})
+        emit_json({"model": model_path, "data": data.spec, "eps": eps, "mode": config.mode, "iters": config.n_iters,
+                   "seed": run.seed, "dtype": run.dtype, "model_rounded": run.rounded, "reference": engine.reference,
+                   **extra, "samples": samples})
         return
     ratios = local_over_global(*(host.asarray([r[k] for r in samples]) for k in ("local", "global")))
     rows = [dict(r, ratio=float(q), const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
@@ -394,27 +432,30 @@ def bound(model_path, data_spec, data_dir, limit, eps, n_iters, mode, batch_size
 @apply_options(engine_options)
 @click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
 @user_errors
-def attack(model_path, data_spec, data_dir, limit, eps, steps, step_size, restarts, batch_size, domain, dtype,
-           threads, backend, seed, as_json):
+def attack(model_path, eps, as_json, **options):
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
     from lipref.attack import pgd_l2
-    from lipref.bounds.margins import predictions
-    if step_size is not None and not 0 < step_size < float("inf"):
-        raise InputError(f"--step-size must be finite and > 0, got {step_size}")
-    model, dataset, compute = load_model_and_data(model_path, data_spec, data_dir, limit, backend, "fast", dtype)
+    from lipref.bounds.certificate import predictions
+    pgd, config = take(options, AttackConfig), take(options, CertifyConfig)  # certify's batch size, domain, dtype
+    data, engine = _data(options), take(options, Engine)
+    if pgd.step_size is not None and not 0 < pgd.step_size < float("inf"):
+        raise InputError(f"--step-size must be finite and > 0, got {pgd.step_size}")
+    model, dataset, compute = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend,
+                                                  "fast", config.dtype)
     rounded = _said_rounded(model, compute)
-    pgd_domain = resolve_domain(domain, dataset, model, data_spec)
-    xp = get_backend(backend)
-    seed = run_seed("fast", seed)
+    pgd_domain = resolve_domain(config.domain, dataset, model, data.spec)
+    xp = get_backend(engine.backend)
+    seed = run_seed("fast", engine.seed)
     rng = host.random.default_rng(seed)
     n = int(dataset.labels.shape[0])
     correct = broken = 0
-    for _, _, x, y in D.batches(dataset.images, dataset.labels, batch_size, xp, float_dtype(xp, compute)):
+    for _, _, x, y in D.batches(dataset.images, dataset.labels, config.batch_size, xp, float_dtype(xp, compute)):
         ok = to_host(predictions(model(x, record=False)) == y)
-        result = pgd_l2(model, x, y, eps, rng, steps, step_size, restarts, pgd_domain, threads=threads)
+        result = pgd_l2(model, x, y, eps, rng, pgd.steps, pgd.step_size, pgd.restarts, pgd_domain,
+                        threads=engine.threads)
         correct += int(ok.sum())
         broken += int((to_host(result.success) & ok).sum())
-    out = {"model": model_path, "data": data_spec, "eps": eps, "steps": steps, "restarts": restarts, "n": n,
+    out = {"model": model_path, "data": data.spec, "eps": eps, "steps": pgd.steps, "restarts": pgd.restarts, "n": n,
            "seed": seed, "dtype": compute, "model_rounded": rounded,
            "domain": None if pgd_domain is None else list(pgd_domain),
            "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}

@@ -1,8 +1,10 @@
 """What every command shares: the one-line error handler, tables, JSON, progress bars, and
 click options read from the library's config dataclasses (defaults and help written once)."""
+import dataclasses
 import functools
 import sys
 import warnings
+from dataclasses import dataclass
 
 import click
 
@@ -165,6 +167,32 @@ engine_options = [
 
 dtype_option = setting_option(CertifyConfig, "dtype")
 domain_option = setting_option(CertifyConfig, "domain")
+
+@dataclass(frozen=True)
+class DataChoice:
+    """--data, --data-dir and --limit: which examples a command reads."""
+    spec: str
+    folder: str = None
+    limit: int = None
+
+
+@dataclass(frozen=True)
+class Engine:
+    """--backend, --threads, --seed and --reference: where and how a command computes (no number
+    depends on --threads)."""
+    backend: str = "numpy"
+    threads: int = None
+    seed: int = None
+    reference: bool = False
+
+
+def take(options, cls, **renamed):
+    """An instance of dataclass `cls` from the click options of its fields, removed from
+    `options` (a command's **kwargs); renamed: {field: option name} where they differ."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: options.pop(renamed.get(name, name)) for name in names
+                  if renamed.get(name, name) in options})
+
 
 def apply_options(options):
     def decorator(fn):

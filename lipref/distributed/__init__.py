@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ..certify import joined_certification
+from ..errors import InputError
 from .cluster import connected, run_on_cluster, worker_count
 from .folder import (  # noqa: F401
     FORMAT,
@@ -40,6 +41,12 @@ class Sharding:
     shard_size: int = None
     folder: str = None
     resume: bool = False
+
+    def __post_init__(self):
+        if self.workers and self.scheduler:
+            raise InputError("give --workers N (a cluster on this machine) or --scheduler ADDRESS, not both")
+        if self.resume and not self.folder:
+            raise InputError("--resume continues the run in --shards-dir DIR: give the folder")
 
     @property
     def requested(self):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..backend import host, keep_freed_memory
-from ..certify import PER_SAMPLE, bounds_per_sample, certification_arrays, certify
+from ..certify import PER_SAMPLE, CertifyConfig, bounds_per_sample, certification_arrays, certify
 from ..errors import InputError, UserError
 from ..inputs import load_model_file
 from ..kernels import reference_only_if
@@ -42,6 +42,11 @@ class ShardOptions:
         if self.command not in COMMANDS:
             raise ValueError(f"command must be one of {COMMANDS}, got {self.command!r}")
 
+    def config(self):
+        """The CertifyConfig a shard computes with (the run's global norms come with the task)."""
+        return CertifyConfig(mode=self.mode, n_iters=self.n_iters, pgd_steps=self.pgd_steps,
+                             pgd_restarts=self.pgd_restarts, batch_size=self.batch_size)
+
     def result_names(self):
         """The names of the arrays a shard's result holds (what a shard file must hold)."""
         if self.command == "bound":
@@ -60,7 +65,7 @@ class ShardTask:
     model_path: str
     model_sha256: str  # of the file the run was planned with: a worker must load that very file
     options: ShardOptions
-    norms: object  # certify.GlobalNorms, computed once per run
+    norms: object  # the run's bounds.GlobalNorms, computed once
     threads: int = None  # blocks of samples in threads inside the shard; changes no number
 
 
@@ -121,16 +126,15 @@ def compute_shard(task):
 
 def _certify_arrays(model, task):
     o = task.options
-    result = certify(model, task.images, task.labels, o.eps, o.mode, o.n_iters, batch_size=o.batch_size,
-                     pgd_steps=o.pgd_steps, pgd_restarts=o.pgd_restarts, domain=o.domain, threads=task.threads,
-                     seed=o.seed, first_index=task.start, norms=task.norms)
+    result = certify(model, task.images, task.labels, o.eps, o.config(), seed=o.seed, norms=task.norms,
+                     domain=o.domain, threads=task.threads, first_index=task.start)
     return certification_arrays(result)
 
 
 def _bound_arrays(model, task):
     o = task.options
-    samples = bounds_per_sample(model, task.images, task.labels, o.eps, o.mode, o.n_iters, batch_size=o.batch_size,
-                                threads=task.threads, seed=o.seed, first_index=task.start, norms=task.norms)
+    samples = bounds_per_sample(model, task.images, task.labels, o.eps, o.config(), seed=o.seed, norms=task.norms,
+                                threads=task.threads, first_index=task.start)
     return bound_arrays(samples)
 
 

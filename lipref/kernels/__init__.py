@@ -1,5 +1,24 @@
-"""Fast paths beside the plain definitions (see registry.py): importing this package
-registers every kernel. Kernel modules work on raw arrays and never import
-lipref.primitives or lipref.bounds, so the plain core has no import cycle."""
-from . import conv, conv_grads, conv_grid, dense, norms  # noqa: F401 (importing a kernel module registers it)  # noqa: F401
-from .registry import enabled, pick, reference_only, reference_only_if, register, registered  # noqa: F401
+"""Fast paths beside the plain definitions (see registry.py). Importing this package
+registers every kernel: KERNEL_MODULES lists them all, and the first call of any
+replaceable function imports it (registry.load_kernels), so no process runs without them.
+Kernel modules work on raw arrays and never import lipref.primitives or lipref.bounds, so
+the plain core has no import cycle."""
+import importlib
+
+from .registry import (  # noqa: F401
+    applying_kernel,
+    enabled,
+    load_kernels,
+    reference_only,
+    reference_only_if,
+    register,
+    registered,
+    replaceable,
+    replaceables,
+    without,
+)
+
+# every kernel module (tests/test_kernels_registry.py checks this list against the folder)
+KERNEL_MODULES = ("ball_box", "conv", "conv_grads", "conv_grid", "dense", "norms", "power_iteration")
+for _name in KERNEL_MODULES:
+    importlib.import_module(f"{__name__}.{_name}")

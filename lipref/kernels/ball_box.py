@@ -1,7 +1,7 @@
 """Kernel: the ball-and-box multiplier by sorted breakpoints, registered for
 "ball_box_multiplier".
 
-The plain definition (bounds/margins.py, `bisected_multiplier`) bisects on lam for 200
+The plain definition (bounds/certificate.py, `ball_box_multiplier`) bisects on lam for 200
 steps; this finds the same lam with one sort. tests/test_ball_box.py checks both against
 the true maximum and against each other on exact zeros, ties, breakpoints on the sphere,
 boxes inside the ball and 1e8 weight ratios. Certificates never depend on which lam is

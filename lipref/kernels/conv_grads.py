@@ -1,5 +1,5 @@
 """Kernels: conv2d's input and weight gradients, registered for "conv2d_transpose" (the
-adjoint in x, which is also conv2d's input gradient) and "conv2d.vjp.w".
+adjoint in x, which is also conv2d's input gradient) and "conv2d_weight_grad".
 
 Three exact input-gradient methods (sub-pixel gather, col2im scatter, the row-tap forward
 of the flipped kernel; `_input_grad_method` chooses) and the weight gradient in the
@@ -150,7 +150,7 @@ def conv2d_input_grad(g, weight, stride, padding, in_hw, method=None):
     return _nchw(out)
 
 
-@register("conv2d.vjp.w")
+@register("conv2d_weight_grad")
 def conv2d_weight_grad(g, x, weight_shape, stride, padding, form=None):
     """The gradient of <conv2d(x, W), g> in W, in the forward's form (_conv_form; `form`
     overrides it, for tests): im2col's sum over samples of cols^T g, or each tap's slice^T

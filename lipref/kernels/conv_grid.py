@@ -1,8 +1,12 @@
-"""Kernel: a masked conv layer as a linear operator on its padded space-to-depth grid.
+"""Kernel: a masked conv layer's power iteration on its padded space-to-depth grid,
+registered for "masked_power_iteration".
 
-Registered for "masked_conv_operator": it replaces the plain masked conv operator of
-lipref/bounds/operators.py (conv2d and conv2d_transpose with the masks) in the fast
-mode's power iteration. tests/test_kernels_conv_grid.py checks it against the plain one.
+It replaces the plain `masked_power_iteration` of lipref/bounds/operators.py (power
+iteration on conv2d and conv2d_transpose with the masks, on the layer's own layout) for conv
+layers on the host; tests/test_kernels_conv_grid.py checks it against the plain one. The
+layer's grid (`ConvGrid`: its weight in the grid's layout) is kept per weight array between
+calls (`grid_of`), so the blocks of samples of one call, and later calls with the same
+weight, share it.
 
 Power iteration applies a masked conv layer and its adjoint dozens of times per call. On the
 layer's own layout (N, C, H, W) every application pads its operand, regroups it and crops
@@ -44,19 +48,63 @@ Each form copies the narrower side (T*K or T*O numbers per row) and computes no 
 that is not one (gather) or few (scatter: the grid's rows); for what that saves against
 the layer-layout masked Gram step, see BENCHMARKS.md.
 """
+import threading
+import weakref
+
+from array_api_compat import is_numpy_namespace
+
 from ..backend import namespace
 from ..shapes import conv_output_hw, nchw, nhwc
 from .conv import shifted_columns, shifted_sum, space_to_depth_rows, tap_weights
+from .norms import norms_and_range
+from .power_iteration import host_power_iteration_vector, safe_start
 from .registry import register
 
 GRID_FORMS = ("gather", "scatter")
 
 
-@register("masked_conv_operator")
-def conv_grid(weight, stride, padding, in_hw):
-    """The masked conv operator's kernel for conv2d(., weight, stride, padding) on inputs of
-    spatial size in_hw: its ConvGrid (masks, layouts, the map and its adjoint)."""
-    return ConvGrid(weight, stride, padding, in_hw)
+def _conv_on_host(layer, weight, *rest, **kwargs):
+    """A conv layer (a 4-D weight and the layer's stride and padding) on NumPy."""
+    return weight.ndim == 4 and hasattr(layer, "stride") and is_numpy_namespace(namespace(weight))
+
+
+@register("masked_power_iteration", applies=_conv_on_host)
+def grid_power_iteration(layer, weight, row_mask, col_mask, v0, n_iters, estimate=True):
+    """`operators.masked_power_iteration` (same arguments and result) on the layer's grid:
+    v0 goes to the grid once, the iteration runs there, and v comes back once."""
+    grid = grid_of(weight, layer.stride, layer.padding, tuple(layer.in_shape[1:]))
+    xp = namespace(weight)
+    rows, cols = grid.masks(row_mask, col_mask, v0.shape[0], v0.dtype, xp)
+    # a zero start becomes the constant unit vector here, on the layer's entries only (on
+    # the grid it would spread onto the padding)
+    start = grid.to_grid(safe_start(v0))
+    apply, apply_adjoint, gram = grid.operator(rows, cols)
+    v = host_power_iteration_vector(apply, apply_adjoint, start, n_iters, gram)
+    sigma = norms_and_range(apply(v))[0] if estimate else None
+    return sigma, grid.from_grid(v)
+
+
+_GRIDS = {}  # id(weight) -> (a copy of its values, (stride, padding, in_hw), its ConvGrid)
+_GRIDS_LOCK = threading.Lock()
+
+
+def grid_of(weight, stride, padding, in_hw):
+    """The ConvGrid of this weight array, made once and kept while the array lives and holds
+    the same values (checked against a copy at every call: one pass over a conv kernel, a
+    few thousand numbers, so a weight changed in place is never served a stale grid)."""
+    xp = namespace(weight)
+    key = (stride, padding, in_hw)
+    with _GRIDS_LOCK:
+        entry = _GRIDS.get(id(weight))
+    if entry is not None and entry[1] == key and entry[0].shape == weight.shape and \
+            entry[0].dtype == weight.dtype and bool(xp.all(entry[0] == weight)):
+        return entry[2]
+    grid = ConvGrid(weight, stride, padding, in_hw)
+    ident = id(weight)
+    with _GRIDS_LOCK:
+        _GRIDS[ident] = (xp.asarray(weight, copy=True), key, grid)
+    weakref.finalize(weight, _GRIDS.pop, ident, None)
+    return grid
 
 
 def grid_form(in_channels, out_channels, stride):

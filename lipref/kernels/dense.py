@@ -1,6 +1,6 @@
 """Kernels: dense products in the orientation OpenBLAS runs faster (host only).
 
-Registered for "matmul", "linear" and "linear.vjp.x" (the input gradient g @ W); each
+Registered for "matmul", "linear" and "linear_input_grad" (the input gradient g @ W); each
 computes the plain definition's product, possibly transposed, so only the rounding of the
 sums can differ (tests/test_kernels_dense.py). On NumPy only: the trick answers an OpenBLAS
 quirk (see BENCHMARKS.md), not a property of the math.
@@ -45,6 +45,6 @@ def linear(x, weight, bias):
     return out if bias is None else add_in_place(out, bias)
 
 
-@register("linear.vjp.x", applies=_on_host)
+@register("linear_input_grad", applies=_on_host)
 def linear_input_grad(g, weight):
     return product(g, weight)

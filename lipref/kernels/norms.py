@@ -1,15 +1,17 @@
-"""Per-sample Euclidean norms on the host: one unscaled sum of squares, cut into pieces.
+"""Kernel: per-sample Euclidean norms on the host, one unscaled sum of squares cut into
+pieces; registered for "norms".
 
 Replaces the plain definition `lipref.bounds.spectral.norms` (every sample scaled by its
 largest entry, then summed: three passes) on NumPy's namespace only. The fast form is one
 pass: dot products (`vecdot`, no temporary) over pieces of each sample, then summed (any
 order of summation keeps the gamma_n error bound docs/soundness.md uses). Where a sum is so
 small that underflowed squares could matter (below tiny * n / eps) or not finite
-(overflow), it gives up (None) and the caller runs the plain definition on the whole batch.
+(overflow), it declines (NotImplemented) and the plain definition runs on the whole batch.
 
-Also returns the smallest and the largest norm as Python floats, from the checks it makes
-anyway: the host power iteration (bounds/spectral.py) tests its rescaling range with them.
-Host only: on a device those floats would be a synchronisation per step.
+`norms_and_range` also gives the smallest and the largest norm as Python floats, from the
+checks it makes anyway: the host power iteration (kernels/power_iteration.py) tests its
+rescaling range with them. Host only: on a device those floats would be a synchronisation
+per step.
 """
 import functools
 import math
@@ -33,10 +35,32 @@ def on_host(x):
 
 
 @register("norms", applies=on_host)
+def norms(x):
+    """Per-sample norms of x (B, ...) by the unscaled sum of squares, or NotImplemented where
+    it is not accurate (then the plain definition runs)."""
+    found = unscaled_norms_and_range(x)
+    return NotImplemented if found is None else found[0]
+
+
 def norms_and_range(x):
+    """(norms (B,), smallest, largest) of the samples of x (B, ...): `unscaled_norms_and_range`
+    where it is accurate, else each sample scaled by its largest entry first (as the plain
+    definition). NaN extremes if a norm is NaN."""
+    found = unscaled_norms_and_range(x)
+    if found is not None:
+        return found
+    xp = namespace(x)
+    axes = tuple(range(1, x.ndim))
+    scale = xp.max(xp.abs(x), axis=axes)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    scaled = x / xp.reshape(xp.where(scale > 0, scale, xp.ones_like(scale)), shape)
+    result = scale * xp.sqrt(xp.sum(scaled * scaled, axis=axes))
+    return result, float(xp.min(result)), float(xp.max(result))
+
+
+def unscaled_norms_and_range(x):
     """(norms (B,), smallest, largest) of the samples of x (B, ...), or None where the
-    unscaled sum of squares is not accurate (then the caller runs the plain definition).
-    NaN extremes if a norm is NaN."""
+    unscaled sum of squares is not accurate. NaN extremes if a norm is NaN."""
     xp = namespace(x)
     n, dim = x.shape[0], _sample_dim(x)
     if n == 0:

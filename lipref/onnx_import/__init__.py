@@ -7,6 +7,8 @@ batch size symbolic or fixed, to logits computed by a linear layer, made of:
 - Conv (square kernel, equal strides, the same pad on every side or auto_pad VALID, dilation
   1, group 1); Gemm (alpha = beta = 1, transA = 0, transB 0 or 1); MatMul with a constant;
   each optionally followed by an Add of a constant bias (one per channel after a Conv);
+- AveragePool (square kernel, equal strides, the same pad on every side, padded zeros
+  counted: count_include_pad 1 or no padding; no ceil_mode): lipref's AvgPool2d;
 - Relu, Max(x, 0); Clip with min 0 (no max: ReLU; a scalar max t: a clipped ReLU with
   threshold t), its bounds as inputs (opset >= 11) or attributes (older);
 - Min(x, T) followed by Relu, Clip(min 0) or Max(., 0): the paper's official clipped ReLU

@@ -5,7 +5,7 @@ import math
 
 from ..backend import get_backend, host
 from ..errors import InputError
-from ..layers import ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
+from ..layers import AvgPool2d, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
 from ..models import load_parameters_into
 from ..precision import exact_sum, widen_exactly
 from .reading import OnnxImportError, attributes, tensor_array
@@ -14,8 +14,8 @@ BATCH = "N"  # the batch size, a symbol in shape arithmetic
 SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
 COMMUTATIVE = ("Add", "Min", "Max")  # ops whose data input may be any of their inputs
 ACTIVATION_OPS = ("Relu", "Clip", "Max")  # what may follow a Min(x, T)
-SUPPORTED = ("Conv, Gemm, MatMul (+ Add), Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, Reshape, "
-             "Identity, Dropout")
+SUPPORTED = ("Conv, Gemm, MatMul (+ Add), AveragePool, Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, "
+             "Reshape, Identity, Dropout")
 # inputs an op cannot do without (the data and the constants it reads)
 REQUIRED_INPUTS = {"Conv": 2, "Gemm": 2, "MatMul": 2, "Add": 2, "Min": 2, "Max": 2, "Reshape": 2, "Gather": 2}
 
@@ -189,6 +189,30 @@ class Chain:
         bias = host.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
         self.affine(node, lambda: Conv2d(self.shape, weight.shape[0], int(kernel[0]), int(strides[0]), int(pads[0])),
                     weight, bias)
+
+    def on_AveragePool(self, node):
+        """AveragePool as lipref's AvgPool2d: a square kernel, equal strides, the same padding on
+        every side, padded zeros counted in the mean (count_include_pad 1, or no padding), no
+        ceil_mode: the mean is then a fixed linear map, a conv with a constant kernel."""
+        a = self.attributes(node)
+        if len(self.shape) != 3:
+            raise self.error(node, f"input {self.shape}: lipref reads 2-D average pooling of (C, H, W) inputs")
+        kernel, strides = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1]))
+        mode, pads = a.get("auto_pad", "NOTSET"), list(a.get("pads", [0] * 4))
+        pads = [0] * 4 if mode == "VALID" else pads
+        if mode not in ("NOTSET", "VALID") or len(kernel) != 2 or len(set(kernel)) != 1 or len(set(strides)) != 1 \
+                or len(set(pads)) != 1 or a.get("ceil_mode", 0) or list(a.get("dilations", [1, 1])) != [1, 1]:
+            raise self.error(node, f"kernel {kernel}, strides {strides}, pads {pads}, auto_pad {mode}: lipref reads "
+                                   "square kernels, equal strides, the same padding on every side, no ceil_mode")
+        if pads[0] and not a.get("count_include_pad", 0):
+            raise self.error(node, "count_include_pad 0 with padding: the mean of a window at the border divides by "
+                                   "fewer inputs, which is not one linear map; export with count_include_pad=True")
+        try:
+            layer = AvgPool2d(self.shape, int(kernel[0]), int(strides[0]), int(pads[0]))
+        except InputError as exc:
+            raise self.error(node, str(exc)) from None
+        self.push(node, layer)
+        self.shape = layer.out_shape
 
     def linear(self, node, weight, bias):
         """Append a Linear layer (weight (out, in)); bias as Gemm's C (None: zeros)."""

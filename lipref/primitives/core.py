@@ -5,7 +5,10 @@ plain array (no tape); called with any differentiable argument that is a Var, re
 Var whose parents carry `vjps[i](g, ans, *args)`, the gradient sent to argument i given the
 upstream gradient g. A None in `vjps` marks an argument that is not differentiated
 (shapes, strides, masks, labels); a list or tuple argument holding Vars (concat's arrays)
-gets one vjp that returns a gradient per element. Every primitive lands in PRIMITIVES, so
+gets one vjp that returns a gradient per element. A forward that computes something its
+backward needs again declares `residuals=True`: it returns (ans, residuals), and each vjp
+is called `vjp(g, ans, residuals, *args)` (JAX's custom_vjp: the forward hands its
+residuals to its backward, which neither recomputes them nor finds them elsewhere). Every primitive lands in PRIMITIVES, so
 one checker (lipref.testing.check_grads, run by tests/test_primitives.py) tests them all.
 """
 from ..backend import namespace
@@ -14,28 +17,33 @@ from ..tape import Var
 PRIMITIVES = {}  # forward's name ("_conv2d") -> the lifted primitive
 
 
-def primitive(forward, *vjps):
+def primitive(forward, *vjps, residuals=False):
     """Lift `forward` onto the tape with `vjps[i]` as argument i's backward (see above)."""
     def apply(*args):
         values = tuple(_unwrap(a) for a in args)
-        ans = forward(*values)
+        ans, res = forward(*values) if residuals else (forward(*values), None)
         parents = []
         for i, a in enumerate(args):
             if i >= len(vjps) or vjps[i] is None:
                 continue
+            vjp = vjps[i] if not residuals else _with_residuals(vjps[i], res)
             if isinstance(a, Var):
-                parents.append((a, _bind(vjps[i], ans, values)))
+                parents.append((a, _bind(vjp, ans, values)))
             elif _holds_var(a):  # a sequence argument (concat's arrays): one parent per Var in it
-                each = _bind_each(vjps[i], ans, values, [k for k, e in enumerate(a) if isinstance(e, Var)])
+                each = _bind_each(vjp, ans, values, [k for k, e in enumerate(a) if isinstance(e, Var)])
                 parents.extend((e, each(k)) for k, e in enumerate(a) if isinstance(e, Var))
         return Var(ans, tuple(parents)) if parents else ans
 
     apply.__name__ = forward.__name__
     apply.__doc__ = forward.__doc__
-    apply.forward = forward
+    apply.forward = (lambda *args: forward(*args)[0]) if residuals else forward
     apply.vjps = vjps
     PRIMITIVES[forward.__name__] = apply
     return apply
+
+
+def _with_residuals(vjp, res):
+    return lambda g, ans, *values: vjp(g, ans, res, *values)
 
 
 def _bind(vjp, ans, values):

@@ -1,19 +1,19 @@
 """Linear maps: matmul, linear, conv2d and its adjoint conv2d_transpose.
 
-Each asks the dispatcher first: a registered kernel (lipref/kernels/) computes the same
-function faster, and runs; without one, or inside kernels.reference_only(), the plain code
-written here runs.
+Each is written here as its plain definition. Those marked `@replaceable` may be replaced by
+a registered kernel (lipref/kernels/) that computes the same function faster, with the same
+arguments and result; inside kernels.reference_only() only the code written here runs.
 """
 from ..backend import namespace
-from ..kernels.registry import pick
+from ..kernels.registry import replaceable
 from ..shapes import conv_output_hw
 from .core import primitive, shape_of
 
 
+@replaceable("matmul")
 def _matmul(a, b):
     """Matrix product of 2-D arrays."""
-    kernel = pick("matmul", a, b)
-    return kernel(a, b) if kernel is not None else namespace(a, b).matmul(a, b)
+    return namespace(a, b).matmul(a, b)
 
 
 matmul = primitive(_matmul,
@@ -21,21 +21,20 @@ matmul = primitive(_matmul,
                    lambda g, ans, a, b: namespace(g).matmul(a.T, g))
 
 
+@replaceable("linear")
 def _linear(x, weight, bias):
     """x @ weight.T + bias for x (N, in), weight (out, in), bias (out,) or None."""
-    kernel = pick("linear", x, weight, bias)
-    if kernel is not None:
-        return kernel(x, weight, bias)
     out = namespace(x, weight).matmul(x, weight.T)
     return out if bias is None else out + bias
 
 
-def _linear_vjp_x(g, ans, x, weight, bias):
-    kernel = pick("linear.vjp.x", g, weight)
-    return kernel(g, weight) if kernel is not None else namespace(g).matmul(g, weight)
+@replaceable("linear_input_grad")
+def _linear_input_grad(g, weight):
+    """The gradient of <linear(x, W, b), g> in x: g @ W."""
+    return namespace(g).matmul(g, weight)
 
 
-linear = primitive(_linear, _linear_vjp_x,
+linear = primitive(_linear, lambda g, ans, x, w, b: _linear_input_grad(g, w),
                    lambda g, ans, x, w, b: namespace(g).matmul(g.T, x),
                    lambda g, ans, x, w, b: namespace(g).sum(g, axis=0))
 
@@ -56,12 +55,10 @@ def _window(out_hw, i, j, stride):
             slice(j, j + stride * (ow - 1) + 1, stride))
 
 
+@replaceable("conv2d")
 def _conv2d(x, weight, bias, stride, padding):
     """2-D cross-correlation of NCHW x with weight (O, C, kh, kw), zero padding, plus bias (O,) or None:
     out[n, o, a, b] = bias[o] + sum over c, i, j of weight[o, c, i, j] * padded[n, c, stride*a + i, stride*b + j]."""
-    kernel = pick("conv2d", x, weight, bias, stride, padding)
-    if kernel is not None:
-        return kernel(x, weight, bias, stride, padding)
     xp = namespace(x, weight)
     o, c, kh, kw = weight.shape
     if x.ndim != 4 or x.shape[1] != c:
@@ -77,12 +74,10 @@ def _conv2d(x, weight, bias, stride, padding):
     return out if bias is None else out + xp.reshape(bias, (1, o, 1, 1))
 
 
+@replaceable("conv2d_weight_grad")
 def _conv2d_weight_grad(g, x, weight_shape, stride, padding):
     """The gradient of <conv2d(x, W), g> in W: entry (o, c, i, j) is the sum over n, a, b of
     g[n, o, a, b] * padded[n, c, stride*a + i, stride*b + j]."""
-    kernel = pick("conv2d.vjp.w", g, x, weight_shape, stride, padding)
-    if kernel is not None:
-        return kernel(g, x, weight_shape, stride, padding)
     xp = namespace(g, x)
     o, c, kh, kw = weight_shape
     padded = _zero_padded(x, padding)
@@ -98,22 +93,20 @@ conv2d = primitive(_conv2d,
                    lambda g, ans, x, w, b, s, p: namespace(g).sum(g, axis=(0, 2, 3)))
 
 
-def _conv2d_transpose(y, weight, stride, padding, in_hw):
+@replaceable("conv2d_transpose")
+def _conv2d_transpose(g, weight, stride, padding, in_hw):
     """The exact adjoint of conv2d(., weight, None, stride, padding) on inputs of spatial size
-    in_hw: <conv2d(x), y> == <x, conv2d_transpose(y)>, so also conv2d's input gradient.
-    Each kernel offset (i, j) adds y . weight[:, :, i, j] back onto the padded input pixels
+    in_hw: <conv2d(x), g> == <x, conv2d_transpose(g)>, so also conv2d's input gradient.
+    Each kernel offset (i, j) adds g . weight[:, :, i, j] back onto the padded input pixels
     it read; the padding is cropped. Giving in_hw removes any guess about output padding."""
-    kernel = pick("conv2d_transpose", y, weight, stride, padding, in_hw)
-    if kernel is not None:
-        return kernel(y, weight, stride, padding, in_hw)
-    xp = namespace(y, weight)
+    xp = namespace(g, weight)
     o, c, kh, kw = weight.shape
-    n, _, oh, ow = y.shape
+    n, _, oh, ow = g.shape
     h, w = in_hw
-    padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=y.dtype)
+    padded = xp.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=g.dtype)
     for i in range(kh):
         for j in range(kw):  # (O, C) . (N, O, OH, OW) -> (C, N, OH, OW)
-            term = xp.tensordot(weight[:, :, i, j], y, axes=([0], [1]))
+            term = xp.tensordot(weight[:, :, i, j], g, axes=([0], [1]))
             padded[_window((oh, ow), i, j, stride)] += xp.permute_dims(term, (1, 0, 2, 3))
     return padded[:, :, padding:padding + h, padding:padding + w]
 

@@ -42,7 +42,7 @@ class ClampedMaxMin(nn.Module):
 
 
 ACTIVATION_MODULES = (nn.ReLU, ClippedReLU, ClampedMaxMin)
-AFFINE_MODULES = (nn.Linear, nn.Conv2d)
+AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d)
 
 
 def _activation_module(name, shape, threshold_init):
@@ -84,6 +84,9 @@ def _module_from_spec(spec):
                          stride=spec["stride"], padding=spec["padding"])
     if kind == "flatten":
         return nn.Flatten()
+    if kind == "avgpool2d":
+        return nn.AvgPool2d(spec["kernel_size"], stride=spec["stride"], padding=spec["padding"],
+                            count_include_pad=True)
     if kind in ("relu", "clipped_relu", "maxmin"):
         return _activation_module(kind, tuple(spec["shape"]), spec.get("threshold_init", 1.0))
     raise ValueError(f"no torch module for layer type {kind!r}")

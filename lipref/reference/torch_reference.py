@@ -50,7 +50,10 @@ from .torch_modules import (  # noqa: F401
 # ---------------------------------------------------------------- affine operators
 
 def affine(module, x, weight, bias):
-    """The affine module's map with the given weight and bias (bias may be None)."""
+    """The affine module's map with the given weight and bias (bias may be None). Average
+    pooling has no weight: its map is torch's own avg_pool2d (weight and bias unused)."""
+    if isinstance(module, nn.AvgPool2d):
+        return F.avg_pool2d(x, module.kernel_size, module.stride, module.padding, count_include_pad=True)
     if isinstance(module, nn.Linear):
         return F.linear(x, weight, bias)
     if isinstance(module, nn.Conv2d):
@@ -66,6 +69,9 @@ def conv_output_padding(module, in_hw, out_hw):
 
 def adjoint(module, u, weight, in_shape):
     """W^T u for the affine module's linear part, u of the output shape, result of in_shape."""
+    if isinstance(module, nn.AvgPool2d):  # the adjoint of a linear map is its vector-Jacobian product
+        _, vjp = torch.func.vjp(lambda t: affine(module, t, None, None), torch.zeros(in_shape, dtype=u.dtype))
+        return vjp(u)[0]
     if isinstance(module, nn.Linear):
         return u @ weight
     if isinstance(module, nn.Conv2d):
@@ -132,8 +138,8 @@ def power_iteration(apply, apply_adjoint, v0, n_iters):
 def masked_norm(module, rows, cols, in_shape, v0, n_iters):
     """(sigma, v): sigma = ||rows * W(cols * v)|| per sample, v from power iteration started at
     v0. sigma is differentiable in W with v held fixed (its gradient is then u v^T)."""
-    weight = module.weight
-    apply, apply_adjoint = masked_operator(module, weight.detach(), rows, cols, in_shape)
+    weight = getattr(module, "weight", None)  # None: average pooling, a fixed map
+    apply, apply_adjoint = masked_operator(module, None if weight is None else weight.detach(), rows, cols, in_shape)
     v = power_iteration(apply, apply_adjoint, v0, n_iters)
     apply_with_grad, _ = masked_operator(module, weight, rows, cols, in_shape)
     return sample_norms(apply_with_grad(v)), v
@@ -239,12 +245,16 @@ class _Walk:
 
     def affine_layer(self, i, module):
         self.close(None)
-        weight, bias = module.weight, module.bias
+        weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
         z = affine(module, self.h, weight, bias)
         mid, rad = (self.upper + self.lower) * 0.5, (self.upper - self.lower) * 0.5
         centre = affine(module, mid, weight, bias)
-        spread = affine(module, rad, weight.abs(), None)
-        row_norms = safe_sqrt(affine(module, self.cols, weight * weight, None))
+        if weight is None:  # average pooling: weights 1/k^2 >= 0, so |W| = W; ||row||^2 = (inputs counted) / k^4
+            spread = affine(module, rad, None, None)
+            row_norms = safe_sqrt(affine(module, self.cols, None, None)) / module.kernel_size
+        else:
+            spread = affine(module, rad, weight.abs(), None)
+            row_norms = safe_sqrt(affine(module, self.cols, weight * weight, None))
         ball = row_norms * per_sample(self.radius(), z)
         self.lower = larger(centre - spread, z - ball)
         self.upper = smaller(centre + spread, z + ball)
