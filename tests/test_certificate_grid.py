@@ -470,6 +470,7 @@ def check_against_grid(res, twin, xp, points, labels, eps, dtype, mode):
                      "\n".join(f"  {what[i]}: at {p} logits {z}" for i, p, z in bad))
 
 
+@pytest.mark.property  # its @given is built per backend, out of conftest's sight: CI's plain-definitions pass runs it
 def test_certificates_hold_on_a_dense_grid(xp):
     """Every certificate and certified radius of `certify` on drawn 2-D networks holds on a
     dense grid of its ball (see the module docstring for what is drawn and why the grid
