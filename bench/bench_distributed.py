@@ -5,7 +5,7 @@ certified at eps 1.58 on images 5000-5999 in float64, 40 Lanczos steps, no PGD),
 user runs it: `lipref certify --mode sound` in a fresh process, once alone and once with
 `--workers N`, wall-clock times of the whole command (imports, data, the global norms'
 set-up, the cluster's start). The two must certify the same samples with the same bounds,
-bit for bit (--samples files compared). Then, in this process, the parts of the scaling
+bit for bit (the --samples files' rows compared). Then, in this process, the parts of the scaling
 model T(N) = T_global_norms + shards / N * t_shard + shards * overhead:
 
   - T_global_norms: `CertifyConfig.global_norms` (sound: the conv layers' Gram certificates);
@@ -159,7 +159,8 @@ def main(argv=None):
     print(f"single process: {t1:.1f} s, certified {single['certified_accuracy_local']:.3f}", flush=True)
     tn, sharded, errn = cli_certify(model, data, work / "sharded.json", args, batch + ["--workers", str(args.workers)])
     print(f"--workers {args.workers}: {tn:.1f} s ({sharded['shards']} shards)", flush=True)
-    same = (work / "single.json").read_bytes() == (work / "sharded.json").read_bytes()
+    same = (json.loads((work / "single.json").read_text())["samples"] ==
+            json.loads((work / "sharded.json").read_text())["samples"])  # every number, bit for bit
     parts = scaling_parts(model, data, args)
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "processor": platform.machine(),
            "cpus": os.cpu_count(), "data": args.data, "arch": args.arch, "n": args.n, "offset": args.offset,

@@ -79,7 +79,7 @@ def test_certify_json_contract_samples_and_plot(model_file, tmp_path):
     assert doc["n"] == 8 and doc["soundness_violations"] == []
     assert doc["certified_accuracy_local"] <= doc["clean_accuracy"]
     assert doc["pgd_accuracy"] <= doc["clean_accuracy"]
-    rows = json.loads(samples.read_text())
+    rows = json.loads(samples.read_text())["samples"]
     assert len(rows) == 8 and all(r["radius_local"] <= 0.1 for r in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -336,7 +336,7 @@ def test_certify_reference_gives_the_same_certificates_and_bounds(trained_model,
                       "--quiet", "--samples", str(samples)] + flag)
         assert result.exit_code == 0, result.output
         docs.append(json.loads(result.stdout))
-        rows.append(json.loads(samples.read_text()))
+        rows.append(json.loads(samples.read_text())["samples"])
     assert docs[0]["reference"] is False and docs[1]["reference"] is True
     for key in ("certified_accuracy_global", "certified_accuracy_local", "clean_accuracy", "pgd_accuracy"):
         assert docs[0][key] == docs[1][key], key

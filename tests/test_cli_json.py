@@ -112,7 +112,9 @@ def test_json_output_is_strict_json_with_provenance(files, index):
     assert result.returncode == 0, result.stderr
     doc = strict_loads(result.stdout)
     if "--samples" in args:  # per-sample rows: strict too; the tied model's global radius is inf
-        rows = strict_loads((files / "s.json").read_text())
+        sample_doc = strict_loads((files / "s.json").read_text())
+        check_provenance(sample_doc, args)
+        rows = sample_doc["samples"]
         assert all(r["radius_global"] == ("inf" if r["prediction"] == r["label"] else 0.0) for r in rows)
         assert any(r["radius_global"] == "inf" for r in rows)
     if args[:2] == ["certify", str(files / "zero.npz")]:  # local = global = 0: their ratio is 1, not NaN

@@ -195,7 +195,7 @@ def certify(model_path, eps, **options):
             summary["audit"], sound = _audit(result, model_path, data, eps, config, run.domain, engine, out.quiet)
         # the estimates' broken certificates are the audit's finding; only sound ones can be unsound
         summary["soundness_violations"] = summary["audit"]["sound_broken_samples"]
-    _write_outputs(out, result, sound, f"{model_path} on {data.spec}")
+    _write_outputs(out, result, sound, f"{model_path} on {data.spec}", engine.reference)
     if out.as_json:
         emit_json(summary)
     else:
@@ -269,11 +269,13 @@ def _certified(run, config, engine, sharding, quiet):
     return result, {}
 
 
-def _write_outputs(out, result, sound, title):
-    """--samples and --plot (the audit's plot when `sound`, the audit's sound Certification)."""
+def _write_outputs(out, result, sound, title, reference):
+    """--samples (with the run's provenance; reference: --reference) and --plot (the audit's
+    plot when `sound`, the audit's sound Certification)."""
     from lipref.models import atomic_write_bytes
     if out.samples_path:
-        atomic_write_bytes(out.samples_path, outputs.dumps(result.samples(), indent=1).encode("utf-8"))
+        doc = outputs.with_provenance({"samples": result.samples()}, reference)
+        atomic_write_bytes(out.samples_path, outputs.dumps(doc, indent=1).encode("utf-8"))
     if out.plot_path:
         from lipref.plots import plot_audit, plot_certified_accuracy
         if sound is None:
