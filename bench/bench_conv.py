@@ -67,6 +67,7 @@ import numpy  # noqa: E402
 
 from lipref import primitives as P  # noqa: E402
 from lipref.kernels import conv as K  # noqa: E402
+from lipref.kernels import conv_blocks as KB  # noqa: E402
 from lipref.kernels import conv_grads as G  # noqa: E402
 from lipref.models import ARCHITECTURES  # noqa: E402
 from lipref.shapes import nchw  # noqa: E402
@@ -209,7 +210,7 @@ def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     x = rng.standard_normal((n, h, w, c), dtype=numpy.float32)  # channels-last, as lipref works
     weight = rng.standard_normal((o, c, k, k), dtype=numpy.float32)
     g = rng.standard_normal((n, oh, ow, o), dtype=numpy.float32)
-    blocks = K._blocks(n, oh * ow * k * k * c)
+    blocks = KB.blocks_of(n, oh * ow * k * k * c)
     b0 = blocks[0]
     per = len(blocks) * 1.0  # time one (full) block, scale to the batch
     wm = K._weight_matrix(weight)

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CASES = ("matmul", "conv_4c3f_mnist", "conv_4c3f_cifar", "conv_6c2f_cifar", "linear_4c3f_mnist",
-         "global_bound_4c3f", "local_bound_4c3f", "train_step_4c3f", "sound_certify_4c3f")
+         "global_bound_4c3f", "local_bound_4c3f", "train_step_4c3f", "train_step_4c3f_bcp", "sound_certify_4c3f")
 # run_all.py's default: all but sound certification, whose torch side (2,000 power-iteration
 # steps per layer and sample, the paper's evaluation) takes minutes per run on a CPU
 TABLE_CASES = CASES[:-1]
@@ -32,11 +32,11 @@ BACKENDS = ("numpy", "cupy")
 
 # The sizes of BENCHMARKS.md (the paper's batches and architectures) and the smoke sizes.
 PAPER = {"matmul_n": 2048, "layer_batch": 128, "global_iters": 20, "local_batch": 256, "local_iters": 5,
-         "train_batch": 128, "train_iters": 2, "sound_arch": "4c3f", "sound_batch": 50, "lanczos_steps": 40,
-         "pi_iters": 2000, "gram_limit": None}
+         "train_batch": 128, "train_iters": 2, "bcp_train_batch": 256, "bcp_train_iters": 5,
+         "sound_arch": "4c3f", "sound_batch": 50, "lanczos_steps": 40, "pi_iters": 2000, "gram_limit": None}
 SMOKE = {"matmul_n": 64, "layer_batch": 2, "global_iters": 2, "local_batch": 4, "local_iters": 1,
-         "train_batch": 4, "train_iters": 1, "sound_arch": "2c2f", "sound_batch": 4, "lanczos_steps": 5,
-         "pi_iters": 5, "gram_limit": 0}
+         "train_batch": 4, "train_iters": 1, "bcp_train_batch": 4, "bcp_train_iters": 1,
+         "sound_arch": "2c2f", "sound_batch": 4, "lanczos_steps": 5, "pi_iters": 5, "gram_limit": 0}
 
 
 def parse(argv=None):

@@ -44,11 +44,12 @@ CASE_KEYS = {"matmul": {"n", "gflops"}, "conv_4c3f_mnist": {"batch", "gflops", "
              "conv_4c3f_cifar": {"batch", "gflops", "layers"}, "conv_6c2f_cifar": {"batch", "gflops", "layers"},
              "linear_4c3f_mnist": {"batch", "gflops"}, "global_bound_4c3f": {"n_iters", "global_lipschitz"},
              "local_bound_4c3f": {"batch", "n_iters", "median_radius"},
-             "train_step_4c3f": {"batch", "n_iters", "first_loss"},
+             "train_step_4c3f": {"batch", "n_iters", "loss", "first_loss"},
+             "train_step_4c3f_bcp": {"batch", "n_iters", "loss", "first_loss"},
              "sound_certify_4c3f": {"arch", "batch", "median_lipschitz", "certified"}}
 # the number both sides compute (float32, the same start vectors), for the cases that have one
 AGREED = {"global_bound_4c3f": "global_lipschitz", "local_bound_4c3f": "median_radius",
-          "train_step_4c3f": "first_loss"}
+          "train_step_4c3f": "first_loss", "train_step_4c3f_bcp": "first_loss"}
 GPU_SMOKE_CASES = ("matmul",)
 TIMEOUT_S = 300
 
