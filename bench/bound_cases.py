@@ -86,6 +86,34 @@ def case_train_step_4c3f_bcp(bench):
     return _train_step_case(bench, "gloro-bcp", bench.size["bcp_train_batch"], bench.size["bcp_train_iters"])
 
 
+def case_official_step_4c3f(bench):
+    """The official code's training step against lipref's, on the same model, batch and
+    settings as train_step_4c3f_bcp (gloro-bcp, 5 power iterations, batch 256). "torch":
+    the official step's structure rebuilt in torch (bench/official_step.py: power
+    iterations on the autograd graph, BCP on (batch, classes, classes, width) tensors);
+    "lipref": lipref's step, as in train_step_4c3f_bcp. The two losses differ by design
+    (the official radius is the local bound alone, its BCP one clip-and-rescale pass)."""
+    batch, n_iters = bench.size["bcp_train_batch"], bench.size["bcp_train_iters"]
+    if bench.impl != "torch":
+        result = _train_step_case(bench, "gloro-bcp", batch, n_iters)
+        result["structure"] = "lipref"
+        return result
+    import torch
+
+    from bench.official_step import OfficialStep
+    model = host_model("4c3f", MNIST)
+    x, labels, _, _ = _batch(model, batch, 3)
+    net, _ = torch_net(bench, model)
+    step = OfficialStep(net, bench.tensor(x), EPS, n_iters, numpy.random.default_rng(5))
+    tx, ty, index = bench.tensor(x), bench.tensor(labels), torch.arange(batch)
+
+    def run():
+        return step(tx, ty, index)[0]
+    first = run()
+    return {"seconds": bench.seconds(run), "batch": batch, "n_iters": n_iters, "loss": "gloro-bcp",
+            "first_loss": first, "structure": "official"}
+
+
 def _train_step_case(bench, loss, batch, n_iters):
     model = host_model("4c3f", MNIST)
     x, labels, vectors, gv = _batch(model, batch, 3)

@@ -353,6 +353,8 @@ def conv2d_input_grad(g, weight, stride, padding, in_hw, alg=None):
     flipped = xp.permute_dims(xp.flip(grid_weight(weight, stride), axis=(2, 3)), (1, 0, 2, 3))  # (s*s*C, O, r, r)
     on_grid = nhwc(conv2d(g, flipped, None, 1, r - 1 - skip, alg))
     if stride == 1:
+        if tuple(on_grid.shape[1:3]) != tuple(in_hw):
+            raise ValueError(f"conv2d_transpose: in_hw {tuple(in_hw)} does not fit output {tuple(g.shape[2:])}")
         return nchw(on_grid)
     out = xp.empty((g.shape[0],) + tuple(in_hw) + (weight.shape[1],), dtype=g.dtype)
     _depth_to_space_into(on_grid, stride, padding, skip, out)
