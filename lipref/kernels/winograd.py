@@ -30,13 +30,18 @@ the whole tile, including grid pixels the output does not read, which cancel onl
 arithmetic. Its error is therefore NOT the plain definition's gamma_n |W||x| (the bound
 docs/soundness.md's rounding analysis assumes): computed Y against exact Y satisfies
 
-    |computed - exact| <= gamma_(K+10) * |A^T| [ (|G||g||G^T|) . (|B^T||d||B|) ] |A| + (K+10) * 18 * eta
+    |computed - exact| <= gamma_(K+10) * |A^T| [ (|G||g||G^T|) . (|B^T||d||B|) ] |A| + 5 (K+10) eta
 
-(summed over the K channels; the right side is this algorithm run on |g| and |d| with every
+(summed over the K channels; the first term is this algorithm run on |g| and |d| with every
 transform matrix replaced by its absolute values, `ABSOLUTE`; gamma_n = n u / (1 - n u),
 u = 2^-24, eta the smallest subnormal; K + 10 bounds the roundings on any path: at most two
-in V, four in U, K in the sum over channels, four in A^T M A). tests/test_kernels_winograd.py
-checks it, and the gradients' like bounds. So these kernels apply to float32 only, and
+in V, four in U, K in the sum over channels, four in A^T M A; the second term is the
+products that underflow, each off by at most eta/2, at most 9 K of them per output, while
+sums in the subnormal range are exact). It holds for weights that are zero or normal (at
+least 2^-126 in magnitude), so that the halvings in U are exact or their error lies within
+the first term. The weight gradient satisfies the like bound with K replaced by the tiles
+summed over (samples times tiles per sample). tests/test_kernels_conv_winograd.py checks
+them on drawn shapes. So these kernels apply to float32 only, and
 sound mode computes in float64 only (walk.py refuses anything else): no sound certificate
 ever runs them (a test certifies in sound mode with a spy on them). They apply on host NumPy
 only, where they were measured.
