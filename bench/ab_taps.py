@@ -9,8 +9,9 @@ benchmark runs says little. This script times both settings alternately in one p
 (the order flips every round) and reports, per case, the fastest time of each and the
 median over rounds of the paired ratio a / b (below 1: a is faster). The comparisons:
 
-- taps (the script's first use, hence its name): a = conv2d's tap forms
-  (lipref/kernels/conv.py, `_conv_form`), b = im2col everywhere, i.e.
+- taps (the script's first use, hence its name): a = conv2d's forms as
+  lipref/kernels/conv.py's `_conv_form` picks them (taps, row taps, and the channel-major
+  im2col of first layers), b = im2col everywhere, i.e.
   `kernels.conv._conv_form` answering "im2col" and `kernels.conv_grads._input_grad_method`
   never answering "row taps", exactly the code before the tap forms existed; Winograd off
   in both (it would take the layers both compare);
