@@ -1,7 +1,8 @@
 """conv2d forward + backward: lipref (NumPy backend) against torch on the CPU.
 
-For every conv layer of the 4c3f architecture on MNIST (1x28x28) and CIFAR-10 (3x32x32)
-inputs, batch 128, float32, on identical weights, inputs and upstream gradients:
+For every conv layer of the 4c3f architecture (--arch: 6c2f too) on MNIST (1x28x28) and
+CIFAR-10 (3x32x32) inputs, batch 128, float32, on identical weights, inputs and upstream
+gradients:
   lipref: primitives.conv2d forward, then its vjps with respect to x and W;
   torch:  torch.nn.functional.conv2d forward, then autograd backward (grads of x and W).
 Both run with the same number of threads (torch.set_num_threads and the OpenBLAS thread
@@ -13,7 +14,12 @@ lipref layer is reported as a fraction of it.
 
 FLOPs: forward 2*N*Cout*OH*OW*Cin*k*k, backward (dx and dW) twice that.
 
-  python bench/bench_conv.py [--threads 2] [--repeats 7] [--json bench/results/conv.json] [--smoke]
+  python bench/bench_conv.py [--arch 4c3f] [--threads 2] [--repeats 7] [--clock wall|cpu]
+                             [--json bench/results/conv.json] [--smoke]
+
+--clock cpu times the process's CPU time instead of wall time: on a machine shared with
+other work, wall time stretches while the process waits for a core; with --threads 1 CPU
+time is what the work cost.
 
 --smoke: batch 2, a 64^3 matmul, one repeat, no warm-up or pauses, one thread, with --check
 and --breakdown (tests/test_bench.py; the times mean nothing, the check still holds).
@@ -30,6 +36,10 @@ def _parse():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both libraries (default: the CPUs this process may use; 1 with --smoke)")
+    ap.add_argument("--arch", default="4c3f", choices=("4c3f", "6c2f"), help="the architecture whose layers run")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="wall time, or the process's CPU time")
+    ap.add_argument("--stat", default="median", choices=("median", "min"),
+                    help="median of the repeats, or the fastest (least disturbed by other work on a shared machine)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=2)
@@ -67,7 +77,9 @@ import numpy  # noqa: E402
 
 from lipref import primitives as P  # noqa: E402
 from lipref.kernels import conv as K  # noqa: E402
+from lipref.kernels import conv_blocks as KB  # noqa: E402
 from lipref.kernels import conv_grads as G  # noqa: E402
+from lipref.kernels import winograd as W  # noqa: E402
 from lipref.models import ARCHITECTURES  # noqa: E402
 from lipref.shapes import nchw  # noqa: E402
 
@@ -109,8 +121,12 @@ def median_time(fn, repeats, warmup):
     return interleaved_medians({"f": fn}, repeats, warmup)["f"]
 
 
+CLOCK = [time.perf_counter]  # main() sets time.process_time for --clock cpu
+STAT = [statistics.median]  # main() sets min for --stat min
+
+
 def interleaved_medians(fns, repeats, warmup):
-    """{name: median seconds}; the functions run in turn within each repeat, so that a
+    """{name: median (or with --stat min, fastest) seconds}; the functions run in turn within each repeat, so that a
     change in machine load during the run hits all of them alike."""
     for _ in range(warmup):
         for fn in fns.values():
@@ -118,10 +134,10 @@ def interleaved_medians(fns, repeats, warmup):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = CLOCK[0]()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            times[name].append(CLOCK[0]() - t0)
+    return {name: STAT[0](ts) for name, ts in times.items()}
 
 
 def matmul_rate(repeats, warmup, n=2048):
@@ -133,9 +149,12 @@ def matmul_rate(repeats, warmup, n=2048):
 
 
 def conv_layers(arch="4c3f"):
-    """(dataset, index, in_shape, out_channels, k, stride, padding) of every conv layer."""
+    """(dataset, index, in_shape, out_channels, k, stride, padding) of every conv layer, on
+    the datasets the paper trains the architecture on (4c3f: MNIST and CIFAR-10; 6c2f: CIFAR-10)."""
     convs, _ = ARCHITECTURES[arch]
     for name, shape in DATASETS.items():
+        if arch == "6c2f" and name == "mnist":
+            continue
         c, h, w = shape
         for i, (o, k, s, p) in enumerate(convs):
             yield name, i, (c, h, w), o, k, s, p
@@ -201,50 +220,94 @@ def bench_layer(torch, n, in_shape, o, k, s, p, repeats, warmup, check, pause=ID
 
 def breakdown(n, in_shape, o, k, s, p, repeats, warmup):
     """Milliseconds of each piece of lipref's forward + backward over the whole batch
-    (private helpers of lipref/kernels/conv.py and conv_grads.py, called in blocks exactly
-    as the conv2d kernels call them)."""
+    (private helpers of lipref/kernels/conv.py, conv_grads.py and winograd.py, called on
+    one block exactly as the kernels call them, scaled to the batch's blocks)."""
     c, h, w = in_shape
     oh, ow = P.conv_output_hw(h, w, k, k, s, p)
     rng = numpy.random.default_rng(1)
     x = rng.standard_normal((n, h, w, c), dtype=numpy.float32)  # channels-last, as lipref works
     weight = rng.standard_normal((o, c, k, k), dtype=numpy.float32)
     g = rng.standard_normal((n, oh, ow, o), dtype=numpy.float32)
-    blocks = K._blocks(n, oh * ow * k * k * c)
+    xp = __import__("array_api_compat.numpy", fromlist=["numpy"])
+    if W.applies(xp, x.dtype, (k, k), s, p, (c, o)):
+        return _winograd_breakdown(x, weight, g, s, p, repeats, warmup)
+    blocks = KB.blocks_of(n, oh * ow * k * k * c)
     b0 = blocks[0]
     per = len(blocks) * 1.0  # time one (full) block, scale to the batch
     wm = K._weight_matrix(weight)
-    cols = K._im2col(x[b0], k, k, s, p)
     rows = numpy.reshape(g[b0], (-1, o))
     m = rows.shape[0] // (oh * ow)
     wsub, th, tw = G._subpixel_weight(weight, s)
     gcols_t = wm.T @ rows.T
     form = K._conv_form((k, k), s, c, o)
-    if form != "im2col":  # a tap form: no column matrix in the forward and dW
+    if form != "im2col":  # a tap form or the channel-major im2col
         forward = K._forward_of_block(weight, s, p, (h, w))
         pieces = {
             f"forward: {form}": lambda: forward(x[b0]),
             f"dW: {form}": lambda: G.conv2d_weight_grad(nchw(g[b0]), nchw(x[b0]), weight.shape, s, p),
         }
     else:
+        cols = K._im2col(x[b0], k, k, s, p)
         pieces = {
             "im2col (x2: forward and dW)": lambda: K._im2col(x[b0], k, k, s, p),
             "cols @ W.T": lambda: cols @ wm.T,
             "cols.T @ g (dW)": lambda: cols.T @ rows,
         }
+    pieces.update(_input_grad_pieces(weight, g, b0, s, p, (h, w), wm, rows, gcols_t, m, (wsub, th, tw)))
+    return {name: 1e3 * t * per for name, t in interleaved_medians(pieces, repeats, warmup).items()}
+
+
+def _input_grad_pieces(weight, g, b0, s, p, in_hw, wm, rows, gcols_t, m, subpixel):
+    o, c, k, _ = weight.shape
+    h, w = in_hw
     method = G._input_grad_method(weight, s, p)
     if method == "row taps":
         input_grad = G._input_grad_of_block(weight, s, p, (h, w))
-        pieces["dx: row taps of the flipped kernel"] = lambda: input_grad(g[b0])
-    elif method == "gather":
-        pieces["dx: sub-pixel gather"] = lambda: G._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
+        return {"dx: row taps of the flipped kernel": lambda: input_grad(g[b0])}
+    if method == "gather":
+        return {"dx: sub-pixel gather": lambda: G._input_grad_gather(g[b0], *subpixel, s, p, h, w)}
+    return {"dx: W^T g^T": lambda: wm.T @ rows.T, "dx: col2im": lambda: K._col2im(gcols_t, m, h, w, c, k, k, s, p)}
+
+
+def _winograd_breakdown(x, weight, g, s, p, repeats, warmup):
+    """Winograd's pieces: the grid and B^T d B, the products, A^T M A (forward), the weight
+    gradient and the input gradient (Winograd at stride 1, the sub-pixel gather above)."""
+    n, h, w, c = x.shape
+    o, _, k, _ = weight.shape
+    oh, ow = g.shape[1:3]
+    r = W.grid_taps((k, k), s)
+    alg, alpha = W.ALGORITHMS[r], r + 1
+    blocks = KB.blocks_of(n, alpha * alpha * oh * ow * (s * s * c + o) // 4, W.WINOGRAD_BLOCK)
+    b0, per = blocks[0], len(blocks) * 1.0
+    u = W.transformed_weights(W.grid_weight(weight, s), alg)
+    tiles = W.tiles_hw((oh, ow))
+    v = W.input_tiles(W.split_grid(x[b0], s, p, tiles, alpha), tiles, alg)
+    products = [W._times(v[e], u[e // alpha, e % alpha, ...]) for e in range(alpha * alpha)]
+    out = numpy.empty((x[b0].shape[0], oh, ow, o), dtype=x.dtype)
+    pieces = {
+        f"forward: grid and B^T d B ({alg.name})": lambda: W.input_tiles(W.split_grid(x[b0], s, p, tiles, alpha),
+                                                                           tiles, alg),
+        "forward: products": lambda: [W._times(v[e], u[e // alpha, e % alpha, ...]) for e in range(alpha * alpha)],
+        "forward: A^T M A": lambda: W.output_tiles_into(products, out, alg),
+        "dW: Winograd": lambda: W.conv2d_weight_grad(nchw(g[b0]), nchw(x[b0]), weight.shape, s, p),
+    }
+    if s == 1:
+        pieces["dx: Winograd of the flipped kernel"] = lambda: W.conv2d_input_grad(nchw(g[b0]), weight, s, p, (h, w))
     else:
-        pieces["dx: W^T g^T"] = lambda: wm.T @ rows.T
-        pieces["dx: col2im"] = lambda: K._col2im(gcols_t, m, h, w, c, k, k, s, p)
+        wsub, th, tw = G._subpixel_weight(weight, s)
+        pieces["dx: sub-pixel gather"] = lambda: G._input_grad_gather(g[b0], wsub, th, tw, s, p, h, w)
     return {name: 1e3 * t * per for name, t in interleaved_medians(pieces, repeats, warmup).items()}
 
 
 def main(args):
     import torch
+
+    from lipref.backend import keep_freed_memory
+    keep_freed_memory()  # as the CLI and bench/suite.py do (process-wide: torch's side gets it too)
+    if args.clock == "cpu":
+        CLOCK[0] = time.process_time
+    if args.stat == "min":
+        STAT[0] = min
     torch.set_num_threads(args.threads)
     blas_path, blas_n = blas_threads(set_to=args.threads)
     rate = matmul_rate(args.repeats, args.warmup, args.matmul_n)
@@ -253,20 +316,21 @@ def main(args):
            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
            "blas_library": blas_path, "blas_threads": blas_n, "batch": args.batch, "dtype": "float32",
            "repeats": args.repeats, "warmup": args.warmup, "matmul_gflops": rate,
-           "openblas_coretype": args.openblas_coretype, "smoke": args.smoke}
+           "openblas_coretype": args.openblas_coretype, "smoke": args.smoke, "arch": args.arch, "clock": args.clock,
+           "stat": args.stat}
     load = os.getloadavg()[0]
     env["load_average_1min"] = load
     print(f"numpy {numpy.__version__} (OpenBLAS threads: {blas_n}), torch {torch.__version__} "
           f"(threads: {torch.get_num_threads()}), {env['cpus_available']} CPUs available, load average {load:.2f}")
     print(f"float32 matmul {args.matmul_n}x{args.matmul_n} (numpy): {rate:.1f} GFLOP/s")
-    print(f"4c3f conv layers, batch {args.batch}, float32, forward + backward (dx, dW); medians of "
+    print(f"{args.arch} conv layers, batch {args.batch}, float32, forward + backward (dx, dW); {args.clock} time, {args.stat}s of "
           f"{args.repeats} after {args.warmup} warm-up runs")
     header = (f"{'layer':<9} {'input -> weight (stride, pad)':<36} {'lipref ms':>10} {'torch ms':>9} "
               f"{'ratio':>6} {'GFLOP/s':>8} {'of matmul':>9} {'fwd l/t ms':>14}")
     print(header)
     print("-" * len(header))
     rows = []
-    for name, i, in_shape, o, k, s, p in conv_layers():
+    for name, i, in_shape, o, k, s, p in conv_layers(args.arch):
         r = bench_layer(torch, args.batch, in_shape, o, k, s, p, args.repeats, args.warmup, args.check, args.pause)
         r.update(dataset=name, layer=f"{name}.conv{i}", matmul_fraction=r["lipref_gflops"] / rate)
         if args.breakdown:
@@ -280,7 +344,7 @@ def main(args):
     total_t = sum(r["torch_s"] for r in rows)
     print(f"{'total':<9} {'':<36} {1e3 * total_l:>10.2f} {1e3 * total_t:>9.2f} {total_l / total_t:>6.2f}")
     if args.breakdown:
-        print("\nlipref pieces (ms, whole batch; dx by sub-pixel gather or by W^T g^T then col2im):")
+        print("\nlipref pieces (ms, whole batch; one block's time times the blocks, one thread):")
         for r in rows:
             print(f"{r['layer']:<12} " + ", ".join(f"{k} {v:.1f}" for k, v in r["lipref_pieces_ms"].items()))
     if args.json:

@@ -77,19 +77,57 @@ def case_local_bound_4c3f(bench):
 
 def case_train_step_4c3f(bench):
     """One step of local-bound GloRo training: walk + loss, backward, Adam (lr 1e-4)."""
-    batch, n_iters = bench.size["train_batch"], bench.size["train_iters"]
+    return _train_step_case(bench, "gloro", bench.size["train_batch"], bench.size["train_iters"])
+
+
+def case_train_step_4c3f_bcp(bench):
+    """One step of local-bound training with the gloro-bcp loss (the official MNIST recipe's
+    loss: GloRo's form, its bottom logit from the ball-and-box last layer), 5 power
+    iterations, batch 256: walk + loss, backward, Adam (lr 1e-4)."""
+    return _train_step_case(bench, "gloro-bcp", bench.size["bcp_train_batch"], bench.size["bcp_train_iters"])
+
+
+def case_official_step_4c3f(bench):
+    """The official code's training step against lipref's, on the same model, batch and
+    settings as train_step_4c3f_bcp (gloro-bcp, 5 power iterations, batch 256). "torch":
+    the official step's structure rebuilt in torch (bench/official_step.py: power
+    iterations on the autograd graph, BCP on (batch, classes, classes, width) tensors);
+    "lipref": lipref's step, as in train_step_4c3f_bcp. The two losses differ by design
+    (the official radius is the local bound alone, its BCP one clip-and-rescale pass)."""
+    batch, n_iters = bench.size["bcp_train_batch"], bench.size["bcp_train_iters"]
+    if bench.impl != "torch":
+        result = _train_step_case(bench, "gloro-bcp", batch, n_iters)
+        result["structure"] = "lipref"
+        return result
+    import torch
+
+    from bench.official_step import OfficialStep
+    model = host_model("4c3f", MNIST)
+    x, labels, _, _ = _batch(model, batch, 3)
+    net, _ = torch_net(bench, model)
+    step = OfficialStep(net, bench.tensor(x), EPS, n_iters, numpy.random.default_rng(5))
+    tx, ty, index = bench.tensor(x), bench.tensor(labels), torch.arange(batch)
+
+    def run():
+        return step(tx, ty, index)[0]
+    first = run()
+    return {"seconds": bench.seconds(run), "batch": batch, "n_iters": n_iters, "loss": "gloro-bcp",
+            "first_loss": first, "structure": "official"}
+
+
+def _train_step_case(bench, loss, batch, n_iters):
     model = host_model("4c3f", MNIST)
     x, labels, vectors, gv = _batch(model, batch, 3)
     run = (_torch_train_step if bench.impl == "torch" else _lipref_train_step)(bench, model, x, labels, vectors, gv,
-                                                                               n_iters)
+                                                                               n_iters, loss)
     first = run()
-    return {"seconds": bench.seconds(run), "batch": batch, "n_iters": n_iters, "first_loss": first}
+    return {"seconds": bench.seconds(run), "batch": batch, "n_iters": n_iters, "loss": loss, "first_loss": first}
 
 
-def _torch_train_step(bench, model, x, labels, vectors, gv, n_iters):
+def _torch_train_step(bench, model, x, labels, vectors, gv, n_iters, loss_kind):
     import torch
 
-    from lipref.reference.torch_margins import gloro_loss
+    from lipref.reference.torch_margins import robust_loss
     from lipref.reference.torch_reference import network_bounds
     net, shapes = torch_net(bench, model)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
@@ -98,14 +136,14 @@ def _torch_train_step(bench, model, x, labels, vectors, gv, n_iters):
     def run():
         opt.zero_grad()
         b = network_bounds(net, tx, EPS, n_iters, tv, tg, "local", shapes)
-        loss = gloro_loss(b.logits, net[-1].weight, ty, b.radius)
+        loss = robust_loss(loss_kind, b, net[-1].weight, ty)
         loss.backward()
         opt.step()
         return float(loss.detach())
     return run
 
 
-def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters):
+def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters, loss_kind):
     """As `lipref train` computes a step: the global iteration once, then the blocks."""
     from lipref import losses
     from lipref.bounds import BoundOptions, global_norms, network_bounds
@@ -127,7 +165,7 @@ def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters):
 
         def block_loss(s):
             b = network_bounds(model, xv[s, ...], EPS, options, norms, local_vectors={k: v[s, ...] for k, v in lv.items()})
-            return losses.gloro_loss(b, last, onehot[s, ...]), None
+            return losses.ROBUST[loss_kind](b, last, onehot[s, ...]), None
         value, grads, _ = blocked_gradients(xp, x.shape[0], [params[k] for k in names], block_loss)
         opt.step(dict(zip(names, grads)))
         return float(host_values(value))

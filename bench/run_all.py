@@ -3,7 +3,7 @@ implementation, in one run; prints a table of medians and ratios and writes
 bench/results/<date>-<machine>.json.
 
     python bench/run_all.py [--repeats 5] [--rounds 3] [--threads 2] [--cases conv_4c3f_mnist,...]
-                            [--markdown BENCHMARKS.md] [--out PATH] [--smoke]
+                            [--clock wall|cpu] [--markdown BENCHMARKS.md] [--out PATH] [--smoke]
 
 Peak memory is each process's maximum resident set size as the OS reports it (getrusage's
 ru_maxrss, read by the process at its end), so each number includes the interpreter and
@@ -32,12 +32,12 @@ class CaseFailed(RuntimeError):
     """A case's process failed, printed no result, or ran past its time limit."""
 
 
-def run_case(case, impl, threads, repeats, coretype=None, backend="numpy", smoke=False, timeout=None):
+def run_case(case, impl, threads, repeats, coretype=None, backend="numpy", smoke=False, timeout=None, clock="wall"):
     """The result dict of one case in a fresh process (bench/suite.py), peak memory included;
     CaseFailed (with the process's error output) when it fails or outlasts `timeout` s."""
     cmd = [sys.executable, str(ROOT / "bench" / "suite.py"), case, impl, "--threads", str(threads),
-           "--repeats", str(repeats), "--backend", backend] + (["--openblas-coretype", coretype] if coretype else []) \
-        + (["--smoke"] if smoke else [])
+           "--repeats", str(repeats), "--backend", backend, "--clock", clock] \
+        + (["--openblas-coretype", coretype] if coretype else []) + (["--smoke"] if smoke else [])
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -83,7 +83,8 @@ def best_of_rounds(args, cases):
     for r in range(args.rounds):
         for case in cases:
             for impl in IMPLS:
-                result = run_case(case, impl, args.threads, args.repeats, args.openblas_coretype, smoke=args.smoke)
+                result = run_case(case, impl, args.threads, args.repeats, args.openblas_coretype, smoke=args.smoke,
+                                  clock=args.clock)
                 if (case, impl) not in best or result["seconds"] < best[case, impl]["seconds"]:
                     best[case, impl] = result
             row = pair_row(case, best[case, "lipref"], best[case, "torch"])
@@ -94,7 +95,8 @@ def best_of_rounds(args, cases):
 
 def summary_text(rows, meta):
     """The text between BENCHMARKS.md's markers: a header line, the table, the matmul scale."""
-    text = (f"NumPy BLAS: {meta['numpy_blas']}; {meta['threads']} threads; medians of {meta['repeats']}, "
+    clock = "" if meta.get("clock", "wall") == "wall" else f" ({meta['clock']} time)"
+    text = (f"NumPy BLAS: {meta['numpy_blas']}; {meta['threads']} threads; medians of {meta['repeats']}{clock}, "
             f"best of {meta['rounds']} rounds\n\n" + table(rows))
     matmul = next((r["lipref"] for r in rows if r["case"] == "matmul"), None)
     if matmul:
@@ -128,6 +130,7 @@ def parse(argv=None):
     ap.add_argument("--cases", default=None, help=f"comma-separated, of {', '.join(CASES)} (default: all but "
                                                   "sound_certify_4c3f; with --smoke, all)")
     ap.add_argument("--openblas-coretype", help="passed to suite.py (see its --help)")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="passed to suite.py (see its --help)")
     ap.add_argument("--markdown", help="replace the table between the markers in this file")
     ap.add_argument("--marker", default="table", help="the markers are <!-- MARKER start/end -->")
     ap.add_argument("--tag", default="", help="added to the results file's name (e.g. the CPU), so that runs "
@@ -149,6 +152,7 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
+    load_start = os.getloadavg()[0]
     rows = best_of_rounds(args, args.cases)
     matmul = next((r for r in rows if r["case"] == "matmul"), None)
     meta = {"date": time.strftime("%Y-%m-%d"), "machine": platform.node(), "processor": platform.machine(),
@@ -156,7 +160,7 @@ def main(argv=None):
             "python": platform.python_version(),
             "matmul_gflops_float32": matmul["lipref"]["gflops"] if matmul else None,
             "numpy_blas": rows[0]["lipref"].get("blas"), "openblas_coretype": args.openblas_coretype,
-            "smoke": args.smoke}
+            "clock": args.clock, "load_average_1min": [load_start, os.getloadavg()[0]], "smoke": args.smoke}
     text = summary_text(rows, meta)
     print(text)
     out = args.out

@@ -1,11 +1,14 @@
 """Benchmark cases, one implementation, in this process: prints one JSON line per case.
 
-    python bench/suite.py CASE[,CASE...] IMPL [--threads T] [--repeats R] [--backend numpy|cupy] [--smoke]
+    python bench/suite.py CASE[,CASE...] IMPL [--threads T] [--repeats R] [--backend numpy|cupy] [--clock wall|cpu]
+                          [--smoke]
 
 IMPL is lipref or torch; both get identical weights and inputs (seeded NumPy draws).
 --backend numpy (the default) runs both on the CPU; --backend cupy runs lipref on CuPy and
 torch on CUDA (bench/gpu.py), every timed run ending in a device synchronisation. Times are
-medians of --repeats runs after one warm-up. --smoke runs the case at tiny sizes, once
+medians of --repeats runs after one warm-up (--clock cpu: of the process's CPU time, which a
+machine shared with other work does not stretch while the process waits for a core; with
+--threads 1 it is what the work cost). --smoke runs the case at tiny sizes, once
 (tests/test_bench.py: every case runs; its times mean nothing). Each line's peak_rss_mib
 is the process's peak so far: `bench/run_all.py` runs every case in its own process (so
 peak memory is per case and implementation) and prints the table. The cases themselves
@@ -24,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CASES = ("matmul", "conv_4c3f_mnist", "conv_4c3f_cifar", "conv_6c2f_cifar", "linear_4c3f_mnist",
-         "global_bound_4c3f", "local_bound_4c3f", "train_step_4c3f", "sound_certify_4c3f")
+         "global_bound_4c3f", "local_bound_4c3f", "train_step_4c3f", "train_step_4c3f_bcp", "official_step_4c3f", "sound_certify_4c3f")
 # run_all.py's default: all but sound certification, whose torch side (2,000 power-iteration
 # steps per layer and sample, the paper's evaluation) takes minutes per run on a CPU
 TABLE_CASES = CASES[:-1]
@@ -32,11 +35,11 @@ BACKENDS = ("numpy", "cupy")
 
 # The sizes of BENCHMARKS.md (the paper's batches and architectures) and the smoke sizes.
 PAPER = {"matmul_n": 2048, "layer_batch": 128, "global_iters": 20, "local_batch": 256, "local_iters": 5,
-         "train_batch": 128, "train_iters": 2, "sound_arch": "4c3f", "sound_batch": 50, "lanczos_steps": 40,
-         "pi_iters": 2000, "gram_limit": None}
+         "train_batch": 128, "train_iters": 2, "bcp_train_batch": 256, "bcp_train_iters": 5,
+         "sound_arch": "4c3f", "sound_batch": 50, "lanczos_steps": 40, "pi_iters": 2000, "gram_limit": None}
 SMOKE = {"matmul_n": 64, "layer_batch": 2, "global_iters": 2, "local_batch": 4, "local_iters": 1,
-         "train_batch": 4, "train_iters": 1, "sound_arch": "2c2f", "sound_batch": 4, "lanczos_steps": 5,
-         "pi_iters": 5, "gram_limit": 0}
+         "train_batch": 4, "train_iters": 1, "bcp_train_batch": 4, "bcp_train_iters": 1,
+         "sound_arch": "2c2f", "sound_batch": 4, "lanczos_steps": 5, "pi_iters": 5, "gram_limit": 0}
 
 
 def parse(argv=None):
@@ -48,6 +51,7 @@ def parse(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--backend", default="numpy", choices=BACKENDS,
                     help="numpy: lipref on NumPy, torch on the CPU; cupy: lipref on CuPy, torch on CUDA")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"), help="wall time, or the process's CPU time")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and one repeat: checks that the case runs")
     ap.add_argument("--openblas-coretype", default=None,
                     help="OpenBLAS kernel set for NumPy (e.g. Cooperlake): OpenBLAS 0.3.31 takes AMD Zen 5 "
@@ -64,19 +68,19 @@ def parse(argv=None):
     return args
 
 
-def median_seconds(fn, repeats, sync=lambda: None):
-    """The median wall time of fn() over `repeats` runs after one warm-up run, each run
-    ended by sync() (a device synchronisation on a GPU, where calls return before the work
-    is done)."""
+def median_seconds(fn, repeats, sync=lambda: None, clock=time.perf_counter):
+    """The median time of fn() by `clock` (wall time by default) over `repeats` runs after
+    one warm-up run, each run ended by sync() (a device synchronisation on a GPU, where
+    calls return before the work is done)."""
     import statistics
     fn()
     sync()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return float(statistics.median(times))
 
 
@@ -86,10 +90,11 @@ class Bench:
     SMOKE) and the repeats. The cases take their arrays, timing and synchronisation from it,
     so one case's code runs on every backend."""
 
-    def __init__(self, impl, backend="numpy", size=None, repeats=5):
+    def __init__(self, impl, backend="numpy", size=None, repeats=5, clock="wall"):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.impl, self.backend, self.size, self.repeats = impl, backend, dict(size or PAPER), repeats
+        self.clock = time.process_time if clock == "cpu" else time.perf_counter
 
     @property
     def gpu(self):
@@ -126,7 +131,7 @@ class Bench:
             cupy.cuda.Device().synchronize()
 
     def seconds(self, fn):
-        return median_seconds(fn, self.repeats, self.sync)
+        return median_seconds(fn, self.repeats, self.sync, self.clock)
 
     def device_peak_mib(self):
         """The most device memory the implementation held (None on the CPU): torch's peak
@@ -172,11 +177,12 @@ def main(argv=None):
     if args.impl == "torch":
         import torch
         torch.set_num_threads(args.threads)
-    bench = Bench(args.impl, args.backend, SMOKE if args.smoke else PAPER, args.repeats)
+    bench = Bench(args.impl, args.backend, SMOKE if args.smoke else PAPER, args.repeats, args.clock)
     from bench.common import strict
     for case in args.cases:
         result = run_case(case, bench)
-        result.update({"threads": args.threads, "repeats": args.repeats, "smoke": args.smoke, "blas": blas_in_use(),
+        result.update({"threads": args.threads, "repeats": args.repeats, "clock": args.clock, "smoke": args.smoke,
+                       "blas": blas_in_use(), "load_average_1min": os.getloadavg()[0],
                        # this process's largest resident set size so far (KiB on Linux), interpreter included
                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0})
         print(json.dumps(strict(result), allow_nan=False), flush=True)

@@ -173,6 +173,25 @@ def _cpu_has(flag):
 HOST_SAMPLE_BLOCK = 32  # samples per block on the host (blocks of 32 to 64 measured alike; 32 feeds more threads)
 
 _worker = threading.local()  # .active is True inside map_in_threads' workers
+_pools = {}  # thread count -> a ThreadPoolExecutor kept for the next call (making one costs 0.2 ms)
+_controller = []  # threadpoolctl's view of the loaded BLAS, made once (0.15-1 ms each time)
+_pools_lock = threading.Lock()
+
+
+def _blas_controller():
+    """threadpoolctl's controller of the libraries loaded now, made on first use: the conv
+    kernels map blocks in threads on every call, where making one per call cost 1-3 ms."""
+    with _pools_lock:
+        if not _controller:
+            _controller.append(threadpoolctl.ThreadpoolController())
+        return _controller[0]
+
+
+def _pool(threads):
+    with _pools_lock:
+        if threads not in _pools:
+            _pools[threads] = ThreadPoolExecutor(max_workers=threads)
+        return _pools[threads]
 
 
 def default_threads(xp):
@@ -181,7 +200,7 @@ def default_threads(xp):
     this process may use), so lipref uses the cores BLAS would have used."""
     if not is_host_numpy(xp):
         return 1
-    counts = [i.get("num_threads") for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+    counts = [lib.num_threads for lib in _blas_controller().select(user_api="blas").lib_controllers]
     if counts and counts[0]:
         return int(counts[0])
     if hasattr(os, "sched_getaffinity"):  # Linux: the CPUs this process may use
@@ -223,11 +242,10 @@ def map_in_threads(xp, fn, items, threads=None):
             return fn(item)
         finally:
             _worker.active = False
-    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+    with _blas_controller().limit(limits=1, user_api="blas"):
         if threads == 1 or len(items) < 2:
             return [run(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
-            return list(pool.map(run, items))
+        return list(_pool(min(threads, len(items))).map(run, items))
 
 
 # ---------------------------------------------------------------- host memory

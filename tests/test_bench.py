@@ -39,17 +39,20 @@ SMOKE_TESTS = {
 }
 # modules without a command of their own -> the script whose smoke run imports them
 LIBRARIES = {"__init__.py": None, "common.py": "run_all.py", "cases.py": "suite.py", "bound_cases.py": "suite.py",
+             "official_step.py": "suite.py",
              "study_report.py": "study.py"}
 # what each suite case's result holds beyond "seconds"
 CASE_KEYS = {"matmul": {"n", "gflops"}, "conv_4c3f_mnist": {"batch", "gflops", "layers"},
              "conv_4c3f_cifar": {"batch", "gflops", "layers"}, "conv_6c2f_cifar": {"batch", "gflops", "layers"},
              "linear_4c3f_mnist": {"batch", "gflops"}, "global_bound_4c3f": {"n_iters", "global_lipschitz"},
              "local_bound_4c3f": {"batch", "n_iters", "median_radius"},
-             "train_step_4c3f": {"batch", "n_iters", "first_loss"},
+             "train_step_4c3f": {"batch", "n_iters", "loss", "first_loss"},
+             "train_step_4c3f_bcp": {"batch", "n_iters", "loss", "first_loss"},
+             "official_step_4c3f": {"batch", "n_iters", "loss", "first_loss", "structure"},
              "sound_certify_4c3f": {"arch", "batch", "median_lipschitz", "certified"}}
 # the number both sides compute (float32, the same start vectors), for the cases that have one
 AGREED = {"global_bound_4c3f": "global_lipschitz", "local_bound_4c3f": "median_radius",
-          "train_step_4c3f": "first_loss"}
+          "train_step_4c3f": "first_loss", "train_step_4c3f_bcp": "first_loss"}
 GPU_SMOKE_CASES = ("matmul",)
 TIMEOUT_S = 300
 
@@ -209,10 +212,33 @@ def test_bench_local_bound_agrees_with_torch(smoke_runs):
 def test_ab_taps_times_both_forms_of_every_case(smoke_runs):
     smoke_runs.get("ab_taps")
     doc = strict_json((smoke_runs.tmp / "ab_taps.json").read_text())
-    assert {"results", "rounds", "provenance"} <= set(doc) and doc["smoke"] is True
-    assert len(doc["results"]) == 8 + 2  # 8 conv layers, the local bound, the train step
+    assert {"results", "rounds", "compare", "provenance"} <= set(doc) and doc["smoke"] is True
+    assert doc["compare"] == "taps" and len(doc["results"]) == 8 + 2  # 8 conv layers, the local bound, the train step
     for row in doc["results"]:
-        assert _finite_positive(row["taps_s"]) and _finite_positive(row["im2col_s"])
+        assert (row["a"], row["b"]) == ("taps", "im2col")
+        assert _finite_positive(row["a_s"]) and _finite_positive(row["b_s"])
+
+
+def test_ab_taps_other_comparisons_switch_winograd_and_the_blocks():
+    """--compare winograd and --compare blocks reach what they compare."""
+    from bench.ab_taps import _settings
+    from lipref.kernels import conv_blocks as KB
+    from lipref.kernels import winograd as W
+    x, w = (__import__("numpy").zeros(shape, dtype="float32") for shape in ((2, 32, 8, 8), (32, 32, 3, 3)))
+    on, off = _settings("winograd").values()
+    try:
+        off()
+        assert not W._forward_applies(x, w, None, 1, 1)
+    finally:
+        on()
+    assert W._forward_applies(x, w, None, 1, 1)
+    threaded, serial = _settings("blocks").values()
+    try:
+        serial()
+        assert KB.COLUMN_BLOCK == 2 ** 21 and len(KB.blocks_of(128, 1000)) == 1 and W.map_blocks is KB.map_blocks
+    finally:
+        threaded()
+    assert KB.map_blocks.__module__ == KB.__name__ and W.map_blocks is KB.map_blocks
 
 
 def test_ab_taps_switches_the_kernels_form():

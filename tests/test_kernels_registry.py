@@ -28,11 +28,11 @@ from lipref.kernels import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# every kernel name -> the test file that checks it against the plain definition
+# every kernel name -> the test files that check its kernels against the plain definition
 EQUIVALENCE_TESTS = {
-    "conv2d": "test_kernels_conv.py",
-    "conv2d_transpose": "test_kernels_conv.py",
-    "conv2d_weight_grad": "test_kernels_conv.py",
+    "conv2d": ("test_kernels_conv.py", "test_kernels_conv_winograd.py"),
+    "conv2d_transpose": ("test_kernels_conv.py", "test_kernels_conv_winograd.py"),
+    "conv2d_weight_grad": ("test_kernels_conv.py", "test_kernels_conv_winograd.py"),
     "matmul": "test_kernels_dense.py",
     "linear": "test_kernels_dense.py",
     "linear_input_grad": "test_kernels_dense.py",
@@ -52,11 +52,12 @@ def test_every_kernel_has_an_equivalence_test():
     assert names == set(EQUIVALENCE_TESTS), (
         f"kernels without a listed test: {sorted(names - set(EQUIVALENCE_TESTS))}; "
         f"listed but not registered: {sorted(set(EQUIVALENCE_TESTS) - names)}")
-    for name, test_file in EQUIVALENCE_TESTS.items():
-        text = (ROOT / "tests" / test_file).read_text()
+    for name, files in EQUIVALENCE_TESTS.items():
+        files = (files,) if isinstance(files, str) else files
+        text = "".join((ROOT / "tests" / f).read_text() for f in files)
         for kernel in registered()[name]:
             short = kernel.module.rsplit(".", 1)[-1]
-            assert short in text, f"{test_file} never names kernels.{short} (kernel {name})"
+            assert short in text, f"{files} never name kernels.{short} (kernel {name})"
 
 
 def test_a_fresh_process_of_the_installed_cli_registers_exactly_these_kernels():

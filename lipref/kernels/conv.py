@@ -9,7 +9,7 @@ from ..backend import namespace
 from ..shapes import conv_output_hw
 from ..shapes import nchw as _nchw
 from ..shapes import nhwc as _nhwc
-from .dense import add_in_place as _add_in_place
+from .conv_blocks import blocked_forward, blocks_of
 from .registry import register
 
 # Layout: conv2d's arguments and results are NCHW, but in memory the work is channels-last.
@@ -18,20 +18,7 @@ from .registry import register
 # an NHWC array, returned as an NCHW view without a copy. Elementwise ops keep that memory
 # order, so the next conv reads it with no transpose.
 #
-# Blocking: the column matrix is kh*kw/stride^2 times larger than the input. Built for a
-# whole batch it leaves the cache between im2col and matmul, so the batch is processed in
-# blocks of whole samples whose column matrix holds about COLUMN_BLOCK numbers. This is a
-# loop over a few blocks (ceil(N / block)), never over single samples or pixels. The tap
-# forms (see _conv_form) build no column matrix (strided layers) or one kw times the input
-# instead of kh*kw times (stride 1, row taps); blocks keep the size im2col would use.
-# 8 MiB of float32; the size was chosen by measurement (see BENCHMARKS.md).
-COLUMN_BLOCK = 2 ** 21
-
-
-def _blocks(n, per_sample):
-    """Slices of the batch axis with about COLUMN_BLOCK column entries each."""
-    size = COLUMN_BLOCK // per_sample if per_sample < COLUMN_BLOCK else 1  # (`max` is a primitive here)
-    return [slice(s, s + size if s + size < n else n) for s in range(0, n, size)]
+# Blocking and threads: conv_blocks.py.
 
 
 def _weight_matrix(weight):
@@ -81,7 +68,27 @@ def _col2im(cols_t, n, h, w, c, kh, kw, stride, padding):
     return out[:, :, padding:padding + h, padding:padding + w]
 
 
-CONV_FORMS = ("im2col", "taps", "row taps")
+def _im2col_channel_major(x_nhwc, kh, kw, stride, padding):
+    """The transposed column matrix (kh*kw*C, N*OH*OW), rows ordered (i, j, c) as
+    _weight_matrix's columns, built from the NCHW view of a block: each of the kh*kw*C
+    rows is a strided slice of one channel's padded plane, so the copies move runs of OW
+    numbers. For few input channels (a first layer), where _im2col's runs of C numbers are
+    3 or 1 long."""
+    xp = namespace(x_nhwc)
+    n, h, w, c = x_nhwc.shape
+    oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    planes = xp.zeros((c, n, h + 2 * padding, w + 2 * padding), dtype=x_nhwc.dtype)
+    planes[:, :, padding:padding + h, padding:padding + w] = xp.permute_dims(x_nhwc, (3, 0, 1, 2))
+    span_h, span_w = stride * (oh - 1) + 1, stride * (ow - 1) + 1
+    cols = xp.empty((kh, kw, c, n, oh, ow), dtype=x_nhwc.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[i, j, ...] = planes[:, :, i:i + span_h:stride, j:j + span_w:stride]
+    return xp.reshape(cols, (kh * kw * c, n * oh * ow))
+
+
+CONV_FORMS = ("im2col", "taps", "row taps", "channel-major")
+FEW_CHANNELS = 8  # below this many input channels a stride-1 layer takes the channel-major form
 
 
 def _conv_form(kernel_hw, stride, in_channels, out_channels):
@@ -98,11 +105,16 @@ def _conv_form(kernel_hw, stride, in_channels, out_channels):
       products are too thin, nor for more outputs than inputs (O > C), where adding up the
       kh products' outputs costs more than the copy saves.
     - "im2col": one product with the column matrix.
+    - "channel-major": im2col whose column matrix is built transposed from the channels'
+      planes (`_im2col_channel_major`), for few input channels (C < FEW_CHANNELS) at stride
+      1: a first layer, whose im2col copies runs of C = 1 or 3 numbers.
 
     The thresholds come from bench/ab_taps.py (see BENCHMARKS.md)."""
     kh, kw = kernel_hw
     if stride > 1 and kh % stride == 0 and kw % stride == 0:
         return "taps"
+    if stride == 1 and in_channels < FEW_CHANNELS:
+        return "channel-major"
     if stride == 1 and kw > 1 and in_channels >= 8 and out_channels <= in_channels:
         return "row taps"
     return "im2col"
@@ -241,11 +253,16 @@ def _forward_of_block(weight, stride, padding, in_hw, form=None):
     out_hw = conv_output_hw(in_hw[0], in_hw[1], kh, kw, stride, padding)
     form = _conv_form((kh, kw), stride, c, o) if form is None else form
     _check_form(form, (kh, kw), stride)
-    if form != "im2col":
+    if form in ("taps", "row taps"):
         tap_w = tap_weights(weight, stride)
         merge = form == "row taps"
         return lambda x_block: _forward_taps(x_block, tap_w, stride, padding, out_hw, merge)
     wm_t = _weight_matrix(weight).T
+    if form == "channel-major":
+        def by_columns_of_planes(x_block):
+            y = xp.matmul(_im2col_channel_major(x_block, kh, kw, stride, padding).T, wm_t)
+            return xp.reshape(y, (x_block.shape[0],) + out_hw + (o,))
+        return by_columns_of_planes
 
     def by_im2col(x_block):
         y = xp.matmul(_im2col(x_block, kh, kw, stride, padding), wm_t)
@@ -275,17 +292,8 @@ def conv2d(x, weight, bias, stride, padding, form=None):
         raise ValueError(f"conv2d: input shape {tuple(x.shape)} does not fit weight {tuple(weight.shape)}")
     n, _, h, w = x.shape
     oh, ow = conv_output_hw(h, w, kh, kw, stride, padding)
+    form = _conv_form((kh, kw), stride, c, o) if form is None else form
     forward = _forward_of_block(weight, stride, padding, (h, w), form)
-    xt = _nhwc(x)
-    blocks = _blocks(n, oh * ow * kh * kw * c)
-    if len(blocks) == 1:  # no output buffer to copy into (the tap forms' crop stays a view)
-        y = forward(xt)
-        if bias is not None:
-            y = _add_in_place(y, bias)
-        return _nchw(y)
-    out = xp.empty((n, oh, ow, o), dtype=x.dtype)
-    for b in blocks:
-        y = forward(xt[b, ...])
-        out[b, ...] = y if bias is None else y + bias  # the bias while the block is in the cache
-    return _nchw(out)
+    return _nchw(blocked_forward(xp, forward, _nhwc(x), (oh, ow, o), bias, blocks_of(n, oh * ow * kh * kw * c),
+                                 relayout=form != "channel-major"))
 

@@ -10,17 +10,18 @@ from ..shapes import conv_output_hw
 from ..shapes import nchw as _nchw
 from ..shapes import nhwc as _nhwc
 from .conv import (
-    _blocks,
     _check_form,
     _col2im,
     _conv_form,
     _forward_of_block,
     _im2col,
+    _im2col_channel_major,
     _tap_slices,
     _weight_from_matrix,
     _weight_from_taps,
     _weight_matrix,
 )
+from .conv_blocks import blocked_forward, blocks_of, channels_last, map_blocks, sum_in_order
 from .registry import register
 
 
@@ -116,16 +117,30 @@ def _input_grad_of_block(weight, stride, padding, in_hw, method=None):
         flipped = xp.permute_dims(xp.flip(weight, axis=(2, 3)), (1, 0, 2, 3))  # (C, O, k, k)
         out_hw = conv_output_hw(h, w, kh, kw, 1, padding)
         return _forward_of_block(flipped, 1, kh - 1 - padding, out_hw, "row taps")
-    if method == "gather":
-        wsub, th, tw = _subpixel_weight(weight, stride)
-        return lambda g_block: _input_grad_gather(g_block, wsub, th, tw, stride, padding, h, w)
-    wm = _weight_matrix(weight)
+    if method == "scatter":
+        raise ValueError("conv2d input gradient by scatter: see _input_grad_scatter (no block function)")
+    wsub, th, tw = _subpixel_weight(weight, stride)
+    return lambda g_block: _input_grad_gather(g_block, wsub, th, tw, stride, padding, h, w)
 
-    def scatter(g_block):
-        rows = xp.reshape(g_block, (-1, o))
-        spread = _col2im(xp.matmul(wm.T, rows.T), g_block.shape[0], h, w, c, kh, kw, stride, padding)
-        return xp.permute_dims(spread, (1, 2, 3, 0))  # (c, n, h, w) -> channels-last
-    return scatter
+
+def _input_grad_scatter(g, weight, stride, padding, in_hw, blocks):
+    """conv2d's input gradient by scatter (W^T g^T, then col2im) as an NCHW array: col2im's
+    (C, n, H, W) blocks are copied into it plane by plane (runs of W numbers), not pixel by
+    pixel (runs of C = 1 or 3: this method serves first layers)."""
+    xp = namespace(g, weight)
+    o, c, kh, kw = weight.shape
+    h, w = in_hw
+    wm_t = _weight_matrix(weight).T
+    gt = _nhwc(g)
+    out = xp.empty((g.shape[0], c, h, w), dtype=g.dtype)
+
+    def one(b):
+        g_block = channels_last(gt[b, ...])
+        spread = _col2im(xp.matmul(wm_t, xp.reshape(g_block, (-1, o)).T), g_block.shape[0], h, w, c, kh, kw,
+                         stride, padding)
+        out[b, ...] = xp.permute_dims(spread, (1, 0, 2, 3))
+    map_blocks(xp, one, blocks)
+    return out
 
 
 @register("conv2d_transpose")
@@ -139,15 +154,12 @@ def conv2d_input_grad(g, weight, stride, padding, in_hw, method=None):
     o, c, kh, kw = weight.shape
     n, _, oh, ow = g.shape
     h, w = in_hw
+    blocks = blocks_of(n, oh * ow * kh * kw * c)
+    method = _input_grad_method(weight, stride, padding) if method is None else method
+    if method == "scatter":
+        return _input_grad_scatter(g, weight, stride, padding, in_hw, blocks)
     of_block = _input_grad_of_block(weight, stride, padding, in_hw, method)
-    gt = _nhwc(g)
-    blocks = _blocks(n, oh * ow * kh * kw * c)
-    if len(blocks) == 1:
-        return _nchw(of_block(gt))
-    out = xp.empty((n, h, w, c), dtype=g.dtype)
-    for b in blocks:
-        out[b, ...] = of_block(gt[b, ...])
-    return _nchw(out)
+    return _nchw(blocked_forward(xp, of_block, _nhwc(g), (h, w, c), None, blocks))
 
 
 @register("conv2d_weight_grad")
@@ -162,22 +174,29 @@ def conv2d_weight_grad(g, x, weight_shape, stride, padding, form=None):
     gt, xt = _nhwc(g), _nhwc(x)
     form = _conv_form((kh, kw), stride, c, o) if form is None else form
     _check_form(form, (kh, kw), stride)
-    if form != "im2col":
+    blocks = blocks_of(n, oh * ow * kh * kw * c)
+    if form in ("taps", "row taps"):
         th, tw, k = kh // stride, kw // stride, stride * stride * c
         merge = form == "row taps"
-        total = xp.zeros((th, tw * k, o) if merge else (th, tw, k, o), dtype=g.dtype)
-        for b in _blocks(n, oh * ow * kh * kw * c):
-            slices, gh, gw, rows = _tap_slices(xt[b, ...], stride, padding, th, tw, merge)
+
+        def by_taps(b):
+            slices, gh, gw, rows = _tap_slices(channels_last(xt[b, ...]), stride, padding, th, tw, merge)
             m = gt[b, ...].shape[0]
             on_grid = xp.zeros((m, gh, gw, o), dtype=g.dtype)
-            on_grid[:, :oh, :ow, :] = gt[b, ...]
+            on_grid[:, :oh, :ow, :] = channels_last(gt[b, ...])
             g_rows = xp.reshape(on_grid, (m * gh * gw, o))[:rows, :]
+            part = xp.empty((th, tw * k, o) if merge else (th, tw, k, o), dtype=g.dtype)
             for index, operand in slices:
-                total[index + (...,)] += xp.matmul(operand.T, g_rows)
+                part[index + (...,)] = xp.matmul(operand.T, g_rows)
+            return part
+        total = sum_in_order(map_blocks(xp, by_taps, blocks))
         return _weight_from_taps(xp.reshape(total, (th, tw, k, o)), weight_shape, stride)
-    total = xp.zeros((kh * kw * c, o), dtype=g.dtype)
-    for b in _blocks(n, oh * ow * kh * kw * c):
-        cols = _im2col(xt[b, ...], kh, kw, stride, padding)
-        total += xp.matmul(cols.T, xp.reshape(gt[b, ...], (-1, o)))
-    return _weight_from_matrix(total.T, weight_shape)
+
+    def by_im2col(b):
+        if form == "channel-major":
+            cols_t = _im2col_channel_major(xt[b, ...], kh, kw, stride, padding)
+        else:
+            cols_t = _im2col(channels_last(xt[b, ...]), kh, kw, stride, padding).T
+        return xp.matmul(cols_t, xp.reshape(channels_last(gt[b, ...]), (-1, o)))
+    return _weight_from_matrix(sum_in_order(map_blocks(xp, by_im2col, blocks)).T, weight_shape)
 
