@@ -1,8 +1,8 @@
 """Run docs/tutorial.md's code, keep the outputs and numbers it quotes true, and draw its figures.
 
-    python docs/tutorial.py                 # run; rewrite tutorial.md's outputs and quoted numbers; draw docs/tutorial-*.png
-    python docs/tutorial.py --check         # run and compare with tutorial.md; exit 1 naming what differs
-    python docs/tutorial.py --figures DIR   # run and draw the figures into DIR only
+    python docs/tutorial.py                 # run; rewrite the page's outputs and quoted numbers; draw its figures
+    python docs/tutorial.py --check         # run and compare with the page; exit 1 naming what differs
+    python docs/tutorial.py --figures DIR   # run and draw the figures into DIR only (docs/tutorial-*.png)
 
 The page's ```python blocks run in order in one namespace, each with tutorial.md's line numbers
 (a traceback names the page's line). The ```text block right after a python block (one blank
