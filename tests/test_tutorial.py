@@ -57,7 +57,7 @@ def test_the_page_quotes_numbers_and_outputs():
 def test_a_stale_number_or_output_is_caught(tmp_path, monkeypatch, capsys):
     text = tutorial.PAGE.read_text()
     outputs, namespace = numpy_run()
-    number = '<!-- = fmt(L_global) -->[5.728]<!-- / -->'
+    number = "<!-- = num(L_global) -->5.728<!-- / -->"
     line = "local norm of layer 1: [1.414]   global norm: [3.162]"
     assert number in text and line in text
     stale_number, stale_output = number.replace("5.728", "5.73"), line.replace("3.162", "3.2")
