@@ -68,7 +68,7 @@ def test_a_stale_number_or_output_is_caught(tmp_path, monkeypatch, capsys):
     page.write_text(text.replace(number, stale_number))
     monkeypatch.setattr(tutorial, "PAGE", page)
     assert tutorial.main(["--check"]) == 1
-    assert "[5.73]" in capsys.readouterr().out
+    assert "-->5.73<!--" in capsys.readouterr().out
     assert page.read_text() != text  # --check writes nothing
 
 
