@@ -86,7 +86,10 @@ def test_train_plot_and_lipref_plot_draw_a_run_finished_or_interrupted(tmp_path)
     (out / "model.npz").unlink()
     assert _invoke(["plot", str(out), "--out", str(tmp_path / "old.png")]).exit_code == 0
     assert (tmp_path / "old.png").read_bytes().startswith(PNG)
-    for folder, needle in ((tmp_path, "no history.json or checkpoint.npz there"), (tmp_path / "none", "no history")):
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "history.json").write_text('{"history": [{"epoch": 1,')  # cut short
+    for folder, needle in ((tmp_path, "no history.json or checkpoint.npz there"),
+                           (tmp_path / "cut", "history.json: not a readable history (JSONDecodeError")):
         result = _invoke(["plot", str(folder)])
         assert result.exit_code == 2 and result.stderr.count("\n") == 1 and needle in result.stderr, result.output
 

@@ -117,11 +117,13 @@ def _press_twice_at(monkeypatch, stop, name, calls):
     monkeypatch.setattr(T, name, pressed)
 
 
-@pytest.mark.parametrize("where,calls,position", [("blocked_gradients", 17, (1, 4)), ("certify", 2, (1, 12))])
+@pytest.mark.parametrize("where,calls,position", [("blocked_gradients", 5, (0, 4)), ("blocked_gradients", 17, (1, 4)),
+                                                  ("certify", 2, (1, 12))])
 def test_a_second_ctrl_c_abandons_the_step_or_evaluation_and_resume_is_exact(tmp_path, monkeypatch, uninterrupted,
                                                                              where, calls, position):
-    """The 17th step (epoch 2, step 5) abandoned mid-gradient: the checkpoint holds 4 steps of epoch
-    2; epoch 2's evaluation abandoned: it holds all 12 steps, not evaluated."""
+    """Step 5 abandoned mid-gradient, in epoch 1 (whose steps draw fresh start vectors) or epoch 2:
+    the checkpoint holds its 4 steps before; epoch 2's evaluation abandoned: it holds all 12
+    steps, not evaluated."""
     from lipref.data import load_dataset
     from lipref.train import StopRequest, TrainConfig, TrainingInterrupted, train
     train_set, eval_set = load_dataset("embedded:train", limit=192), load_dataset("embedded:test", limit=40)
@@ -136,6 +138,26 @@ def test_a_second_ctrl_c_abandons_the_step_or_evaluation_and_resume_is_exact(tmp
     assert stopped.value.checkpoint == out / "checkpoint.npz" and not (out / "model.npz").exists()
     train(config, train_set, eval_set, out, resume=True, data_specs=("embedded:train", None))
     assert_same_run(uninterrupted, out)
+
+
+@pytest.mark.parametrize("where,calls", [("blocked_gradients", 3), ("blocked_gradients", 7), ("certify", 1)])
+def test_the_global_bound_with_augmentation_resumes_exactly_too(tmp_path, monkeypatch, where, calls):
+    """The global power-iteration vectors and the augmentation's draws continue where the
+    checkpoint left them: stopped in the warm-up (step 3 of 6), in the ramp (the first step of
+    epoch 2), or in epoch 1's evaluation."""
+    from lipref.data import load_dataset
+    from lipref.train import StopRequest, TrainConfig, TrainingInterrupted, train
+    train_set, eval_set = load_dataset("embedded:train", limit=96), load_dataset("embedded:test", limit=20)
+    config = TrainConfig(arch="2c2f", bound="global", loss="bcp", batch_size=16, warmup=0.5, ramp=1, epochs=2,
+                         crop_padding=2, flip=True, eps_train=0.3, eval_iters=3, eval_limit=20, seed=11)
+    train(config, train_set, eval_set, tmp_path / "full")
+    stop = StopRequest()
+    with monkeypatch.context() as patch:
+        _press_twice_at(patch, stop, where, calls)
+        with pytest.raises(TrainingInterrupted):
+            train(config, train_set, eval_set, tmp_path / "run", stop=stop)
+    train(config, train_set, eval_set, tmp_path / "run", resume=True)
+    assert_same_run(tmp_path / "full", tmp_path / "run")
 
 
 def test_a_ctrl_c_before_the_first_step_writes_nothing(tmp_path):

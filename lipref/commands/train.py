@@ -135,7 +135,7 @@ def train(**options):
             evaluation = take(options, EvalChoice, spec="eval_data")
             config = TrainConfig(**options, seed=run_seed("fast", engine.seed), backend=engine.backend)
             train_set, eval_set = _datasets(data, evaluation, config)
-            reporter = _TrainProgress(not outputs.quiet, run.out_dir, _plotter(outputs.plot_path, run.out_dir))
+            reporter = _TrainProgress(not outputs.quiet, run, _plotter(outputs.plot_path, run.out_dir))
             with reference_only_if(engine.reference), contextlib.closing(reporter):
                 history = run_training(config, train_set, eval_set, run.out_dir, run.resume, reporter, engine.threads,
                                        allow_overlap=evaluation.allow_overlap, data_specs=(data.spec, evaluation.spec),
@@ -307,11 +307,11 @@ def _warn_about_overlap(data):
                     "also training images", err=True, fg="yellow")
 
 
-def _start_line(event, out_dir):
+def _start_line(event, run):
     """Where a run starts or resumes (None for a new run started without --resume)."""
-    resumed, epochs = event["resumed"], event["epochs"]
+    resumed, epochs, out_dir = event["resumed"], event["epochs"], run.out_dir
     if resumed is None:
-        return None
+        return f"no checkpoint in {out_dir}: a new run of {epochs} epoch{'s' * (epochs != 1)}" if run.resume else None
     epoch, step = resumed["epoch"], resumed["step"]
     extension = f"extending {out_dir} {resumed['extension']}; " if resumed["extension"] else ""
     if epoch >= epochs:
@@ -326,8 +326,8 @@ class _TrainProgress:
     """Progress of a training run: where it starts, a bar per epoch on a terminal (a line per
     tenth of an epoch otherwise), a line per epoch, and the plot after each."""
 
-    def __init__(self, enabled, out_dir, draw=None):
-        self.enabled, self.out_dir, self.draw = enabled, out_dir, draw
+    def __init__(self, enabled, run, draw=None):
+        self.enabled, self.run, self.draw = enabled, run, draw
         self.epochs, self.bar = None, None
         self.tty = sys.stderr.isatty()
 
@@ -335,7 +335,7 @@ class _TrainProgress:
         kind = event["event"]
         if kind == "start":
             self.epochs = event["epochs"]
-            line = _start_line(event, self.out_dir)
+            line = _start_line(event, self.run)
             if line:  # shown even with --quiet, as the warnings: it says what the run continues
                 click.echo(line, err=True)
             if self.draw and event["resumed"] and event["resumed"]["epoch"] >= self.epochs:
