@@ -330,6 +330,8 @@ def train(config, train_set, eval_set, run_dir, resume=False, progress=None, thr
     (recorded). threads: how many blocks of a batch run at once on the CPU (None:
     backend.default_threads); the results do not depend on it. sample_block: the most
     samples per block (None: backend.sample_blocks' default; results depend on it only
-    through rounding)."""
+    through rounding). stop: a train_state.StopRequest; once pressed, the run stops before
+    its next step with a checkpoint of the steps applied and raises TrainingInterrupted
+    (`lipref train` presses it on Ctrl-C); resumed, the run continues as if never stopped."""
     return Trainer(config, train_set, eval_set, run_dir, resume, progress, threads, sample_block, allow_overlap,
                    data_specs, stop).run()
