@@ -1,5 +1,5 @@
 """The `lipref` command line: train, certify, bound, attack, data, import-torch, import-onnx,
-check, info (each in lipref/commands/).
+check, info, plot (each in lipref/commands/).
 
 No math lives here: each command parses its options, calls the library, and prints a
 table (or JSON with --json). Errors a user can fix (missing or corrupt files, shapes that do
@@ -12,6 +12,7 @@ from lipref.backend import keep_freed_memory
 from lipref.commands.certify import attack, bound, certify
 from lipref.commands.common import user_errors  # noqa: F401 (every command's error handler, for scripts)
 from lipref.commands.files import check, data, import_onnx, import_torch, info
+from lipref.commands.plot import plot
 from lipref.commands.train import train
 
 
@@ -27,6 +28,7 @@ def main():
 
 for command in (train, certify, bound, attack, data, import_torch, import_onnx, check, info):
     main.add_command(command)
+main.add_command(plot)
 
 
 if __name__ == "__main__":

@@ -71,15 +71,21 @@ def robust_loss(kind, bounds, last_weight, onehot):
 
 def mixed_loss(kind, bounds, last_weight, onehot, kappa):
     """kappa * clean cross-entropy + (1 - kappa) * robust loss (kappa in [0, 1])."""
+    return mixed_loss_terms(kind, bounds, last_weight, onehot, kappa)[0]
+
+
+def mixed_loss_terms(kind, bounds, last_weight, onehot, kappa):
+    """(`mixed_loss`, its clean cross-entropy, its robust loss or None where kappa = 1 leaves
+    it out), the terms as the tape holds them (training reports each)."""
     if not 0.0 <= kappa <= 1.0:
         raise InputError(f"kappa must be in [0, 1], got {kappa}")
     clean = clean_loss(bounds.logits, onehot)
     if kappa == 1.0:
-        return clean
+        return clean, clean, None
     robust = robust_loss(kind, bounds, last_weight, onehot)
     if kappa == 0.0:
-        return robust
-    return P.add(P.multiply(clean, kappa), P.multiply(robust, 1.0 - kappa))
+        return robust, clean, robust
+    return P.add(P.multiply(clean, kappa), P.multiply(robust, 1.0 - kappa)), clean, robust
 
 
 def sparsity_loss(activations, saturation_weight=0.1):

@@ -1,10 +1,12 @@
-"""Plots (matplotlib, the optional `plot` extra): certified accuracy against radius, and the
-audit's estimates against its sound bounds."""
+"""Plots (matplotlib, the optional `plot` extra): certified accuracy against radius, the
+audit's estimates against its sound bounds, and a training run's history."""
 import io
+from pathlib import Path
 
 from .backend import host
 from .certify import certified_accuracy_curve
 from .errors import MissingExtraError
+from .history import read_history
 from .models import atomic_write_bytes
 
 
@@ -28,6 +30,14 @@ def _draw_curves(ax, result, labels, **style):
     ax.plot([r["radius"] for r in local], [r["local"] for r in local], label=labels[1], **style.get("local", {}))
 
 
+def _write_png(plt, fig, path):
+    """The figure as PNG, written atomically; the figure closed."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _finish(plt, fig, ax, result, title, path):
     """PGD's accuracy at eps, axes, legend; the PNG written atomically."""
     if result.pgd_broken is not None:
@@ -40,10 +50,7 @@ def _finish(plt, fig, ax, result, title, path):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _write_png(plt, fig, path)
 
 
 def plot_certified_accuracy(result, path, title=""):
@@ -72,3 +79,64 @@ def plot_audit(estimate, sound, path, title=""):
                                               "local": dict(dashed, color="tab:orange")})
     _draw_curves(ax, sound, labels[2:], **{"global": {"color": "tab:blue"}, "local": {"color": "tab:orange"}})
     _finish(plt, fig, ax, estimate, title, path)
+
+
+# the training plot's panels: (title, [(history key, label)]); lr goes on the schedule's second axis
+TRAINING_PANELS = (
+    ("training loss (mean over the epoch)", [("loss", "loss minimised"), ("robust_loss", "robust part"),
+                                             ("clean_loss", "cross-entropy")]),
+    ("evaluation at eps", [("clean_accuracy", "clean"), ("certified_accuracy_local", "certified, local bound"),
+                           ("certified_accuracy_global", "certified, global bound")]),
+    ("schedule (at the epoch's last step)", [("eps_train", "training eps"), ("kappa", "kappa")]),
+)
+
+
+def _series(history, key):
+    """(epochs, values) of `key` over the records that hold a number for it."""
+    points = [(r["epoch"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+    return [e for e, _ in points], [v for _, v in points]
+
+
+def plot_history(history, path, title=""):
+    """A training run's history (history.json's per-epoch records) as three panels: the losses,
+    clean and certified accuracy, and the schedule (eps, kappa; the learning rate on a log
+    axis); values a record lacks (an older lipref's) are left out. Written atomically as PNG."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    for ax, (name, lines) in zip(axes, TRAINING_PANELS):
+        for key, label in lines:
+            epochs, values = _series(history, key)
+            if values:
+                ax.plot(epochs, values, marker=".", label=label)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+    axes[1].set_ylim(0, 1)
+    if history and "eps" in history[-1]:
+        axes[1].set_title(f"evaluation at eps {history[-1]['eps']:g} ({history[-1].get('n', '?')} examples)",
+                          fontsize=9)
+    epochs, lrs = _series(history, "lr")
+    if lrs:
+        lr_axis = axes[2].twinx()
+        lr_axis.plot(epochs, lrs, color="tab:red", marker=".", label="learning rate")
+        lr_axis.set_yscale("log")
+        lr_axis.legend(fontsize=8, loc="center right")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _write_png(plt, fig, path)
+
+
+def plot_run(run_dir, path=None):
+    """`plot_history` of run folder `run_dir` (its history.json, or an older run's checkpoint)
+    into `path` (default RUN_DIR/history.png), titled with the run's progress; returns the path."""
+    document = read_history(run_dir)
+    path = Path(run_dir) / "history.png" if path is None else path
+    history, config = document["history"], document.get("config") or {}
+    done = f"{len(history)} of {config['epochs']} epochs" if "epochs" in config else f"{len(history)} epochs"
+    what = ", ".join(f"{k} {config[k]}" for k in ("arch", "bound", "loss") if k in config)
+    plot_history(history, path, title=f"{run_dir}: {done}" + (f" ({what})" if what else ""))
+    return path

@@ -8,7 +8,10 @@ names. Where lipref computes the same thing differently it is said here:
 - eps, kappa and the learning rate move within each epoch (`schedules.py`); the official
   code steps the learning rate once per epoch, from epoch `epochs // 2 + 25` on;
 - TinyImageNet ran on 4 GPUs with 32 images each: one batch of 128 here.
-Any option given on the command line overrides the recipe's value.
+Any option given on the command line overrides the recipe's value. A recipe run for another
+number of epochs (`--epochs 2` on a 300-epoch recipe) has its schedule scaled with them:
+warm-up, ramp and decay start are the recipe's fractions of the run (`scaled_schedule`), so
+that eps still reaches its end value, instead of a 150-epoch ramp in a 2-epoch run.
 """
 from .errors import InputError
 
@@ -56,8 +59,27 @@ def recipe(name):
     return dict(RECIPES[name])
 
 
+# the options counted in epochs, which a run of other length scales (best_from is not in a recipe)
+EPOCH_OPTIONS = ("warmup", "ramp", "decay_start")
+
+
+def scaled_schedule(values, epochs, given=()):
+    """{option: (recipe's value, scaled value)} for the EPOCH_OPTIONS of recipe `values` not in
+    `given` (and not 0), scaled by epochs / the recipe's epochs (empty when the epochs are the
+    recipe's)."""
+    if epochs == values["epochs"]:
+        return {}
+    factor = epochs / values["epochs"]
+    return {k: (values[k], values[k] * factor) for k in EPOCH_OPTIONS
+            if k not in given and values.get(k) not in (None, 0)}
+
+
 def apply_recipe(name, options, given):
-    """(options with the recipe's values for every option not in `given`, the values used)."""
+    """(options with the recipe's values for every option not in `given`, the values used, the
+    values scaled: {option: (recipe's, used)} when `given` sets other epochs than the recipe's)."""
     values = recipe(name)
     used = {k: v for k, v in values.items() if k not in given}
-    return dict(options, **used), used
+    epochs = options["epochs"] if "epochs" in given else values["epochs"]
+    scaled = scaled_schedule(values, epochs, given)
+    used.update({k: new for k, (_, new) in scaled.items()})
+    return dict(options, **used), used, scaled

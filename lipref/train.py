@@ -9,129 +9,48 @@ blocks of samples (in threads; each loss term is a mean over samples, so the bat
 gradient is the blocks' weighted sum).
 
 A run folder holds: checkpoint.npz (model, optimiser state, schedule position, history;
-written atomically after every epoch), best.npz (the model with the best certified accuracy
-on the evaluation set among those trained at least `first_best_epoch` epochs, by default
-the end of the ramp), model.npz (the final model), history.json, and vectors/ (the
-per-sample power-iteration vectors, memory-mapped). Everything random is drawn from
-generators seeded by (seed, epoch), so a resumed run replays its interrupted epoch exactly.
+written atomically after every epoch, and after the last step applied when a StopRequest
+stops the run: train_state.py), best.npz (the model with the best certified accuracy on the
+evaluation set among those trained at least `first_best_epoch` epochs, by default the end of
+the ramp), model.npz (the final model), history.json and history.csv (per epoch: history.py),
+and vectors/ (the per-sample power-iteration vectors, memory-mapped). Everything random is
+drawn from generators seeded by (seed, epoch), so a run resumed from an epoch's end replays
+the next epoch exactly; one stopped mid-epoch continues that epoch's stream where it stood.
 
 The evaluation set chooses best.npz, so it must not overlap the training set
 (`data.record`: refused unless allowed). history.json and every model file's metadata
 record the data (specs, sources, sizes, digests) and lipref's provenance (version, command
 line, extras, kernels); a resumed run must be given the same examples.
 """
-import json
-from dataclasses import asdict, dataclass, fields
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from . import losses
 from . import primitives as P
 from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
-from .bounds import BOUNDS, BoundOptions, global_norms, network_bounds, start_vectors
+from .bounds import BoundOptions, global_norms, network_bounds, start_vectors
 from .bounds import margins as M
 from .certify import CertifyConfig, certify
-from .config import FLOAT_DTYPES, setting
 from .data.augment import augment
-from .data.record import check_same_data, input_range, refuse_overlap, training_data
+from .data.record import input_range, refuse_overlap, training_data
 from .errors import InputError, RunFolderError, TrainingDiverged
-from .layers import ACTIVATIONS
-from .models import (
-    atomic_write_bytes,
-    build_model,
-    layer_inits,
-    load_model,
-    model_to_bytes,
-    save_model,
-    set_layer_inits,
-)
-from .optim import Adam
+from .history import LOSSES, EpochMeter, write_history
+from .history import finite as _finite
+from .models import save_model
 from .provenance import provenance
-from .schedules import Schedule, eps_at, kappa_at, lr_at
-from .seeds import check_seed
+from .schedules import eps_at, kappa_at, lr_at
 from .tape import grad, value_of
+from .train_state import (  # noqa: F401 (TrainConfig, StopRequest, TrainingInterrupted: lipref.train's API)
+    CHECKPOINT,
+    RunState,
+    StopRequest,
+    TrainConfig,
+    StopNow,
+    TrainingInterrupted,
+    _rng,
+)
 from .vectors import VectorStore, epoch_folder, remove_other_epochs
-
-CHECKPOINT = "checkpoint.npz"
-
-
-MAX_CLASSES = 100_000  # a label of 10^9 in a file would otherwise ask for a 10^9-row last layer
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (stored in its checkpoint; --resume reuses it). Each field
-    carries its command-line help, choices and range (`lipref train` reads them)."""
-    arch: str = setting("2c2f", "Architecture: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W[-W...].")
-    activation: str = setting("relu", "Activation after every hidden layer.", choices=ACTIVATIONS)
-    threshold_init: float = setting(1.0, "Initial threshold of clipped ReLU / clamp of MaxMin.")
-    epochs: int = setting(10, "Training epochs.", minimum=1)
-    batch_size: int = setting(64, "Batch size.", minimum=1)
-    eps_train: float = setting(0.5, "Training radius (l2), reached at the end of the ramp.")
-    eps_eval: float = setting(None, "Radius of the per-epoch evaluation (default: --eps).")  # None: eps_train
-    warmup: float = setting(1.0, "Epochs of clean training first.")
-    ramp: float = setting(4.0, "Epochs over which eps grows 0 -> --eps and kappa moves --kappa-start -> --kappa-end.")
-    kappa_end: float = setting(0.0, "Final weight of the clean loss in kappa*CE + (1-kappa)*robust.", minimum=0,
-                               maximum=1)
-    kappa_start: float = setting(1.0, "Weight of the clean loss when the ramp starts (0 with --kappa-end 0: the "
-                                      "robust loss alone, as the official GloRo recipe).", minimum=0, maximum=1)
-    lr: float = setting(1e-3, "Adam learning rate.")
-    lr_end: float = setting(1e-4, "Learning rate reached at the last epoch (exponential decay after the ramp).")
-    decay_start: float = setting(None, "Epoch where the decay starts (default: end of ramp).")
-    loss: str = setting("gloro", "Robust loss: gloro (bottom logit z_j + R ||w_j - w_y||), bcp (the "
-                                 "ball-and-box worst-case logits) or gloro-bcp (GloRo's bottom logit from the "
-                                 "ball-and-box worst case; the official MNIST recipe).", choices=losses.ROBUST_LOSSES)
-    bound: str = setting("local", "Lipschitz bound inside the loss.", choices=BOUNDS)
-    sparsity: float = setting(0.0, "Weight of the sparsity loss that pushes neurons to be constant on the ball "
-                                   "(paper: 0.01-0.1).")
-    saturation_weight: float = setting(0.1, "c in the clipped-ReLU sparsity term mean(relu(ub)) + "
-                                            "c*mean(relu(theta - lb)).")
-    n_iters: int = setting(2, "Power-iteration steps per training step (warm-started per sample).", minimum=1)
-    eval_iters: int = setting(20, "Power-iteration steps in the per-epoch evaluation.", minimum=1)
-    eval_limit: int = setting(200, "Examples used for the per-epoch evaluation.", minimum=1)
-    crop_padding: int = setting(0, "Augmentation: random crop after padding each side with this many zeros "
-                                   "(0: none; the official CIFAR recipe: 4).", minimum=0)
-    flip: bool = setting(False, "Augmentation: horizontal flip with probability 1/2.")
-    best_from: float = setting(None, "Epochs trained before a model may become best.npz (default: the end of the "
-                                     "ramp, as the official code; 0: any epoch).", minimum=0)
-    layer_inits: str = setting(None, "Initial threshold per activation layer, comma separated (clipped ReLU: T; "
-                                     "MaxMin: HI:LO); overrides --threshold-init.")
-    seed: int = 0
-    dtype: str = setting("float32", "Floating-point type of the training.", choices=FLOAT_DTYPES)
-    backend: str = "numpy"
-
-    def __post_init__(self):
-        if self.loss not in losses.ROBUST_LOSSES:
-            raise InputError(f"loss must be one of {', '.join(losses.ROBUST_LOSSES)}, got {self.loss!r}")
-        if self.bound not in BOUNDS:
-            raise InputError(f"bound must be one of {', '.join(BOUNDS)}, got {self.bound!r}")
-        if self.batch_size < 1 or self.n_iters < 1 or self.eval_iters < 1:
-            raise InputError("batch_size, n_iters and eval_iters must be >= 1")
-        if self.sparsity < 0:
-            raise InputError(f"sparsity weight must be >= 0, got {self.sparsity}")
-        if self.eps_eval is not None and self.eps_eval < 0:
-            raise InputError(f"eps_eval must be >= 0, got {self.eps_eval}")
-        self.schedule()  # validates epochs, eps, warmup, ramp, kappa, lr
-        layer_inits(self.layer_inits)  # validates the list
-        check_seed(self.seed)
-
-    def schedule(self):
-        return Schedule(self.epochs, self.eps_train, self.warmup, self.ramp, self.kappa_end, self.lr, self.lr_end,
-                        self.decay_start, self.kappa_start)
-
-    @property
-    def first_best_epoch(self):
-        """Epochs trained before a model may become best.npz (at most the last epoch)."""
-        start = self.warmup + self.ramp if self.best_from is None else self.best_from
-        return min(start, float(self.epochs))
-
-    @property
-    def eval_eps(self):
-        return self.eps_train if self.eps_eval is None else self.eps_eval
-
-    @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def blocked_gradients(xp, n, params, block_loss, threads=None, sample_block=None):
@@ -157,41 +76,42 @@ def blocked_gradients(xp, n, params, block_loss, threads=None, sample_block=None
     return value, grads, [extra for _, _, extra in parts]
 
 
-def _rng(seed, *keys):
-    return host.random.default_rng([seed, *keys])
-
-
 def _affine_input_shapes(model):
     """{layer index: input shape} of the affine layers whose masked norms are estimated."""
     return {i: layer.in_shape for i, layer in enumerate(model.layers[:-1]) if layer.is_affine}
 
 
-def _finite(value):
-    """`value` with every non-finite float replaced by None (history.json is strict JSON)."""
-    if isinstance(value, float):
-        return value if value - value == 0 else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def _share_of(var, share):
+    """A block's loss term as a float, weighted by the block's share of the batch."""
+    return float(to_host(value_of(var))) * share
 
 
-class Trainer:
+def _block_sum(values):
+    """The sum over blocks (in block order) of a loss term, None where no block computed it."""
+    return None if values[0] is None else sum(values[1:], values[0])
+
+
+class Trainer(RunState):
+    """One training run in `run_dir`: its state (fresh or from the checkpoint: RunState) and its
+    loop (`run`), stopped between steps by `stop` (a StopRequest)."""
+
     def __init__(self, config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None,
-                 sample_block=None, allow_overlap=False, data_specs=(None, None)):
+                 sample_block=None, allow_overlap=False, data_specs=(None, None), stop=None):
         self.config = config
         self.sample_block = sample_block  # None: backend.sample_blocks' default
         self.train_set, self.eval_set = train_set, eval_set
         self.run_dir = Path(run_dir)
         self.progress = progress or (lambda event: None)
+        self.stop = stop or StopRequest()
         self.xp = get_backend(config.backend)
         self.dtype = float_dtype(self.xp, config.dtype)
         self.threads = threads  # None: backend.default_threads
         if (threads is not None and threads < 1) or (sample_block is not None and sample_block < 1):
             raise InputError(f"threads and sample_block must be >= 1, got {threads} and {sample_block}")
+        self.steps = -(-int(train_set.labels.shape[0]) // config.batch_size)  # per epoch
         self.data = dict(training_data(train_set, eval_set, data_specs), allow_overlap=bool(allow_overlap))
         self.sessions = []  # the provenance of each earlier process that trained this run
+        self.resumed, self._remove_best, self._current = None, False, None
         checkpoint = self.run_dir / CHECKPOINT
         if checkpoint.exists() and not resume:
             raise RunFolderError(f"{checkpoint} exists: pass --resume to continue that run, or choose another --out")
@@ -207,95 +127,74 @@ class Trainer:
                              f"the model {self.model.n_classes}")
         refuse_overlap(self.data, allow_overlap)
 
-    # ----------------------------------------------------------- state
-    def _fresh(self):
-        c = self.config
-        if self.train_set.n_classes > MAX_CLASSES:
-            raise InputError(f"data {self.train_set.name} have labels up to {self.train_set.n_classes - 1}; lipref "
-                             f"trains classifiers of at most {MAX_CLASSES} classes")
-        self.model = build_model(c.arch, self.train_set.input_shape, self.train_set.n_classes, self.xp, self.dtype,
-                                 _rng(c.seed, 0xA11), c.activation, c.threshold_init)
-        set_layer_inits(self.model, layer_inits(c.layer_inits), self.xp, self.dtype)
-        self.optimizer = self._make_optimizer()
-        self.epoch = 0
-        self.history = []
-        self.best = None
-        self.global_vectors = {}
-
-    def _make_optimizer(self):
-        params = self.model.parameters()
-        thresholds = [k for k in params if k.endswith(".threshold")]
-        return Adam(params, lr=self.config.lr, project=thresholds)
-
-    def _load_checkpoint(self, path):
-        model = load_model(path, self.xp, self.dtype)
-        state = model.metadata.get("checkpoint")
-        if state is None:
-            raise InputError(f"{path}: a model file without training state; not a checkpoint")
-        try:
-            saved = TrainConfig.from_dict(state["config"])
-            epoch, history, step_count = int(state["epoch"]), list(state["history"]), int(state["step_count"])
-        except (KeyError, TypeError, ValueError) as exc:  # a hand-edited or foreign file, not an engine bug
-            raise RunFolderError(f"{path}: corrupted training state ({type(exc).__name__}: {exc})") from None
-        if asdict(saved) != asdict(self.config):
-            changed = [f.name for f in fields(TrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)]
-            raise InputError(f"{path}: the run was started with different settings ({', '.join(changed)}); "
-                             "resume with the same options")
-        check_same_data(path, model.metadata.get("data"), self.data)
-        earlier = model.metadata.get("earlier_sessions")
-        self.sessions = (earlier if isinstance(earlier, list) else []) + [model.metadata.get("provenance")]
-        self.model = model
-        self.optimizer = self._make_optimizer()
-        extra = {k: to_backend(v, self.xp, self.dtype) for k, v in model.extra_arrays.items()}
-        self.optimizer.load_state({k: v for k, v in extra.items() if k.startswith("adam.")}, step_count)
-        self.global_vectors = {int(k.split(".")[1]): v for k, v in extra.items() if k.startswith("global_vector.")}
-        self.epoch, self.history = epoch, history
-        self.best = state.get("best")
-        self.model.metadata = {k: v for k, v in model.metadata.items() if k != "checkpoint"}
-
-    def _write_checkpoint(self):
-        extra = {k: to_host(v) for k, v in self.optimizer.state().items()}
-        extra.update({f"global_vector.{k}": to_host(v) for k, v in self.global_vectors.items()})
-        meta = dict(self.model.metadata)
-        self.model.metadata = dict(meta, checkpoint={
-            "epoch": self.epoch, "step_count": self.optimizer.step_count, "config": asdict(self.config),
-            "history": self.history, "best": self.best})
-        try:
-            atomic_write_bytes(self.run_dir / CHECKPOINT, model_to_bytes(self.model, extra))
-        finally:
-            self.model.metadata = meta
-
     # ----------------------------------------------------------- loop
     def run(self):
         c = self.config
+        if self.stop.requested:  # before anything is written
+            raise self._interrupted()
+        self.progress({"event": "start", "run_dir": str(self.run_dir), "epochs": c.epochs, "steps": self.steps,
+                       "resumed": self.resumed})
+        if self.epoch >= c.epochs:  # a finished run resumed with its own epochs: nothing to do
+            return self.history
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._remove_best:
+            (self.run_dir / "best.npz").unlink(missing_ok=True)
         self.model.metadata.update({"training": asdict(c), "data": self.data, "provenance": provenance(),
                                     "earlier_sessions": self.sessions, "input_range": input_range(self.train_set)})
         self.progress({"event": "data", **self.data})
-        while self.epoch < c.epochs:
-            self._train_epoch(self.epoch)
-            self.epoch += 1
-            record = self._evaluate()
-            self.history.append(record)
-            eligible = self.epoch >= c.first_best_epoch
-            if eligible and (self.best is None or
-                             record["certified_accuracy_local"] > self.best["certified_accuracy_local"]):
-                self.best = record
-                self.model.metadata["best"] = record
-                save_model(self.run_dir / "best.npz", self.model)
-            self._write_checkpoint()
-            if c.bound == "local":
-                remove_other_epochs(self.run_dir, self.epoch)
-            self.progress({"event": "epoch_end", **record})
+        try:
+            while self.epoch < c.epochs:
+                self._stop_if_requested()
+                self._train_epoch()
+                self._stop_if_requested()
+                started = time.perf_counter()
+                record = self._evaluate(self.epoch + 1)
+                with self.stop.commit():
+                    record = self._end_epoch(record, time.perf_counter() - started)
+                self.progress({"event": "epoch_end", **record})
+        except (StopNow, KeyboardInterrupt) as exc:
+            if isinstance(exc, KeyboardInterrupt) and self.stop.presses < 2:
+                raise  # not the StopRequest's: it may have come mid-update, so the last checkpoint stands
+            with self.stop.commit():
+                if self._current is not None:
+                    self._current.flush()
+                if self.step:
+                    self._write_checkpoint()
+            raise self._interrupted() from None
         self.model.metadata["history"] = self.history
         save_model(self.run_dir / "model.npz", self.model)
-        doc = {"config": asdict(c), "data": self.data, "provenance": self.model.metadata["provenance"],
-               "earlier_sessions": self.sessions, "history": self.history, "best": self.best}
-        atomic_write_bytes(self.run_dir / "history.json",
-                           json.dumps(_finite(doc), indent=2, allow_nan=False).encode("utf-8"))
         return self.history
 
-    def _vector_stores(self, epoch):
+    def _stop_if_requested(self):
+        if self.stop.requested:
+            raise StopNow()
+
+    def _interrupted(self):
+        path = self.run_dir / CHECKPOINT
+        return TrainingInterrupted(path if path.exists() else None, self.epoch, self.step, self.steps,
+                                   self.config.epochs)
+
+    def _end_epoch(self, record, eval_seconds):
+        """An evaluated epoch's record in the history, best.npz, the checkpoint, history.json/.csv."""
+        c = self.config
+        record = _finite({**record, **self.meter.summary(), "eval_seconds": eval_seconds})
+        self.epoch += 1
+        self.history.append(record)
+        eligible = self.epoch >= c.first_best_epoch
+        if eligible and (self.best is None or
+                         record["certified_accuracy_local"] > self.best["certified_accuracy_local"]):
+            self.best = record
+            self.model.metadata["best"] = record
+            save_model(self.run_dir / "best.npz", self.model)
+        self.step, self.meter, self.rng_state = 0, EpochMeter(), None
+        self._write_checkpoint()
+        if c.bound == "local":
+            remove_other_epochs(self.run_dir, self.epoch)
+        write_history(self.run_dir, self._history_document())
+        return record
+
+    def _vector_stores(self, epoch, reopen=False):
+        """(the vectors epoch `epoch` reads, those it writes; reopen: the epoch resumed mid-way)."""
         if self.config.bound != "local":
             return None, None
         shapes = _affine_input_shapes(self.model)
@@ -303,27 +202,42 @@ class Trainer:
         previous = None
         if epoch > 0:
             previous = VectorStore(epoch_folder(self.run_dir, epoch), shapes, n, host.float32, create=False)
-        current = VectorStore(epoch_folder(self.run_dir, epoch + 1), shapes, n, host.float32, create=True)
+        current = VectorStore(epoch_folder(self.run_dir, epoch + 1), shapes, n, host.float32, create=not reopen,
+                              writable=reopen)
         return previous, current
 
-    def _train_epoch(self, epoch):
+    def _train_epoch(self):
+        """The steps of epoch `self.epoch` from `self.step` on (a resumed epoch restores its random
+        stream where the checkpoint left it); each step applied whole, then counted."""
         c = self.config
+        epoch = self.epoch
         schedule = c.schedule()
         rng = _rng(c.seed, epoch)
-        n = int(self.train_set.labels.shape[0])
-        order = rng.permutation(n)
-        steps = (n + c.batch_size - 1) // c.batch_size
-        previous, current = self._vector_stores(epoch)
-        for step in range(steps):
-            index = host.sort(order[step * c.batch_size:(step + 1) * c.batch_size])
-            t = epoch + step / steps
-            stats = self._step(index, eps_at(schedule, t), kappa_at(schedule, t), lr_at(schedule, t), rng,
-                               previous, current)
-            self.progress({"event": "step", "epoch": epoch, "step": step + 1, "steps": steps, **stats})
+        order = rng.permutation(int(self.train_set.labels.shape[0]))
+        if self.step:
+            rng.bit_generator.state = self.rng_state
+        previous, current = self._vector_stores(epoch, reopen=self.step > 0)
+        self._current = current
+        while self.step < self.steps:
+            self._stop_if_requested()
+            started = time.perf_counter()
+            index = host.sort(order[self.step * c.batch_size:(self.step + 1) * c.batch_size])
+            t = epoch + self.step / self.steps
+            stats, apply = self._step(index, eps_at(schedule, t), kappa_at(schedule, t), lr_at(schedule, t), rng,
+                                      previous, current)
+            with self.stop.commit():
+                apply()
+                self.step += 1
+                self.rng_state = rng.bit_generator.state
+                self.meter.add(stats, len(index), time.perf_counter() - started)
+            self.progress({"event": "step", "epoch": epoch, "step": self.step, "steps": self.steps, **stats})
         if current is not None:
             current.flush()
 
     def _step(self, index, eps, kappa, lr, rng, previous, current):
+        """One step computed: (its stats, the function that applies it: vectors stored, global
+        vectors kept, Adam's update). Computing changes nothing but `rng`'s position, so a step
+        can be abandoned before it is applied."""
         c = self.config
         xp = self.xp
         x = to_backend(augment(self.train_set.images[index], rng, c.crop_padding, c.flip), xp, self.dtype)
@@ -344,33 +258,45 @@ class Trainer:
         last = self.model.layers[-1].linear_part(self.model.layers[-1].params)[0]
 
         def block_loss(s):
+            share = (s.stop - s.start) / n
             if clean_only:
-                return losses.clean_loss(self.model(x[s, ...]), onehot[s, ...]), None
+                loss = losses.clean_loss(self.model(x[s, ...]), onehot[s, ...])
+                return loss, (None, {"clean_loss": _share_of(loss, share)})
             b = network_bounds(self.model, x[s, ...], eps, options, norms,
                                local_vectors={k: v[s, ...] for k, v in local_starts.items()})
-            loss = losses.mixed_loss(c.loss, b, last, onehot[s, ...], kappa)
+            loss, clean, robust = losses.mixed_loss_terms(c.loss, b, last, onehot[s, ...], kappa)
+            terms = {"clean_loss": clean, "robust_loss": robust}
             if c.sparsity > 0:
-                loss = loss + losses.sparsity_loss(b.activations, c.saturation_weight) * c.sparsity
-            return loss, b
-        value, grads, bounds = blocked_gradients(xp, n, [params[k] for k in names], block_loss, self.threads,
+                terms["sparsity_loss"] = losses.sparsity_loss(b.activations, c.saturation_weight)
+                loss = loss + terms["sparsity_loss"] * c.sparsity
+            return loss, (b, {k: _share_of(v, share) for k, v in terms.items() if v is not None})
+        value, grads, extras = blocked_gradients(xp, n, [params[k] for k in names], block_loss, self.threads,
                                                  self.sample_block)
+        bounds = [b for b, _ in extras]
         if clean_only:
-            new_vectors, lipschitz = stored, None
+            new_vectors, lipschitz, global_vectors = stored, None, self.global_vectors
         else:
-            self.global_vectors = bounds[0].global_vectors  # every block put the same vectors on the tape
+            global_vectors = bounds[0].global_vectors  # every block put the same vectors on the tape
             new_vectors = {k: xp.concat([b.local_vectors[k] for b in bounds], axis=0)
                            for k in bounds[0].local_vectors}
             lipschitz = float(to_host(xp.mean(xp.concat([value_of(b.lipschitz) for b in bounds], axis=0))))
+        written = None
         if current is not None:
             if new_vectors is None or any(k not in new_vectors for k in current.shapes):
                 new_vectors = self._fresh_vectors(n, rng, new_vectors or {})
-            current.write(index, {k: to_host(xp.astype(new_vectors[k], xp.float32)) for k in current.shapes})
-        self.optimizer.lr = lr
-        self.optimizer.step(dict(zip(names, grads)))
+            written = {k: to_host(xp.astype(new_vectors[k], xp.float32)) for k in current.shapes}
         value = float(to_host(value))
         if value != value:
             raise TrainingDiverged(f"training diverged: the loss is NaN at epoch {self.epoch}; lower --lr")
-        return {"loss": value, "eps": eps, "kappa": kappa, "lr": lr, "lipschitz": lipschitz}
+
+        def apply():
+            self.global_vectors = global_vectors
+            if written is not None:
+                current.write(index, written)
+            self.optimizer.lr = lr
+            self.optimizer.step(dict(zip(names, grads)))
+        terms = {k: _block_sum([t.get(k) for _, t in extras]) for k in LOSSES[1:]}
+        return {"loss": value, **terms, "eps": eps, "kappa": kappa, "lr": lr, "lipschitz": lipschitz}, apply
 
     def _fresh_vectors(self, n, rng, have):
         out = dict(have)
@@ -379,15 +305,16 @@ class Trainer:
                 out[key] = self.xp.asarray(rng.standard_normal((n,) + tuple(shape)), dtype=self.dtype)
         return out
 
-    def _evaluate(self):
+    def _evaluate(self, epoch):
+        """Clean and certified accuracy after `epoch` epochs (its random starts from (seed, epoch))."""
         c = self.config
         ev = self.eval_set
         n = min(int(ev.labels.shape[0]), c.eval_limit)
         result = certify(self.model, ev.images[:n], ev.labels[:n], c.eval_eps,
                          CertifyConfig(mode="fast", n_iters=c.eval_iters, batch_size=100, pgd_steps=0),
-                         rng=_rng(c.seed, 0xE7A1, self.epoch), threads=self.threads)
+                         rng=_rng(c.seed, 0xE7A1, epoch), threads=self.threads)
         s = result.summary()
-        return _finite({"epoch": self.epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
+        return _finite({"epoch": epoch, "eps": c.eval_eps, "n": n, "clean_accuracy": s["clean_accuracy"],
                         "certified_accuracy_global": s["certified_accuracy_global"],
                         "certified_accuracy_local": s["certified_accuracy_local"],
                         "median_local_over_global": s["median_local_over_global"],
@@ -395,7 +322,7 @@ class Trainer:
 
 
 def train(config, train_set, eval_set, run_dir, resume=False, progress=None, threads=None, sample_block=None,
-          allow_overlap=False, data_specs=(None, None)):
+          allow_overlap=False, data_specs=(None, None), stop=None):
     """Train (or resume) a run in `run_dir`; returns the per-epoch history. Nothing is written
     before the data, model and options have been checked. eval_set chooses best.npz, so an
     eval_set that overlaps train_set (the same dataset and split, the same file, the same
@@ -403,6 +330,8 @@ def train(config, train_set, eval_set, run_dir, resume=False, progress=None, thr
     (recorded). threads: how many blocks of a batch run at once on the CPU (None:
     backend.default_threads); the results do not depend on it. sample_block: the most
     samples per block (None: backend.sample_blocks' default; results depend on it only
-    through rounding)."""
+    through rounding). stop: a train_state.StopRequest; once pressed, the run stops before
+    its next step with a checkpoint of the steps applied and raises TrainingInterrupted
+    (`lipref train` presses it on Ctrl-C); resumed, the run continues as if never stopped."""
     return Trainer(config, train_set, eval_set, run_dir, resume, progress, threads, sample_block, allow_overlap,
-                   data_specs).run()
+                   data_specs, stop).run()

@@ -18,7 +18,8 @@ from .errors import InputError, RunFolderError
 class VectorStore:
     """Vectors of one epoch: for each layer key, an array (n_samples,) + layer input shape."""
 
-    def __init__(self, folder, shapes, n_samples, dtype, create):
+    def __init__(self, folder, shapes, n_samples, dtype, create, writable=False):
+        # writable: an existing store reopened for writing (an epoch resumed mid-way)
         self.folder = Path(folder)
         self.shapes = dict(shapes)
         self.arrays = {}
@@ -32,7 +33,7 @@ class VectorStore:
             else:
                 if not path.exists():
                     raise RunFolderError(f"{path}: power-iteration vectors missing from the run folder")
-                self.arrays[key] = host.load(path, mmap_mode="r")
+                self.arrays[key] = host.load(path, mmap_mode="r+" if writable else "r")
                 if tuple(self.arrays[key].shape) != (n_samples,) + tuple(shape):
                     raise InputError(f"{path}: vectors of shape {self.arrays[key].shape}, "
                                      f"expected {(n_samples,) + tuple(shape)}")

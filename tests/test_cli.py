@@ -100,7 +100,7 @@ def test_certify_table_attack_and_info(model_file):
 
 def test_every_command_has_help():
     for command in (["train"], ["certify"], ["bound"], ["attack"], ["data", "list"], ["data", "verify"],
-                    ["data", "download"], ["info"]):
+                    ["data", "download"], ["info"], ["plot"]):
         result = run(command + ["--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
 
@@ -252,7 +252,7 @@ OPTIONS = {
               "--saturation-weight": 0.1, "--iters": 2, "--eval-iters": 20, "--dtype": "float32",
               "--threads": None, "--backend": "numpy", "--seed": None, "--json": None, "--quiet": None,
               "--reference": None, "--recipe": None, "--kappa-start": 1.0, "--crop-padding": 0, "--flip": None,
-              "--best-from": None, "--layer-inits": None},
+              "--best-from": None, "--layer-inits": None, "--plot": None},
     "certify": {"--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": None, "--mode": "fast",
                 "--iters": 100, "--pgd-steps": 100, "--pgd-restarts": 1, "--batch-size": 100, "--domain": "auto",
                 "--dtype": "auto", "--gram-limit": 8192, "--threads": None, "--backend": "numpy", "--seed": None,

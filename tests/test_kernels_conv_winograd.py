@@ -231,7 +231,7 @@ def test_a_sound_certificate_never_runs_winograd_and_a_fast_float32_one_does(mon
     on the tiles every Winograd path makes (none), and in fast mode in float32 (some)."""
     import array_api_compat.numpy as xp
 
-    from lipref.certify import certify
+    from lipref.certify import CertifyConfig, certify
     from lipref.models import build_stack
     if not enabled():
         pytest.skip("kernels are off (LIPREF_REFERENCE): fast mode runs no Winograd either")
@@ -249,6 +249,6 @@ def test_a_sound_certificate_never_runs_winograd_and_a_fast_float32_one_does(mon
         model = build_stack([(8, 3, 1, 1), (8, 3, 1, 1), (8, 4, 2, 1)], [16], (1, 8, 8), 3)
         model.init_params(xp, dtype, numpy.random.default_rng(1))
         calls.clear()
-        certify(model, images.astype(numpy.float64 if mode == "sound" else numpy.float32), labels, 0.1, mode, 5,
-                seed=0)
+        certify(model, images.astype(numpy.float64 if mode == "sound" else numpy.float32), labels, 0.1,
+                CertifyConfig(mode=mode, n_iters=5, pgd_steps=0), seed=0)
         assert (len(calls) > 0) == (mode == "fast"), f"{mode}: {len(calls)} Winograd calls"

@@ -47,10 +47,35 @@ def test_the_official_mnist_recipe():
     assert (r["batch_size"], r["epochs"], r["ramp"], r["warmup"], r["crop_padding"], r["flip"]) == (
         256, 300, 150, 0, 0, False)
     assert recipe("cifar10-6c2f")["threshold_init"] == 2.0 and recipe("cifar10-6c2f")["crop_padding"] == 4
-    options, used = apply_recipe("mnist-4c3f", {"arch": "mlp-8", "epochs": 2}, given={"arch"})
-    assert options["arch"] == "mlp-8" and options["epochs"] == 300 and "arch" not in used
+    options, used, scaled = apply_recipe("mnist-4c3f", {"arch": "mlp-8", "epochs": 2}, given={"arch"})
+    assert options["arch"] == "mlp-8" and options["epochs"] == 300 and "arch" not in used and scaled == {}
     with pytest.raises(InputError, match="unknown recipe"):
         recipe("mnist-9c9f")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_a_recipe_cut_short_scales_its_schedule_with_the_epochs(name):
+    """`--epochs 2` on a 300-epoch recipe kept its 150-epoch ramp: eps reached 0.012 of 1.75. Now
+    warm-up, ramp and decay start are the recipe's fractions of the run, so eps reaches its end
+    value and the decay starts where it would; options given explicitly are kept."""
+    from lipref.schedules import eps_at, lr_at
+    values = recipe(name)
+    for epochs in (2, 7, values["epochs"] * 2):
+        options, _, scaled = apply_recipe(name, {"epochs": epochs}, given={"epochs"})
+        factor = epochs / values["epochs"]
+        assert options["ramp"] == values["ramp"] * factor and options["warmup"] == values["warmup"] * factor
+        assert options["decay_start"] == values["decay_start"] * factor
+        assert scaled["ramp"] == (values["ramp"], options["ramp"])
+        config = TrainConfig(**{k: v for k, v in options.items() if k != "data_spec"})
+        schedule = config.schedule()
+        end = config.warmup + config.ramp
+        assert eps_at(schedule, end) == values["eps_train"] and end <= epochs
+        assert lr_at(schedule, options["decay_start"]) == values["lr"]
+        assert lr_at(schedule, epochs) == pytest.approx(values["lr_end"], rel=1e-12)
+        assert config.first_best_epoch == end
+    options, _, scaled = apply_recipe(name, {"epochs": 2, "ramp": 1.5}, given={"epochs", "ramp"})
+    assert options["ramp"] == 1.5 and "ramp" not in scaled  # explicit: kept
+    assert apply_recipe(name, {"epochs": values["epochs"]}, given={"epochs"})[2] == {}
 
 
 @pytest.mark.parametrize("text,problem", [("1,x", "not a number"), ("1:2:3", "HI:LO"), ("nan", "finite"),
@@ -75,10 +100,15 @@ def test_recipe_on_the_command_line_prints_its_options_and_yields_to_explicit_on
     assert "recipe mnist-4c3f sets:" in done.stderr and "--loss gloro-bcp" in done.stderr
     assert "--eps 1.75" in done.stderr and "--no-flip" in done.stderr
     assert "given explicitly, kept: --arch, --batch-size, --data, --epochs" in done.stderr
-    config = json.loads((out / "history.json").read_text())["config"]
+    assert "(scaled from the recipe's 300 epochs to 1: --ramp 150 -> 0.5, --decay-start 175 -> 0.583333)" in \
+        done.stderr
+    doc = json.loads((out / "history.json").read_text())
+    config = doc["config"]
     assert (config["arch"], config["epochs"], config["batch_size"]) == ("mlp-16", 1, 32)
     assert (config["loss"], config["kappa_start"], config["n_iters"], config["eps_eval"]) == (
         "gloro-bcp", 0.0, 5, 1.58)
+    assert (config["warmup"], config["ramp"]) == (0.0, 0.5)
+    assert doc["history"][-1]["eps_train"] == 1.75  # the ramp's end value, reached in the one epoch
     bad = _cli(["train", "--recipe", "cifar10-6c2f-maxmin", "--data", "embedded:train", "--limit", "8",
                 "--epochs", "1", "--arch", "mlp-16", "--out", str(tmp_path / "bad")])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
