@@ -16,7 +16,8 @@ architecture, or a dense stack, whose parameter names and shapes fit the checkpo
 input shape is found the same way when not given), or a
 generic conv/linear stack "conv:OUT:K:STRIDE:PAD,avgpool:K:STRIDE:PAD,...,fc:WIDTH,..." (strides,
 paddings and average poolings, nn.AvgPool2d, have no parameters in a state dict, so such a
-stack must be spelled out). torch is optional: it is
+stack must be spelled out). `from_torch_module` takes an nn.Sequential in memory instead
+(lipref.from_torch), its layers read from the modules themselves. torch is optional: it is
 imported inside the functions that need it.
 """
 import os
