@@ -94,10 +94,13 @@ class Certification:
     pgd_broken: object = None  # (N,) bool or None when no attack ran
     seconds: float = 0.0
     violations: list = field(default_factory=list)
+    # what the run was given besides the arrays (seed, dtype, model_rounded, reference, domain),
+    # set by lipref.api and the CLI: part of summary()
+    context: dict = field(default_factory=dict)
 
     def summary(self):
-        """The numbers `lipref certify --json` prints (see the CLI's contract); none is NaN
-        (`local_over_global`)."""
+        """The numbers `lipref certify --json` prints (see the CLI's contract), with the run's
+        `context`; none is NaN (`local_over_global`)."""
         n = int(self.labels.shape[0])
         out = {
             "n": n, "eps": self.eps, "mode": self.mode, "n_iters": self.n_iters,
@@ -112,6 +115,7 @@ class Certification:
         }
         if self.pgd_broken is not None:
             out["pgd_accuracy"] = float((self.correct & ~self.pgd_broken).mean())
+        out.update(self.context)
         return out
 
     def samples(self, offset=0):

@@ -41,10 +41,10 @@ class CheckConfig:
     """The options of `lipref check`, with their defaults, written once."""
     against: str = setting("torch", "The independent implementation to compare with (lipref/reference).",
                            choices=("torch",))
-    eps: float = setting(0.1, "Radius of the l2 ball.")
+    eps: float = setting(None, "Radius of the l2 ball.")
     n_iters: int = setting(50, "Power-iteration steps (same start vectors on both sides).", minimum=1)
     seed: int = setting(0, "Seed of the start vectors.")
-    limit: int = 8  # examples compared when --limit is not given
+    limit: int = setting(8, "Compare on the first N examples.", minimum=1)
 
 
 # ---------------------------------------------------------------- set-up

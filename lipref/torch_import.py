@@ -16,7 +16,8 @@ architecture, or a dense stack, whose parameter names and shapes fit the checkpo
 input shape is found the same way when not given), or a
 generic conv/linear stack "conv:OUT:K:STRIDE:PAD,avgpool:K:STRIDE:PAD,...,fc:WIDTH,..." (strides,
 paddings and average poolings, nn.AvgPool2d, have no parameters in a state dict, so such a
-stack must be spelled out). torch is optional: it is
+stack must be spelled out). `from_torch_module` takes an nn.Sequential in memory instead
+(lipref.from_torch), its layers read from the modules themselves. torch is optional: it is
 imported inside the functions that need it.
 """
 import os
@@ -24,7 +25,7 @@ import re
 
 from .backend import get_backend, host
 from .errors import InputError, MissingExtraError, UserError, import_extra
-from .layers import ACTIVATIONS, check_int, check_shape
+from .layers import ACTIVATIONS, AvgPool2d, Conv2d, Flatten, Linear, ReLU, Sequential, check_int, check_shape
 from .models import ARCHITECTURES, GENERIC_STACK, build_architecture, build_stack, load_parameters_into, parse_generic, save_model
 from .precision import widen_exactly
 
@@ -324,4 +325,105 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
                       "imported_from": os.path.basename(os.fspath(path))}
     if out_path is not None:
         save_model(out_path, model)
+    return model
+
+
+# ---------------------------------------------------------------- a module in memory
+
+IN_MEMORY = "the torch module"  # what errors call a module given in memory
+
+
+def _pair(module, name):
+    """A Conv2d / AvgPool2d attribute as one int: torch allows (h, w) pairs; lipref's layers are square."""
+    value = getattr(module, name)
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2 or pair[0] != pair[1] or not isinstance(pair[0], int):
+        raise ValueError(f"{name} {value!r}: lipref takes square kernels, strides and paddings, as integers")
+    return pair[0]
+
+
+def _conv_layer(module, shape):
+    """(lipref Conv2d, its torch parameters) of an nn.Conv2d."""
+    if module.groups != 1 or _pair(module, "dilation") != 1 or module.padding_mode != "zeros":
+        raise ValueError("groups, dilation and padding_mode must be 1, 1 and 'zeros'")
+    if len(shape) != 3 or module.in_channels != shape[0]:
+        raise ValueError(f"in_channels {module.in_channels}, but it receives shape {shape}")
+    layer = Conv2d(shape, module.out_channels, _pair(module, "kernel_size"), _pair(module, "stride"),
+                   _pair(module, "padding"))
+    return layer, {"weight": module.weight, "bias": module.bias}
+
+
+def _pool_layer(module, shape):
+    """lipref AvgPool2d of an nn.AvgPool2d that averages as lipref's does (padding counted)."""
+    if len(shape) != 3:
+        raise ValueError(f"it pools images but receives shape {shape}")
+    if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
+        raise ValueError("ceil_mode=False, count_include_pad=True and divisor_override=None are required")
+    return AvgPool2d(shape, _pair(module, "kernel_size"), _pair(module, "stride"), _pair(module, "padding")), {}
+
+
+def _layer_of(module, shape, nn):
+    """(lipref layer, {name: torch tensor or None}) for one child of an nn.Sequential, or
+    ValueError saying why not; None: a module kind from_torch_module does not take."""
+    if isinstance(module, nn.Linear):
+        if len(shape) != 1:
+            raise ValueError(f"it reads vectors but receives shape {shape} (add nn.Flatten before it)")
+        if module.in_features != shape[0]:
+            raise ValueError(f"in_features {module.in_features}, but it receives {shape[0]} values")
+        return Linear(shape[0], module.out_features), {"weight": module.weight, "bias": module.bias}
+    if isinstance(module, nn.Conv2d):
+        return _conv_layer(module, shape)
+    if isinstance(module, nn.AvgPool2d):
+        return _pool_layer(module, shape)
+    if isinstance(module, nn.ReLU):
+        return ReLU(shape), {}
+    if isinstance(module, nn.Flatten):
+        if (module.start_dim, module.end_dim) != (1, -1):
+            raise ValueError("only nn.Flatten(start_dim=1, end_dim=-1) keeps the batch axis as lipref does")
+        return Flatten(shape), {}
+    return None
+
+
+IN_MEMORY_KINDS = "Linear, Conv2d, ReLU, Flatten, AvgPool2d"
+
+
+def from_torch_module(module, input_shape):
+    """A lipref model (NumPy backend) computing what the torch `nn.Sequential` `module`
+    computes on inputs of shape `input_shape` ((C, H, W) or (D,), without the batch axis),
+    its parameters exactly the module's (float32, or float64 for `module.double()`;
+    lipref.precision). Children taken: nn.Linear, nn.Conv2d (square, ungrouped, zero
+    padding), nn.ReLU, nn.Flatten, nn.AvgPool2d (padding counted); a child of another kind,
+    or one these cannot express, is a TorchImportError naming it and its index. A missing
+    bias is a zero bias."""
+    torch = require_torch()
+    nn = torch.nn
+    if not isinstance(module, nn.Sequential):
+        raise TorchImportError(f"from_torch takes an nn.Sequential, got {type(module).__name__}")
+    try:
+        shape = check_shape("input shape", tuple(input_shape))
+    except (InputError, TypeError) as exc:
+        raise TorchImportError(f"{IN_MEMORY}: input shape {input_shape!r}: {exc}") from None
+    layers, arrays = [], {}
+    for i, child in enumerate(module):
+        try:
+            found = _layer_of(child, shape, nn)
+        except (ValueError, InputError) as exc:
+            raise TorchImportError(f"{type(child).__name__} at {i}: {exc}") from None
+        if found is None:
+            raise TorchImportError(f"{type(child).__name__} at {i}: not a module from_torch takes "
+                                   f"({IN_MEMORY_KINDS})")
+        layer, tensors = found
+        for name, shape_of in layer.param_shapes().items():
+            tensor = tensors[name]
+            arrays[f"{i}.{name}"] = (host.zeros(shape_of, dtype=host.float32) if tensor is None
+                                     else _to_host(IN_MEMORY, f"{i}.{name}", tensor, torch))
+        layers.append(layer)
+        shape = layer.out_shape
+    try:
+        model = Sequential(layers)
+    except InputError as exc:  # a last layer that is not Linear
+        raise TorchImportError(f"{IN_MEMORY}: {exc}") from None
+    load_parameters_into(model, IN_MEMORY, arrays, get_backend("numpy"))  # the module's precision
+    model.metadata = {"arch": "torch module", "activation": "relu", "input_shape": list(model.input_shape),
+                      "n_classes": model.n_classes, "imported_from": "an nn.Sequential in memory"}
     return model

@@ -267,7 +267,7 @@ OPTIONS = {
     "import-torch": {"--arch": "auto", "--input-shape": "auto", "--classes": None, "--activation": "auto",
                      "--out": None},
     "import-onnx": {"--out": None},
-    "check": {"--against": "torch", "--data": "embedded:test", "--data-dir": None, "--limit": None, "--eps": 0.1,
+    "check": {"--against": "torch", "--data": "embedded:test", "--data-dir": None, "--limit": 8, "--eps": None,
               "--iters": 50, "--seed": 0, "--json": None},
 }
 CHOICES = {("train", "--activation"): {"relu", "clipped_relu", "maxmin"}, ("train", "--loss"): {"gloro", "bcp", "gloro-bcp"},
@@ -349,9 +349,10 @@ def test_certify_reference_gives_the_same_certificates_and_bounds(trained_model,
 
 
 def test_reference_switches_the_kernels_off_inside_each_command(trained_model, tmp_path, monkeypatch):
-    import lipref.certify
-    import lipref.train
+    import importlib
+
     from lipref import kernels
+    certification, training = (importlib.import_module(f"lipref.{m}") for m in ("certify", "train"))  # modules
     baseline = kernels.enabled()  # off for the whole run under LIPREF_REFERENCE=1
     seen = []
 
@@ -360,9 +361,9 @@ def test_reference_switches_the_kernels_off_inside_each_command(trained_model, t
             seen.append(kernels.enabled())
             return original(*args, **kwargs)
         return wrapper
-    monkeypatch.setattr(lipref.certify, "certify", spy(lipref.certify.certify))
-    monkeypatch.setattr(lipref.certify, "bounds_per_sample", spy(lipref.certify.bounds_per_sample))
-    monkeypatch.setattr(lipref.train, "train", spy(lipref.train.train))
+    monkeypatch.setattr(certification, "certify", spy(certification.certify))
+    monkeypatch.setattr(certification, "bounds_per_sample", spy(certification.bounds_per_sample))
+    monkeypatch.setattr(training, "train", spy(training.train))
     common = ["--data", "embedded:test", "--limit", "4", "--eps", "0.1", "--iters", "2", "--json"]
     for flag in (["--reference"], []):
         assert run(["certify", trained_model, "--pgd-steps", "0", "--quiet"] + common + flag).exit_code == 0

@@ -77,7 +77,7 @@ def runs(f):
         (("bound",), ["bound", zero, *fast]),
         (("bound",), ["bound", model, *fast, "--mode", "sound"]),
         (("attack",), ["attack", model, "--data", data, "--eps", "0.1", "--steps", "2"]),
-        (("check",), ["check", model, "--data", data, "--limit", "2", "--iters", "2"]),
+        (("check",), ["check", model, "--data", data, "--limit", "2", "--iters", "2", "--eps", "0.1"]),
         (("info",), ["info"]),
         (("info",), ["info", model]),
         (("data", "list"), ["data", "list"]),

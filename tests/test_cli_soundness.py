@@ -121,11 +121,11 @@ def test_a_bad_step_size_is_an_error(breakpoint_net):
 def test_a_bug_inside_the_engine_keeps_its_traceback(breakpoint_net, monkeypatch):
     """Only lipref's own error types become one-line errors: the CLI used to catch every
     ValueError, so a broadcast bug deep inside looked like a user's mistake."""
-    import lipref.certify
+    import importlib
 
     def broken(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")
-    monkeypatch.setattr(lipref.certify, "certify", broken)
+    monkeypatch.setattr(importlib.import_module("lipref.certify"), "certify", broken)  # the module, not lipref.certify()
     model, data = breakpoint_net
     result = run(["certify", model, "--data", data, "--eps", "0.3", "--quiet"], catch=True)
     assert isinstance(result.exception, ValueError) and result.exit_code == 1

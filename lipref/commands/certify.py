@@ -1,5 +1,7 @@
 """`lipref certify`, `lipref bound` and `lipref attack`, in one process or sharded over a Dask
-cluster (lipref.distributed)."""
+cluster (lipref.distributed). Each reads its model file and data, then runs lipref.api's
+functions (`prepare`, then `certify_prepared`, `bounds_prepared` or `attack_prepared`): the
+Python API and the commands compute the same numbers by the same code."""
 import contextlib
 import sys
 import time
@@ -7,10 +9,9 @@ from dataclasses import dataclass
 
 import click
 
-from lipref import data as D
-from lipref import outputs
+from lipref import api, outputs
 from lipref.attack import AttackConfig
-from lipref.backend import float_dtype, get_backend, host, to_host
+from lipref.backend import host
 from lipref.certify import CertifyConfig
 from lipref.commands.common import (
     EXIT_UNSOUND,
@@ -18,16 +19,17 @@ from lipref.commands.common import (
     Engine,
     NullBar,
     apply_options,
+    backend_option,
     data_options,
     domain_option,
     dtype_option,
     emit_json,
-    engine_options,
     format_table,
     gram_limit_option,
     positive_eps,
     progress_bar,
     reference_option,
+    seed_option,
     setting_option,
     settings_options,
     take,
@@ -36,7 +38,7 @@ from lipref.commands.common import (
 )
 from lipref.errors import InputError
 from lipref.distributed import Sharding
-from lipref.inputs import load_model_and_data, resolve_domain, rounding_note, run_seed
+from lipref.inputs import load_data_as_given, load_model_file
 from lipref.kernels import reference_only_if
 
 SAME_ANSWERS = ("The results equal a single-process run's, bit for bit: every random draw comes from the seed and "
@@ -63,13 +65,21 @@ distributed_options = [
 ]
 
 
-def _sharded_seed(mode, seed, sharding):
-    """run_seed, except that a resumed run takes the seed its shard folder recorded."""
+CERTIFY_SEED = ("Seed of every random draw: power-iteration (fast) or Lanczos (sound) starts, PGD starts. Default: "
+                "0 in fast mode; in sound mode fresh OS entropy (so that a model cannot have been fitted to a "
+                "public seed), or with --resume the shard folder's. The seed used is in the JSON output.")
+BOUND_SEED = ("Seed of the power-iteration (fast) or Lanczos (sound) starts. Default: 0 in fast mode; in sound mode "
+              "fresh OS entropy, or with --resume the shard folder's. The seed used is in the JSON output.")
+ATTACK_SEED = "Seed of PGD's random starts (one generator, drawn batch by batch). Default: 0; in the JSON output."
+ATTACK_DTYPE = ("Floating-point type of the attack. auto: float32 unless the data or the model's parameters hold "
+                "values float32 cannot (then float64). float32 with a float64 model attacks the model rounded to "
+                "float32 (said on stderr; model_rounded in the JSON).")
+
+
+def _given_seed(seed, sharding):
+    """--seed, or the seed a resumed shard folder recorded (None: api.prepare chooses)."""
     from lipref.distributed import resumed_seed
-    from lipref.seeds import check_seed
-    if seed is None:
-        seed = resumed_seed(sharding.folder, sharding.resume)
-    return check_seed(run_seed(mode, seed))
+    return resumed_seed(sharding.folder, sharding.resume) if seed is None else seed
 
 
 @contextlib.contextmanager
@@ -113,14 +123,16 @@ def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, l
     return distributed.joined_shards(run, options), distributed.summary(run)
 
 
-
-def _said_rounded(model, compute):
-    """Whether --dtype rounded the model's parameters, said on stderr in one line when it did
-    (inputs.rounding_note): the JSON's model_rounded."""
-    note = rounding_note(model, compute)
+def _loaded(model_path, data, mode, dtype, engine, seed, domain="auto"):
+    """api.prepare on the model file at its precision and the data as given (float64 where
+    the run computes in float64); a line on stderr when --dtype rounds the model."""
+    native = load_model_file(model_path, "numpy")
+    dataset = load_data_as_given(data.spec, data.folder, data.limit, mode, dtype, native)
+    run = api.prepare(native, dataset, mode, dtype, domain, seed, engine.backend, (model_path, data.spec))
+    note = run.rounding_note()
     if note is not None:
         click.echo(note, err=True)
-    return note is not None
+    return run
 
 
 # ----------------------------------------------------------------------------------- certify
@@ -148,11 +160,12 @@ def _global_norms(model, config, seed, verbose):
 @dtype_option
 @gram_limit_option
 @threads_option
-@apply_options(engine_options)
+@backend_option
+@seed_option(CERTIFY_SEED)
 @reference_option
 @click.option("--json", "as_json", is_flag=True,
               help="Print {clean_accuracy, certified_accuracy_global, certified_accuracy_local, pgd_accuracy, n, "
-                   "seed, reference, ...} as JSON.")
+                   "seed, reference, ...} as JSON (lipref.certify(...).summary() with model, data, provenance).")
 @click.option("--samples", "samples_path", type=click.Path(dir_okay=False), default=None,
               help="Also write per-sample results (bounds, radii, certificates) as JSON to this file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
@@ -185,14 +198,11 @@ def certify(model_path, eps, **options):
         raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
     run = _prepared(model_path, eps, "certify", config, data, engine, sharding, pgd=True)
     result, extra = _certified(run, config, engine, sharding, out.quiet)
-    summary = result.summary()
-    summary.update({"model": model_path, "data": data.spec, "seed": run.seed, "dtype": run.dtype,
-                    "model_rounded": run.rounded, "reference": engine.reference,
-                    "domain": None if run.domain is None else list(run.domain), **extra})
+    summary = {"model": model_path, "data": data.spec, **result.summary(), **extra}
     sound = None
     if out.audit:
         with reference_only_if(engine.reference):
-            summary["audit"], sound = _audit(result, model_path, data, eps, config, run.domain, engine, out.quiet)
+            summary["audit"], sound = _audit(result, model_path, data, eps, config, run.given.domain, engine, out.quiet)
         # the estimates' broken certificates are the audit's finding; only sound ones can be unsound
         summary["soundness_violations"] = summary["audit"]["sound_broken_samples"]
     _write_outputs(out, result, sound, f"{model_path} on {data.spec}", engine.reference)
@@ -216,22 +226,17 @@ class CertifyOutputs:
 
 @dataclass(frozen=True)
 class _Run:
-    """A certify or bound run once its inputs are read and checked: the model, the data, the
-    compute dtype (and whether it rounded the model), the seed, PGD's domain, the shard plan."""
+    """A certify or bound run once its inputs are read and checked (`given`: api.Prepared, the
+    model, data, compute dtype, seed and PGD's domain), with its shard options and plan."""
     model_path: str
     eps: float
-    model: object
-    dataset: object
-    dtype: str
-    rounded: bool
-    seed: int
-    domain: tuple
+    given: object
     shard_options: object
     plan: object
 
     @property
     def n(self):
-        return int(self.dataset.labels.shape[0])
+        return int(self.given.dataset.labels.shape[0])
 
 
 def _data(options):
@@ -239,33 +244,36 @@ def _data(options):
 
 
 def _prepared(model_path, eps, command, config, data, engine, sharding, pgd):
-    """The run's `_Run`: model and data read and checked, the seed chosen (a resumed folder's),
-    the data's fit to the model's input range checked (PGD's domain when `pgd`), a shard folder
-    that does not fit refused now."""
+    """The run's `_Run`: model and data read and checked (`_loaded`), the seed chosen (a
+    resumed folder's), the data's fit to the model's input range checked (PGD's domain when
+    `pgd`, else none), a shard folder that does not fit refused now."""
+    from dataclasses import replace
+
     from lipref.distributed import ShardOptions
-    model, dataset, compute = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend,
-                                                  config.mode, config.dtype)
-    domain = resolve_domain(config.domain, dataset, model, data.spec)
-    rounded = _said_rounded(model, compute)
-    seed = _sharded_seed(config.mode, engine.seed, sharding)
+    given = _loaded(model_path, data, config.mode, config.dtype, engine, _given_seed(engine.seed, sharding),
+                    config.domain)
+    given = given if pgd else replace(given, domain=None)
     pgd_steps, pgd_restarts = (config.pgd_steps, config.pgd_restarts) if pgd else (0, 1)
-    options = ShardOptions(command, eps, config.mode, config.n_iters, config.batch_size, seed, engine.backend, compute,
-                           engine.reference, pgd_steps, pgd_restarts, domain if pgd else None)
-    plan = _plan_shards(model_path, dataset, options, sharding, _run_options(data.spec, data.limit, config.gram_limit))
-    return _Run(model_path, eps, model, dataset, compute, rounded, seed, domain if pgd else None, options, plan)
+    options = ShardOptions(command, eps, config.mode, config.n_iters, config.batch_size, given.seed, engine.backend,
+                           given.dtype, engine.reference, pgd_steps, pgd_restarts, given.domain)
+    plan = _plan_shards(model_path, given.dataset, options, sharding,
+                        _run_options(data.spec, data.limit, config.gram_limit))
+    return _Run(model_path, eps, given, options, plan)
 
 
 def _certified(run, config, engine, sharding, quiet):
-    """(the Certification, the JSON's sharding keys): one process or shards."""
-    from lipref.certify import certify as run_certify
+    """(the Certification, the JSON's sharding keys): one process (api.certify_prepared) or shards."""
+    given = run.given
     with reference_only_if(engine.reference):
-        norms = _global_norms(run.model, config, run.seed, not quiet)
+        norms = _global_norms(given.model, config, given.seed, not quiet)
         if sharding.requested:
-            return _run_sharded(run.model_path, run.dataset, run.shard_options, norms, sharding, run.plan,
-                                engine.threads, "certifying", quiet)
+            result, extra = _run_sharded(run.model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
+                                         engine.threads, "certifying", quiet)
+            result.context = api.certify_context(given, engine.reference)
+            return result, extra
         with progress_bar(run.n, "certifying", not quiet) as bar:
-            result = run_certify(run.model, run.dataset.images, run.dataset.labels, run.eps, config, seed=run.seed,
-                                 norms=norms, domain=run.domain, progress=bar.update, threads=engine.threads)
+            result = api.certify_prepared(given, run.eps, config, norms=norms, progress=bar.update,
+                                          threads=engine.threads, reference=engine.reference)
     return result, {}
 
 
@@ -322,17 +330,13 @@ def _audit(estimate, model_path, data, eps, config, pgd_domain, engine, quiet):
     from dataclasses import replace
 
     from lipref.audit import audit_summary
-    from lipref.certify import certify as run_certify
-    threads = engine.threads
-    model, dataset, _ = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend, "sound",
-                                            "auto")
-    seed = run_seed("sound", None)
     sound_config = replace(config, mode="sound", dtype="auto")
-    norms = _global_norms(model, sound_config, seed, not quiet)
-    with progress_bar(int(dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
-        sound = run_certify(model, dataset.images, dataset.labels, eps, sound_config, seed=seed, norms=norms,
-                            domain=pgd_domain, progress=bar.update, threads=threads)
-    return {**audit_summary(estimate, sound), "seed": seed,
+    given = _loaded(model_path, data, "sound", "auto", engine, None, pgd_domain)  # seed from OS entropy
+    norms = _global_norms(given.model, sound_config, given.seed, not quiet)
+    with progress_bar(int(given.dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
+        sound = api.certify_prepared(given, eps, sound_config, norms=norms, progress=bar.update,
+                                     threads=engine.threads, reference=engine.reference)
+    return {**audit_summary(estimate, sound), "seed": given.seed,
             "sound_certified_accuracy_local": float(sound.certified_local.mean())}, sound
 
 
@@ -373,11 +377,13 @@ def _fraction(k, n):
                 "are). No attack runs here.")
 @gram_limit_option
 @threads_option
-@apply_options(engine_options)
+@backend_option
+@seed_option(BOUND_SEED)
 @reference_option
 @click.option("--json", "as_json", is_flag=True,
-              help="Print {seed, reference, samples: [{index, label, prediction, global, local, "
-                   "constant_fraction}]} (sharded: also workers, shards).")
+              help="Print {model, data, eps, mode, iters, seed, dtype, model_rounded, reference, samples: [{index, "
+                   "label, prediction, global, local, constant_fraction}]} (sharded: also workers, shards, "
+                   "shards_computed).")
 @apply_options(distributed_options)
 @user_errors
 def bound(model_path, eps, as_json, **options):
@@ -386,24 +392,26 @@ def bound(model_path, eps, as_json, **options):
 
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the bounds equal a single-process run's bit for bit."""
-    from lipref.certify import bounds_per_sample, local_over_global
+    from lipref.certify import local_over_global
     config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
     sharding = take(options, Sharding, folder="shards_dir")
     run = _prepared(model_path, eps, "bound", config, data, engine, sharding, pgd=False)
-    extra = {}
+    given, extra = run.given, {}
     with reference_only_if(engine.reference):
-        norms = _global_norms(run.model, config, run.seed, True)
+        norms = _global_norms(given.model, config, given.seed, True)
         if sharding.requested:
-            samples, extra = _run_sharded(model_path, run.dataset, run.shard_options, norms, sharding, run.plan,
-                                          engine.threads, "bounding", False)
+            rows, extra = _run_sharded(model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
+                                       engine.threads, "bounding", False)
+            result = api.bounds_of(given, eps, config, engine.reference, rows)
         else:
             with progress_bar(run.n, "bounding", True) as bar:
-                samples = bounds_per_sample(run.model, run.dataset.images, run.dataset.labels, eps, config,
-                                            seed=run.seed, norms=norms, progress=bar.update, threads=engine.threads)
+                result = api.bounds_prepared(given, eps, config, norms=norms, progress=bar.update,
+                                             threads=engine.threads, reference=engine.reference)
+    samples = result.samples()
     if as_json:
-        emit_json({"model": model_path, "data": data.spec, "eps": eps, "mode": config.mode, "iters": config.n_iters,
-                   "seed": run.seed, "dtype": run.dtype, "model_rounded": run.rounded, "reference": engine.reference,
-                   **extra, "samples": samples})
+        summary = result.summary()
+        del summary["samples"]  # last, after the sharding keys
+        emit_json({"model": model_path, "data": data.spec, **summary, **extra, "samples": samples})
         return
     ratios = local_over_global(*(host.asarray([r[k] for r in samples]) for k in ("local", "global")))
     rows = [dict(r, ratio=float(q), const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
@@ -429,38 +437,23 @@ def bound(model_path, eps, as_json, **options):
 @apply_options(settings_options(AttackConfig, "steps", "step_size", "restarts"))
 @setting_option(CertifyConfig, "batch_size")
 @domain_option
-@dtype_option
+@setting_option(CertifyConfig, "dtype", help=ATTACK_DTYPE)
 @threads_option
-@apply_options(engine_options)
-@click.option("--json", "as_json", is_flag=True, help="Print {clean_accuracy, pgd_accuracy, n, ...} as JSON.")
+@backend_option
+@seed_option(ATTACK_SEED)
+@click.option("--json", "as_json", is_flag=True,
+              help="Print {clean_accuracy, pgd_accuracy, n, seed, dtype, domain, ...} as JSON "
+                   "(lipref.attack(...).summary() with model, data, provenance).")
 @user_errors
 def attack(model_path, eps, as_json, **options):
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
-    from lipref.attack import pgd_l2
-    from lipref.bounds.certificate import predictions
     pgd, config = take(options, AttackConfig), take(options, CertifyConfig)  # certify's batch size, domain, dtype
     data, engine = _data(options), take(options, Engine)
     if pgd.step_size is not None and not 0 < pgd.step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {pgd.step_size}")
-    model, dataset, compute = load_model_and_data(model_path, data.spec, data.folder, data.limit, engine.backend,
-                                                  "fast", config.dtype)
-    rounded = _said_rounded(model, compute)
-    pgd_domain = resolve_domain(config.domain, dataset, model, data.spec)
-    xp = get_backend(engine.backend)
-    seed = run_seed("fast", engine.seed)
-    rng = host.random.default_rng(seed)
-    n = int(dataset.labels.shape[0])
-    correct = broken = 0
-    for _, _, x, y in D.batches(dataset.images, dataset.labels, config.batch_size, xp, float_dtype(xp, compute)):
-        ok = to_host(predictions(model(x, record=False)) == y)
-        result = pgd_l2(model, x, y, eps, rng, pgd.steps, pgd.step_size, pgd.restarts, pgd_domain,
-                        threads=engine.threads)
-        correct += int(ok.sum())
-        broken += int((to_host(result.success) & ok).sum())
-    out = {"model": model_path, "data": data.spec, "eps": eps, "steps": pgd.steps, "restarts": pgd.restarts, "n": n,
-           "seed": seed, "dtype": compute, "model_rounded": rounded,
-           "domain": None if pgd_domain is None else list(pgd_domain),
-           "clean_accuracy": correct / n, "pgd_accuracy": (correct - broken) / n}
+    given = _loaded(model_path, data, "fast", config.dtype, engine, engine.seed, config.domain)
+    result = api.attack_prepared(given, eps, pgd, config.batch_size, engine.threads)
+    out = {"model": model_path, "data": data.spec, **result.summary()}
     if as_json:
         emit_json(out)
     else:

@@ -141,7 +141,7 @@ data_options = [
     click.option("--data", "data_spec", default="embedded:test", show_default=True,
                  help="Dataset: mnist, fashion-mnist, cifar10, tinyimagenet or embedded, with an optional "
                       ":train or :test split (the test split when none is given); or a .npz file with arrays 'images' "
-                      "(N,C,H,W) and 'labels'."),
+                      "(N,C,H,W), or (N,D) for a model that reads vectors, and 'labels'."),
     click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                  help="Folder holding the dataset's files (default: the embedded slice, OS package folders, "
                       "~/.cache/lipref/<name>)."),
@@ -156,13 +156,19 @@ threads_option = click.option(
          "many as NumPy's BLAS uses, the CPUs available unless OPENBLAS_NUM_THREADS says otherwise). The "
          "numbers do not depend on it.")
 
-engine_options = [
-    click.option("--backend", type=click.Choice(list(BACKENDS)), default=BACKENDS[0], show_default=True,
-                 help="Array backend (cupy needs a CUDA GPU)."),
-    click.option("--seed", type=int, default=None,
-                 help="Seed of every random draw (power-iteration and Lanczos starts, PGD starts, shuffling). "
-                      "Default: 0, except in sound mode, where the starts come from fresh OS entropy (so that "
-                      "a model cannot have been fitted to a public seed); the seed used is in the JSON output."),
+backend_option = click.option("--backend", type=click.Choice(list(BACKENDS)), default=BACKENDS[0], show_default=True,
+                              help="Array backend (cupy needs a CUDA GPU).")
+
+
+def seed_option(help):
+    """--seed, with `help` saying which draws it seeds and its default (they differ by command)."""
+    return click.option("--seed", type=int, default=None, help=help)
+
+
+engine_options = [  # lipref train's
+    backend_option,
+    seed_option("Seed of every random draw of the run (initial weights, shuffling, augmentation, power-iteration "
+                "starts). Default: 0."),
 ]
 
 dtype_option = setting_option(CertifyConfig, "dtype")

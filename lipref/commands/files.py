@@ -22,6 +22,8 @@ from lipref.data.ranges import expected_range
 from lipref.errors import InputError
 from lipref.inputs import data_for_model, load_model_file
 from lipref.layers import ACTIVATIONS
+from lipref.models import ARCHITECTURES, GENERIC_STACK
+from lipref.onnx_import.chain import SUPPORTED as ONNX_OPS
 from lipref.outputs import json_ready
 
 # -------------------------------------------------------------------------------------- data
@@ -99,8 +101,9 @@ def _input_shape(text):
 @click.command("import-torch")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--arch", default="auto", show_default=True,
-              help="4c3f, 6c2f, 8c2f, 2c2f, mlp-W..., 'auto' (match the checkpoint's names and shapes), or a "
-                   "generic stack 'conv:OUT:K:STRIDE:PAD,...,fc:WIDTH,...'.")
+              help=f"{', '.join(ARCHITECTURES)}, mlp-W[-W...] (a dense stack), linear (one linear layer), 'auto' (the "
+                   f"one whose names and shapes fit the checkpoint), or a generic stack '{GENERIC_STACK}' (strides, "
+                   "paddings and average poolings are not in a state dict).")
 @click.option("--input-shape", default="auto", show_default=True,
               help="Input shape C,H,W (MNIST 1,28,28; CIFAR-10 3,32,32; TinyImageNet 3,64,64), or auto: the "
                    "one on which the architecture fits the checkpoint (the datasets' sizes and the first "
@@ -124,16 +127,14 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
                f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
 
 
-@click.command("import-onnx")
+@click.command("import-onnx", help=f"""Import an ONNX model ({ONNX_OPS}; any framework's export) as a
+    lipref model, its parameters exactly as the file holds them (DOUBLE stays float64); anything else is
+    an error naming the node and its op type. Needs the onnx package: pip install 'lipref[onnx]'.""")
 @click.argument("onnx_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False))
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
               help="The lipref model file to write.")
 @user_errors
 def import_onnx(onnx_path, out_path):
-    """Import an ONNX model (Conv, Gemm / MatMul + Add, Relu, Clip, Min + Relu, Flatten / Reshape; any
-    framework's export) as a lipref model, its parameters exactly as the file holds them (DOUBLE stays
-    float64); anything else is an error naming the node and its op type. Needs the onnx package:
-    pip install 'lipref[onnx]'."""
     from lipref.onnx_import import import_onnx_model
     model = import_onnx_model(onnx_path, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
@@ -144,17 +145,18 @@ def import_onnx(onnx_path, out_path):
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
 @setting_option(CheckConfig, "against")
-@apply_options(data_options)
-@apply_options(settings_options(CheckConfig, "eps", "n_iters", "seed", eps={"callback": positive_eps},
-                                n_iters={"flag": "--iters"}))
+@apply_options(data_options[:2])  # --data, --data-dir; --limit has check's own default
+@apply_options(settings_options(CheckConfig, "limit", "eps", "n_iters", "seed",
+                                eps={"callback": positive_eps, "required": True}, n_iters={"flag": "--iters"}))
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 @user_errors
 def check(model_path, against, data_spec, data_dir, limit, eps, n_iters, seed, as_json):
     """Recompute MODEL's logits, masks, bounds, margins and loss gradients with the torch
-    reference, in float64, and compare; exit code 1 if any differs beyond its tolerance."""
+    reference, in float64, and compare; exit code 1 if any differs beyond its tolerance.
+    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory)."""
     from lipref.check import LOSSES, check_against_torch
     model = load_model_file(model_path, "numpy", "float64")
-    dataset = data_for_model(model, data_spec, data_dir, limit or CheckConfig.limit)
+    dataset = data_for_model(model, data_spec, data_dir, limit)
     rows = check_against_torch(model, dataset.images.astype("float64"), dataset.labels, eps, n_iters,
                                host.random.default_rng(seed), loss_names=LOSSES)
     ok = all(r["ok"] for r in rows)
@@ -229,7 +231,7 @@ def _print_model_provenance(meta):
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", required=False, type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="[MODEL]", required=False, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @user_errors
 def info(model_path, as_json):

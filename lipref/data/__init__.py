@@ -10,8 +10,9 @@ Formats read here:
 addresses and md5s. `load_dataset("name[:split]")` (`loading.py`) gives a `Dataset` of host
 arrays: images in [0, 1], shape (N, C, H, W), float32 (or float64 with `dtype="float64"`:
 k/255 correctly rounded), labels int64. `load_array_file` reads a user's .npz and keeps its
-images' float precision (float64 stays float64; integers become float64, exactly). Callers
-move them to a backend with `batches.batches`.
+images' float precision (float64 stays float64; integers become float64, exactly);
+`dataset_from_arrays` checks arrays given in Python the same way. Callers move them to a
+backend with `batches.batches`.
 
 Any file that is not what it claims to be raises `DataError` (`files.py`) naming the file
 and the problem. `verify` and `download` (`download.py`) check every file against its md5;
@@ -22,7 +23,7 @@ from .cifar import read_cifar_batch
 from .download import BAD_CHECKSUM, MISSING, OK, download, verify
 from .files import NPZ_ERRORS, DataError, md5_of, read_checksums, read_npz
 from .idx import read_idx, read_idx_images, read_idx_labels
-from .loading import EXACT_INTEGERS, MAX_LABEL, load_array_file, load_data, load_dataset
+from .loading import EXACT_INTEGERS, MAX_LABEL, dataset_from_arrays, load_array_file, load_data, load_dataset
 from .registry import (
                        DATASETS,
                        EMBEDDED_DIR,
@@ -42,4 +43,4 @@ __all__ = ["DataError", "DataFile", "DatasetInfo", "Dataset", "DATASETS", "SPLIT
            "read_idx_images", "read_idx_labels", "read_cifar_batch", "read_wnids", "read_class_words",
            "read_val_annotations", "tiny_split_files", "decode_images", "load_dataset", "verify",
            "download", "read_checksums", "OK", "MISSING", "BAD_CHECKSUM", "NPZ_ERRORS", "read_npz",
-           "load_array_file", "load_data", "batches", "MAX_LABEL", "EXACT_INTEGERS"]
+           "load_array_file", "dataset_from_arrays", "load_data", "batches", "MAX_LABEL", "EXACT_INTEGERS"]

@@ -60,37 +60,45 @@ def load_dataset(spec, data_dir=None, limit=None, dtype="float32"):
 
 def load_array_file(path, limit=None):
     """A `Dataset` from a user's .npz holding `images` (N, C, H, W) or (N, D) numbers and `labels` (N,)
-    integers, with every value checked: finite images in any range, kept in their float
-    precision (float16 becomes float32, integers float64, refused beyond 2^53 where float64
-    is not exact); labels integers in [0, 2^31). `n_classes` is the largest label + 1."""
+    integers, every value checked as `dataset_from_arrays` checks it."""
     path = Path(path)
     _check_limit(limit)
     arrays = read_npz_checked(path, DataError, "data file")
     if "images" not in arrays or "labels" not in arrays:
         raise DataError(f"{path}: a data .npz needs arrays 'images' and 'labels', found {sorted(arrays)}")
-    images, labels = arrays["images"], arrays["labels"]
+    return dataset_from_arrays(arrays["images"], arrays["labels"], str(path), limit, name=path.name, split="file")
+
+
+def dataset_from_arrays(images, labels, where, limit=None, name="arrays", split="given"):
+    """A `Dataset` of host arrays `images` (N, C, H, W) or (N, D) numbers and `labels` (N,)
+    integers (a .npz's, or arrays given in Python), every value checked: finite images in any
+    range, kept in their float precision (float16 becomes float32, integers float64, refused
+    beyond 2^53 where float64 is not exact); labels integers in [0, 2^31). `n_classes` is the
+    largest label + 1; `where` names the arrays in errors (DataError) and is the `source`."""
+    _check_limit(limit)
+    images, labels = host.asarray(images), host.asarray(labels)
     if images.ndim not in (2, 4) or 0 in images.shape[1:]:  # (N, D): for models that read vectors
-        raise DataError(f"{path}: images must have shape (N, C, H, W) or (N, D) with C, H, W, D >= 1, "
+        raise DataError(f"{where}: images must have shape (N, C, H, W) or (N, D) with C, H, W, D >= 1, "
                         f"got {images.shape}")
     if labels.shape != (images.shape[0],):
-        raise DataError(f"{path}: labels must have shape ({images.shape[0]},), got {labels.shape}")
+        raise DataError(f"{where}: labels must have shape ({images.shape[0]},), got {labels.shape}")
     if images.dtype.kind not in "fiu" or labels.dtype.kind not in "iu":
-        raise DataError(f"{path}: images must be numbers and labels integers, got {images.dtype}, {labels.dtype}")
+        raise DataError(f"{where}: images must be numbers and labels integers, got {images.dtype}, {labels.dtype}")
     if not labels.size:
-        raise DataError(f"{path}: the data file has no examples")
+        raise DataError(f"{where}: no examples (the labels are empty)")
     if labels.min() < 0 or labels.max() > MAX_LABEL:  # before anything that depends on the number of classes
-        raise DataError(f"{path}: labels must be >= 0 and < 2^31, found {int(labels.min())}..{int(labels.max())}")
-    _check_widening(path, images, labels.nbytes)
-    images = _float_images(path, images)
+        raise DataError(f"{where}: labels must be >= 0 and < 2^31, found {int(labels.min())}..{int(labels.max())}")
+    _check_widening(where, images, labels.nbytes)
+    images = _float_images(where, images)
     bad = ~host.isfinite(images)
     if bad.any():
-        where = tuple(int(i) for i in host.argwhere(bad)[0])
-        raise DataError(f"{path}: images contain NaN or inf (first at index {where}: {images[where]})")
+        first = tuple(int(i) for i in host.argwhere(bad)[0])
+        raise DataError(f"{where}: images contain NaN or inf (first at index {first}: {images[first]})")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
-    return Dataset(name=path.name, split="file", images=images, labels=labels.astype(host.int64),
+    return Dataset(name=name, split=split, images=images, labels=labels.astype(host.int64),
                    input_shape=tuple(int(d) for d in images.shape[1:]), n_classes=int(labels.max()) + 1,
-                   class_names=(), source=str(path))
+                   class_names=(), source=where)
 
 
 def _widened_itemsize(dtype):

@@ -194,7 +194,9 @@ def not_found(info, dirs, what):
         hint = ("the embedded slice ships with the source tree only; run from a checkout or "
                 "create it with datasets/make_embedded.py")
     elif info.base_url:
-        hint = f"get it with lipref.data.download({info.name!r}, DIR) and pass data_dir=DIR"
+        hint = (f"get it with `lipref data download {info.name}` (in Python: lipref.data.download({info.name!r})), "
+                f"which puts it in {cache_dir(info.name)}, or give the folder holding it: --data-dir DIR "
+                "(data_dir=DIR)")
     else:
-        hint = "pass data_dir=DIR"
+        hint = "give the folder holding it: --data-dir DIR (data_dir=DIR)"
     return DataError(f"{info.name}: {what} not found in {searched}; {hint}")
