@@ -29,12 +29,12 @@ from lipref import losses  # noqa: E402
 from lipref.backend import get_backend, keep_freed_memory  # noqa: E402
 from lipref.bounds import BoundOptions, global_norms, network_bounds, start_vectors  # noqa: E402
 from lipref.bounds.certificate import one_hot  # noqa: E402
-from lipref.certify import CertifyConfig, certify  # noqa: E402
+from lipref.certification import CertifyConfig, certify  # noqa: E402
 from lipref.data import load_dataset  # noqa: E402
 from lipref.kernels import without  # noqa: E402
 from lipref.models import load_model  # noqa: E402
 from lipref.tape import grad  # noqa: E402
-from lipref.train import TrainConfig, train  # noqa: E402
+from lipref.training import TrainConfig, train  # noqa: E402
 
 KERNEL = "ball_box_multiplier"
 

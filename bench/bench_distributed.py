@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import write_json  # noqa: E402
 from lipref import distributed  # noqa: E402
 from lipref.bounds.certificates import GRAM_LIMIT  # noqa: E402
-from lipref.certify import CertifyConfig  # noqa: E402
+from lipref.certification import CertifyConfig  # noqa: E402
 from lipref.data import load_data  # noqa: E402
 from lipref.distributed.cluster import connected  # noqa: E402
 from lipref.inputs import load_model_and_data  # noqa: E402

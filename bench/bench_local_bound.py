@@ -106,7 +106,7 @@ def lipref_runner(model, x, labels, eps, n_iters, global_vectors, local_vectors,
     from lipref.backend import get_backend
     from lipref.bounds import BoundOptions, global_norms, network_bounds
     from lipref.bounds.certificate import one_hot
-    from lipref.train import blocked_gradients
+    from lipref.training import blocked_gradients
     xp = get_backend("numpy")
     onehot = one_hot(xp.asarray(labels), 10, xp.float32)
     params = list(model.parameters().values())

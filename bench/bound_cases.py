@@ -149,7 +149,7 @@ def _lipref_train_step(bench, _host_model, x, labels, vectors, gv, n_iters, loss
     from lipref.bounds import BoundOptions, global_norms, network_bounds
     from lipref.bounds.certificate import one_hot
     from lipref.optim import Adam
-    from lipref.train import blocked_gradients
+    from lipref.training import blocked_gradients
     xp = bench.xp
     model = model_on(bench, "4c3f", MNIST)
     params = model.parameters()
@@ -198,7 +198,7 @@ def _lipref_sound(bench, arch, x, labels):
     import time
 
     from lipref.bounds.certificates import GRAM_LIMIT
-    from lipref.certify import CertifyConfig, certify
+    from lipref.certification import CertifyConfig, certify
     steps = bench.size["lanczos_steps"]
     gram_limit = GRAM_LIMIT if bench.size["gram_limit"] is None else bench.size["gram_limit"]
     model = model_on(bench, arch, MNIST, "float64")

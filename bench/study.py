@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 import array_api_compat.numpy as xp  # noqa: E402
 
 from bench.study_report import write_report  # noqa: E402
-from lipref.certify import CertifyConfig, certify  # noqa: E402
+from lipref.certification import CertifyConfig, certify  # noqa: E402
 from lipref.data import load_dataset  # noqa: E402
 from lipref.models import atomic_write_bytes, load_model  # noqa: E402
-from lipref.train import TrainConfig, train  # noqa: E402
+from lipref.training import TrainConfig, train  # noqa: E402
 
 SEEDS = (0, 1, 2)
 BOUNDS = ("global", "local")

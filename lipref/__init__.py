@@ -1,6 +1,6 @@
 """lipref: certified robustness through local Lipschitz bounds (Huang et al., NeurIPS 2021).
 
-The Python API (lipref/api.py; docs/api.md): `load`, `from_torch`, `certify`, `bounds`,
+The Python API (lipref/api.py; docs/api.md): `load`, `from_torch`, `certify`, `bound`,
 `attack`, `train`, their results and options objects, and `network_bounds` for researchers;
 `lipref.data` reads datasets. `lipref certify`, `bound` and `attack` run the same functions."""
 __version__ = "0.1.0"  # first: modules imported below read it
@@ -17,7 +17,7 @@ from .api import (  # noqa: E402, F401
     RoundingWarning,
     TrainConfig,
     attack,
-    bounds,
+    bound,
     certify,
     from_torch,
     global_norms,

@@ -6,23 +6,20 @@ it, the data's fit to the model, PGD's domain, the seed), then computed (`certif
 `bounds_prepared`, `attack_prepared`). So `certify(...).summary()` is the JSON object of
 `lipref certify --json` without what only a command line has (the keys "model" and "data",
 the file and spec it was given, and "provenance"), and `certify(...).samples()` is its
-`--samples` file; `bounds(...)` and `attack(...)` are `lipref bound` and `lipref attack` alike.
-
-Once `import lipref` has run, `lipref.certify`, `lipref.bounds`, `lipref.attack` and
-`lipref.train` name this module's functions, not the modules of those names, which are
-imported first below so that no later import rebinds the names: `from lipref.certify import
-CertifyConfig` (or importlib.import_module("lipref.certify")) reaches a module.
+`--samples` file; `bound(...)` and `attack(...)` are `lipref bound` and `lipref attack` alike.
+The functions are named like the commands; the modules they call have other names
+(lipref.certification, lipref.bounds, lipref.pgd, lipref.training), so `import lipref.X`
+always reaches a module.
 """
-import importlib
 import warnings
 from dataclasses import dataclass, fields, replace
 
-from .attack import AttackConfig
+from .pgd import AttackConfig
 from .backend import float_dtype, get_backend, host, to_host
 from .bounds import BoundOptions, GlobalNorms, global_norms, network_bounds
 from .bounds.certificate import predictions
 from .bounds.layer_norms import model_dtype
-from .certify import Certification, CertifyConfig
+from .certification import Certification, CertifyConfig
 from .config import check_settings
 from .data import Dataset, batches, dataset_from_arrays, load_data
 from .data.registry import EVALUATION_SPLIT, TRAINING_SPLIT, with_split
@@ -31,15 +28,15 @@ from .importing import on_backend
 from .inputs import check_fits, compute_dtype, load_model_file, resolve_domain, rounding_note, run_seed
 from .kernels import reference_only_if
 from .torch_import import from_torch_module  # imports torch only when called
-from .train import TrainConfig
+from .training import TrainConfig
 
-# the modules named like the functions below, reached by name (see the module docstring); their
-# functions are looked up when called, so a test that replaces one sees the API call it
-_certification = importlib.import_module("lipref.certify")
-_attacks = importlib.import_module("lipref.attack")
-_training = importlib.import_module("lipref.train")
+# the modules whose functions the API calls, looked up when called (a test that replaces one
+# sees the API call it)
+from . import certification as _certification  # noqa: E402
+from . import pgd as _attacks  # noqa: E402
+from . import training as _training  # noqa: E402
 
-__all__ = ["load", "from_torch", "certify", "bounds", "attack", "train", "Certification", "PerSampleBounds",
+__all__ = ["load", "from_torch", "certify", "bound", "attack", "train", "Certification", "PerSampleBounds",
            "AttackOutcome", "CertifyConfig", "TrainConfig", "AttackConfig", "BoundOptions", "GlobalNorms",
            "global_norms", "network_bounds", "RoundingWarning"]
 
@@ -144,7 +141,7 @@ def _said(run):
 # --------------------------------------------------------------------------------- certify
 
 def certify_prepared(run, eps, config, *, norms=None, progress=None, threads=None, reference=False):
-    """lipref.certify.certify on a `Prepared` run (config: a CertifyConfig; norms: the run's
+    """lipref.certification.certify on a `Prepared` run (config: a CertifyConfig; norms: the run's
     GlobalNorms, computed from config and the seed when None; reference: plain definitions
     only), its Certification carrying the run's seed, dtype, model_rounded, reference, domain."""
     data = run.dataset
@@ -204,7 +201,7 @@ class PerSampleBounds:
 
 
 def bounds_prepared(run, eps, config, *, norms=None, progress=None, threads=None, reference=False):
-    """lipref.certify.bounds_per_sample on a `Prepared` run, as a PerSampleBounds."""
+    """lipref.certification.bounds_per_sample on a `Prepared` run, as a PerSampleBounds."""
     data = run.dataset
     with reference_only_if(reference):
         rows = _certification.bounds_per_sample(run.model, data.images, data.labels, eps, config, seed=run.seed,
@@ -221,7 +218,7 @@ def bounds_of(run, eps, config, reference, rows):
 BOUND_OPTIONS = ("n_iters", "batch_size", "dtype", "domain", "gram_limit")
 
 
-def bounds(model, images, labels, eps, mode="fast", seed=None, *, reference=False, threads=None, progress=None,
+def bound(model, images, labels, eps, mode="fast", seed=None, *, reference=False, threads=None, progress=None,
            norms=None, **options):
     """The global and local Lipschitz bounds of `model` per sample on the l2 ball of radius
     `eps`, and its fraction of constant neurons per activation layer, as `lipref bound` does:
@@ -260,7 +257,7 @@ class AttackOutcome:
 
 
 def attack_prepared(run, eps, pgd=AttackConfig(), batch_size=CertifyConfig.batch_size, threads=None):
-    """l2 PGD (lipref.attack.pgd_l2, `pgd`'s steps, step size and restarts) on a `Prepared`
+    """l2 PGD (lipref.pgd.pgd_l2, `pgd`'s steps, step size and restarts) on a `Prepared`
     run in batches of `batch_size`, every start drawn from one generator seeded with the run's
     seed, in batch order (as `lipref attack` always has): an AttackOutcome."""
     xp, dtype = model_dtype(run.model)

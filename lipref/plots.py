@@ -4,7 +4,7 @@ import io
 from pathlib import Path
 
 from .backend import host
-from .certify import certified_accuracy_curve
+from .certification import certified_accuracy_curve
 from .errors import MissingExtraError
 from .history import read_history
 from .models import atomic_write_bytes

@@ -2,7 +2,7 @@
 
 lipref promises that an auditor can read the math of a certificate in the data's order. This
 measures what there is to read: it certifies one sample of an MLP in sound mode
-(`lipref.certify.certify`, no PGD: the attack checks a certificate, it does not make one) with
+(`lipref.certification.certify`, no PGD: the attack checks a certificate, it does not make one) with
 a profiler hook on every thread, collects every function of lipref/ that was called (the CLI,
 lipref/commands/, and data loading, lipref/data/, are not part of the math), and counts the
 lines of those functions: code lines (no blank lines, comments or docstrings) and all lines,
@@ -104,7 +104,7 @@ def mlp_sample():
 def measure(kernels=False):
     """The auditor's path of one sound certificate: on the plain definitions (what an auditor
     reads; each kernel is checked against them by its equivalence test), or with the kernels."""
-    from lipref.certify import CertifyConfig, certify
+    from lipref.certification import CertifyConfig, certify
     from lipref.kernels import reference_only_if
     model, images, labels = mlp_sample()
 

@@ -4,11 +4,11 @@ import numpy
 import pytest
 from networks import small_model
 
-from lipref.attack import pgd_l2
+from lipref.pgd import pgd_l2
 from lipref.backend import to_host
 from lipref.bounds.certificate import predictions
 from lipref.errors import InputError
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 
 
 def test_pgd_points_are_in_the_ball_and_break_the_prediction(xp):
@@ -54,7 +54,7 @@ def test_pgd_stays_in_the_ball_for_data_outside_zero_one(xp):
     """x = 5, logit margin x - 3, eps 0.5: the prediction cannot change in the ball. PGD used
     to clip to [0, 1] always, left the ball (to 1) and reported the true certificate as a
     soundness error; with the domain unbounded it stays in the ball and breaks nothing."""
-    from lipref.certify import certify
+    from lipref.certification import certify
     model = _one_input_model(xp, 1.0, -3.0)
     images, labels = numpy.array([[5.0]]), numpy.array([1])
     result = certify(model, images, labels, 0.5, CertifyConfig(mode="sound", n_iters=20, pgd_steps=20), rng=numpy.random.default_rng(0))

@@ -18,7 +18,7 @@ from test_certificate_grid import ULP, counterexamples, float64_twin
 
 from lipref.backend import to_host
 from lipref.bounds import global_norms
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 from lipref.layers import AvgPool2d, Flatten, Linear, ReLU, Sequential
 from lipref.models import build_model, load_model, save_model
 

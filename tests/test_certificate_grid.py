@@ -57,7 +57,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential, layer_from_spec
 
 N_RADII, N_ANGLES, N_CIRCLE = 60, 120, 3000

@@ -294,8 +294,8 @@ def test_every_option_keeps_its_default_and_choices(command):
 
 
 def test_options_come_from_the_library_configs():
-    from lipref.certify import CertifyConfig
-    from lipref.train import TrainConfig
+    from lipref.certification import CertifyConfig
+    from lipref.training import TrainConfig
     params = {p.name: p for p in main.commands["train"].params}
     assert params["epochs"].default == TrainConfig().epochs and params["n_iters"].default == TrainConfig().n_iters
     assert params["epochs"].help == setting_help(TrainConfig, "epochs")
@@ -349,10 +349,9 @@ def test_certify_reference_gives_the_same_certificates_and_bounds(trained_model,
 
 
 def test_reference_switches_the_kernels_off_inside_each_command(trained_model, tmp_path, monkeypatch):
-    import importlib
-
+    import lipref.certification as certification
+    import lipref.training as training
     from lipref import kernels
-    certification, training = (importlib.import_module(f"lipref.{m}") for m in ("certify", "train"))  # modules
     baseline = kernels.enabled()  # off for the whole run under LIPREF_REFERENCE=1
     seen = []
 

@@ -125,7 +125,7 @@ def test_a_bug_inside_the_engine_keeps_its_traceback(breakpoint_net, monkeypatch
 
     def broken(*args, **kwargs):
         raise ValueError("operands could not be broadcast together")
-    monkeypatch.setattr(importlib.import_module("lipref.certify"), "certify", broken)  # the module, not lipref.certify()
+    monkeypatch.setattr(importlib.import_module("lipref.certification"), "certify", broken)  # the module, not lipref.certify()
     model, data = breakpoint_net
     result = run(["certify", model, "--data", data, "--eps", "0.3", "--quiet"], catch=True)
     assert isinstance(result.exception, ValueError) and result.exit_code == 1

@@ -5,14 +5,14 @@ from dataclasses import fields
 
 import pytest
 
-from lipref.attack import AttackConfig, pgd_l2
+from lipref.pgd import AttackConfig, pgd_l2
 from lipref.bounds import BOUNDS, MODES
-from lipref.certify import CertifyConfig, bounds_per_sample, certify
+from lipref.certification import CertifyConfig, bounds_per_sample, certify
 from lipref.check import CheckConfig
 from lipref.config import setting, setting_of
 from lipref.layers import ACTIVATIONS
 from lipref.losses import ROBUST_LOSSES
-from lipref.train import TrainConfig
+from lipref.training import TrainConfig
 
 
 @pytest.mark.parametrize("cls", [TrainConfig, CertifyConfig, AttackConfig, CheckConfig])

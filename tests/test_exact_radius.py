@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from test_certificate_grid import disk_grid
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 from lipref.errors import UserError
 from lipref.layers import ClippedReLU, Linear, ReLU, Sequential
 

@@ -34,7 +34,7 @@ def test_every_epoch_writes_its_record_to_history_json_and_csv(tmp_path):
     """Before: history.json held only the accuracies, at the end of the run (none after an
     interrupted one), and there was no CSV."""
     from lipref.data import load_dataset
-    from lipref.train import TrainConfig, train
+    from lipref.training import TrainConfig, train
     out, steps, seen = tmp_path / "run", [], []
 
     def progress(event):

@@ -231,7 +231,7 @@ def test_a_sound_certificate_never_runs_winograd_and_a_fast_float32_one_does(mon
     on the tiles every Winograd path makes (none), and in fast mode in float32 (some)."""
     import array_api_compat.numpy as xp
 
-    from lipref.certify import CertifyConfig, certify
+    from lipref.certification import CertifyConfig, certify
     from lipref.models import build_stack
     if not enabled():
         pytest.skip("kernels are off (LIPREF_REFERENCE): fast mode runs no Winograd either")

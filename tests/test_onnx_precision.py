@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from onnx.reference import ReferenceEvaluator  # noqa: E402
 from rounding_models import nearest_counterexample, rounding_sensitive_weights  # noqa: E402
 
-from lipref.certify import CertifyConfig, certify  # noqa: E402
+from lipref.certification import CertifyConfig, certify  # noqa: E402
 from lipref.importing import load_any_model  # noqa: E402
 from lipref.models import load_model  # noqa: E402
 from lipref.onnx_import import import_onnx_model  # noqa: E402

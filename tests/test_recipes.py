@@ -15,7 +15,7 @@ from lipref.errors import InputError
 from lipref.layers import ClampedMaxMin, ClippedReLU
 from lipref.models import build_model, layer_inits, set_layer_inits
 from lipref.recipes import RECIPES, apply_recipe, recipe
-from lipref.train import TrainConfig, train
+from lipref.training import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 XP = get_backend("numpy")

@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from lipref import data as D
-from lipref.certify import CertifyConfig, bounds_per_sample, certification_arrays, certify
+from lipref.certification import CertifyConfig, bounds_per_sample, certification_arrays, certify
 from lipref.errors import InputError
 from lipref.models import build_model
 from lipref.seeds import BOUNDS, PGD, SampleStreams, sample_streams
@@ -59,7 +59,7 @@ def test_certify_does_not_depend_on_the_batch_size(images, mode):
 
 
 def test_certify_still_takes_a_generator(images):
-    """Callers that pass rng (lipref.train's evaluation) get a seed drawn from it."""
+    """Callers that pass rng (lipref.training's evaluation) get a seed drawn from it."""
     x, labels = images
     model = build_model("2c2f", (1, 28, 28), 10, xp, xp.float32, numpy.random.default_rng(0))
     x = x.astype(numpy.float32)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from cli import main
 from lipref import distributed
-from lipref.certify import CertifyConfig, bounds_per_sample
+from lipref.certification import CertifyConfig, bounds_per_sample
 from lipref.distributed.folder import ShardFolder, StaleShard
 from lipref.errors import InputError, RunFolderError
 from lipref.models import build_model, load_model, save_model

@@ -9,7 +9,7 @@ import pytest
 from lipref.backend import to_host
 from lipref.bounds import BoundOptions, network_bounds
 from lipref.bounds.rules import rule_of
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 from lipref.errors import BoundsOverflowError, InputError
 from lipref.layers import ClampedMaxMin, ClippedReLU, Linear, ReLU, Sequential
 

@@ -126,7 +126,7 @@ def _rounding_sensitive_checkpoint(path, seed):
 def test_float64_checkpoints_are_never_certified_beyond_a_counterexample_of_the_checkpoint(tmp_path, xp, seed):
     from rounding_models import nearest_counterexample
 
-    from lipref.certify import CertifyConfig, certify
+    from lipref.certification import CertifyConfig, certify
     from lipref.importing import load_any_model
     net = _rounding_sensitive_checkpoint(tmp_path / "double.pth", seed)
 

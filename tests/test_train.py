@@ -75,7 +75,7 @@ def test_training_lowers_the_robust_loss_and_keeps_thresholds_nonnegative(tmp_pa
 
     from lipref.data import load_dataset
     from lipref.models import load_model
-    from lipref.train import TrainConfig, train
+    from lipref.training import TrainConfig, train
     data, held_out = load_dataset("embedded:train", limit=256), load_dataset("embedded:test", limit=50)
     losses = []
     config = TrainConfig(arch="mlp-32", activation="clipped_relu", epochs=3, batch_size=32, eps_train=0.3,
@@ -95,7 +95,7 @@ def test_training_lowers_the_robust_loss_and_keeps_thresholds_nonnegative(tmp_pa
 @pytest.mark.parametrize("loss", ["gloro", "bcp"])
 def test_global_and_local_bound_training_both_run(tmp_path, loss):
     from lipref.data import load_dataset
-    from lipref.train import TrainConfig, train
+    from lipref.training import TrainConfig, train
     data, held_out = load_dataset("embedded:train", limit=64), load_dataset("embedded:test", limit=20)
     for bound in ("global", "local"):
         config = TrainConfig(arch="2c2f", epochs=1, batch_size=32, eps_train=0.3, warmup=0, ramp=0, loss=loss,
@@ -109,7 +109,7 @@ def test_global_and_local_bound_training_both_run(tmp_path, loss):
 
 def _small_run(tmp_path, name, threads, dtype="float32", epochs=2, sample_block=None):
     from lipref.data import load_dataset
-    from lipref.train import TrainConfig, train
+    from lipref.training import TrainConfig, train
     data, held_out = load_dataset("embedded:train", limit=128), load_dataset("embedded:test", limit=20)
     config = TrainConfig(arch="2c2f", activation="clipped_relu", epochs=epochs, batch_size=64, eps_train=0.3,
                          warmup=0.5, ramp=0.5, sparsity=0.05, eval_limit=20, eval_iters=3, dtype=dtype)
@@ -217,7 +217,7 @@ def test_evaluation_data_that_overlap_the_training_data_are_refused(tmp_path):
 
 def test_the_library_refuses_overlapping_data_too(tmp_path):
     from lipref.data import DataError, load_dataset
-    from lipref.train import TrainConfig, train
+    from lipref.training import TrainConfig, train
     data = load_dataset("embedded:train", limit=32)
     with pytest.raises(DataError, match="overlap"):
         train(TrainConfig(arch="mlp-4", epochs=1, eval_limit=8), data, data, tmp_path / "run")

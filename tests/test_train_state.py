@@ -102,10 +102,10 @@ def test_ctrl_c_checkpoints_prints_the_command_and_the_resumed_run_is_exact(tmp_
 
 
 def _press_twice_at(monkeypatch, stop, name, calls):
-    """Replace lipref.train.<name> so that its call number `calls` (from 1) presses `stop` twice
+    """Replace lipref.training.<name> so that its call number `calls` (from 1) presses `stop` twice
     while it computes: the second press abandons the call, as a second Ctrl-C does (the CLI's
     SIGINT handler calls press())."""
-    import lipref.train as T
+    import lipref.training as T
     original, count = getattr(T, name), [0]
 
     def pressed(*args, **kwargs):
@@ -125,7 +125,7 @@ def test_a_second_ctrl_c_abandons_the_step_or_evaluation_and_resume_is_exact(tmp
     the checkpoint holds its 4 steps before; epoch 2's evaluation abandoned: it holds all 12
     steps, not evaluated."""
     from lipref.data import load_dataset
-    from lipref.train import StopRequest, TrainConfig, TrainingInterrupted, train
+    from lipref.training import StopRequest, TrainConfig, TrainingInterrupted, train
     train_set, eval_set = load_dataset("embedded:train", limit=192), load_dataset("embedded:test", limit=40)
     config = TrainConfig(arch="mlp-24", activation="clipped_relu", sparsity=0.05, batch_size=16, warmup=0.5,
                          ramp=1.5, eps_train=0.3, n_iters=2, eval_iters=4, eval_limit=40, seed=3, epochs=3)
@@ -146,7 +146,7 @@ def test_the_global_bound_with_augmentation_resumes_exactly_too(tmp_path, monkey
     checkpoint left them: stopped in the warm-up (step 3 of 6), in the ramp (the first step of
     epoch 2), or in epoch 1's evaluation."""
     from lipref.data import load_dataset
-    from lipref.train import StopRequest, TrainConfig, TrainingInterrupted, train
+    from lipref.training import StopRequest, TrainConfig, TrainingInterrupted, train
     train_set, eval_set = load_dataset("embedded:train", limit=96), load_dataset("embedded:test", limit=20)
     config = TrainConfig(arch="2c2f", bound="global", loss="bcp", batch_size=16, warmup=0.5, ramp=1, epochs=2,
                          crop_padding=2, flip=True, eps_train=0.3, eval_iters=3, eval_limit=20, seed=11)
@@ -162,7 +162,7 @@ def test_the_global_bound_with_augmentation_resumes_exactly_too(tmp_path, monkey
 
 def test_a_ctrl_c_before_the_first_step_writes_nothing(tmp_path):
     from lipref.data import load_dataset
-    from lipref.train import StopRequest, TrainConfig, TrainingInterrupted, train
+    from lipref.training import StopRequest, TrainConfig, TrainingInterrupted, train
     stop = StopRequest()
     stop.press()
     with pytest.raises(TrainingInterrupted) as stopped:

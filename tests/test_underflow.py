@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from test_certificate_grid import N_ITERS, build_case, check_against_grid, float64_twin, networks
 
 from lipref.backend import to_backend, to_host
-from lipref.certify import CertifyConfig, certify
+from lipref.certification import CertifyConfig, certify
 from lipref.layers import Flatten, Linear, ReLU, Sequential
 from lipref.models import save_model
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import click
 
 from lipref import api, outputs
-from lipref.attack import AttackConfig
+from lipref.pgd import AttackConfig
 from lipref.backend import host
-from lipref.certify import CertifyConfig
+from lipref.certification import CertifyConfig
 from lipref.commands.common import (
     EXIT_UNSOUND,
     DataChoice,
@@ -392,7 +392,7 @@ def bound(model_path, eps, as_json, **options):
 
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the bounds equal a single-process run's bit for bit."""
-    from lipref.certify import local_over_global
+    from lipref.certification import local_over_global
     config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
     sharding = take(options, Sharding, folder="shards_dir")
     run = _prepared(model_path, eps, "bound", config, data, engine, sharding, pgd=False)

@@ -10,7 +10,7 @@ import click
 
 from lipref import outputs
 from lipref.backend import BACKENDS
-from lipref.certify import CertifyConfig
+from lipref.certification import CertifyConfig
 from lipref.config import setting_of
 from lipref.errors import UserError
 

@@ -33,7 +33,7 @@ from lipref.kernels import reference_only_if
 from lipref.recipes import RECIPES, apply_recipe
 from lipref.recipes import recipe as recipe_values
 from lipref.schedules import eps_at
-from lipref.train import CHECKPOINT, StopRequest, TrainConfig, TrainingInterrupted
+from lipref.training import CHECKPOINT, StopRequest, TrainConfig, TrainingInterrupted
 from lipref.train_state import saved_settings
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
@@ -124,7 +124,7 @@ def train(**options):
     best.npz when the model is the best so far). Ctrl-C stops after the current step, writes
     the checkpoint of the steps done and prints the command that resumes exactly there (exit
     code 130); a second Ctrl-C abandons the step under way."""
-    from lipref.train import train as run_training
+    from lipref.training import train as run_training
     given = _given()
     run, outputs = take(options, TrainRun), take(options, TrainOutputs)
     stop = StopRequest()

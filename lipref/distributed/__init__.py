@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
-from ..certify import joined_certification
+from ..certification import joined_certification
 from ..errors import InputError
 from .cluster import connected, run_on_cluster, worker_count
 from .folder import (  # noqa: F401

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from ..backend import host, keep_freed_memory
-from ..certify import PER_SAMPLE, CertifyConfig, bounds_per_sample, certification_arrays, certify
+from ..certification import PER_SAMPLE, CertifyConfig, bounds_per_sample, certification_arrays, certify
 from ..errors import InputError, UserError
 from ..inputs import load_model_file
 from ..kernels import reference_only_if

@@ -31,7 +31,7 @@ from . import primitives as P
 from .backend import float_dtype, get_backend, host, map_in_threads, sample_blocks, to_backend, to_host
 from .bounds import BoundOptions, global_norms, network_bounds, start_vectors
 from .bounds import margins as M
-from .certify import CertifyConfig, certify
+from .certification import CertifyConfig, certify
 from .data.augment import augment
 from .data.record import input_range, refuse_overlap, training_data
 from .errors import InputError, RunFolderError, TrainingDiverged
@@ -41,7 +41,7 @@ from .models import save_model
 from .provenance import provenance
 from .schedules import eps_at, kappa_at, lr_at
 from .tape import grad, value_of
-from .train_state import (  # noqa: F401 (TrainConfig, StopRequest, TrainingInterrupted: lipref.train's API)
+from .train_state import (  # noqa: F401 (TrainConfig, StopRequest, TrainingInterrupted: lipref.training's names)
     CHECKPOINT,
     RunState,
     StopRequest,

@@ -15,7 +15,7 @@ margin form holds for every radius, so its radius is not capped at eps.
 import time
 from dataclasses import dataclass, field
 
-from .attack import pgd_l2
+from .pgd import pgd_l2
 from .backend import host, to_host
 from .bounds import MODES, BoundOptions, global_norms, network_bounds
 from .bounds.certificate import certify_bounds, one_hot, predictions
