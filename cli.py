@@ -10,8 +10,8 @@ import click
 
 from lipref.backend import keep_freed_memory
 from lipref.commands.certify import attack, bound, certify
-from lipref.commands.demo import demo
 from lipref.commands.common import user_errors  # noqa: F401 (every command's error handler, for scripts)
+from lipref.commands.demo import demo
 from lipref.commands.files import check, data, import_onnx, import_torch, info
 from lipref.commands.train import train
 

@@ -82,7 +82,7 @@ def demo(out_dir, epochs, limit, test_limit, seed, threads, plot_path, as_json, 
 
 
 def _train(config, train_set, eval_set, run_dir, threads, say):
-    """Train (or resume) one run: {run, model, epochs_trained_now, train_seconds, best_epoch}."""
+    """Train (or resume) one run: {run, model, epochs_trained_now, train_seconds}."""
     from lipref.train import train as run_training
     start = time.perf_counter()
     done = []
@@ -112,8 +112,9 @@ def _certify(model_path, test_limit, seed, threads):
     certification = certify(model, dataset.images, dataset.labels, EPS, config, seed=run_seed(config.mode, seed),
                             domain=domain, threads=threads)
     summary = certification.summary()
-    best_epoch = (model.metadata.get("best") or {}).get("epoch")
-    return dict(summary, certify_seconds=summary.pop("seconds"), best_epoch=best_epoch, certification=certification)
+    summary["certify_seconds"] = summary.pop("seconds")
+    summary["best_epoch"] = (model.metadata.get("best") or {}).get("epoch")
+    return dict(summary, certification=certification)
 
 
 def _plot(models, path, say):
