@@ -38,11 +38,17 @@ def _write_png(plt, fig, path):
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _finish(plt, fig, ax, result, title, path):
-    """PGD's accuracy at eps, axes, legend; the PNG written atomically."""
+def _pgd_marker(ax, result, label="PGD accuracy", color="black"):
+    """PGD's accuracy at eps (when an attack ran), as a cross."""
     if result.pgd_broken is not None:
         pgd = float((result.correct & ~result.pgd_broken).mean())
-        ax.scatter([result.eps], [pgd], marker="x", color="black", label=f"PGD accuracy at eps={result.eps:g}")
+        ax.scatter([result.eps], [pgd], marker="x", color=color, label=f"{label} at eps={result.eps:g}")
+
+
+def _finish(plt, fig, ax, result, title, path, pgd=True):
+    """PGD's accuracy at eps (unless drawn already), axes, legend; the PNG written atomically."""
+    if pgd:
+        _pgd_marker(ax, result)
     ax.axvline(result.eps, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("l2 radius")
     ax.set_ylabel("certified accuracy")
@@ -59,6 +65,19 @@ def plot_certified_accuracy(result, path, title=""):
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     _draw_curves(ax, result, ("global bound", "local bound"))
     _finish(plt, fig, ax, result, title, path)
+
+
+def plot_comparison(results, path, title=""):
+    """Certified accuracy against radius of several models at one eps, results {name:
+    Certification}: each model in its colour, its global bound dashed, its local bound solid,
+    its PGD accuracy at eps a cross; written atomically as PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    for (name, result), color in zip(results.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        _draw_curves(ax, result, (f"{name}, global bound", f"{name}, local bound"),
+                     **{"global": {"color": color, "linestyle": "--"}, "local": {"color": color}})
+        _pgd_marker(ax, result, f"{name}, PGD", color)
+    _finish(plt, fig, ax, next(iter(results.values())), title, path, pgd=False)
 
 
 def audit_labels(estimate):
