@@ -58,15 +58,17 @@ def import_onnx_model(path, out_path=None):
     path = os.fspath(path)
     graph = read_onnx(path).graph
     constants = graph_constants(path, graph)
-    name, shape, batch = graph_input(path, graph, constants)
-    chain = Chain(path, name, shape, constants, batch)
+    name, shape, batch, data_type = graph_input(path, graph, constants)
+    chain = Chain(path, name, shape, constants, batch, data_type)
     for index, node in enumerate(graph.node):
         chain.add(node, index)
     model = chain.finish([o.name for o in graph.output])
     clipped = any(isinstance(layer, ClippedReLU) for layer in model.layers)
     model.metadata = {"arch": "onnx", "activation": "clipped_relu" if clipped else "relu", "n_classes": model.n_classes,
                       "input_shape": list(model.input_shape), "threshold_init": 1.0,
-                      "imported_from": os.path.basename(path)}
+                      "imported_from": os.path.basename(path), "input_layout": chain.input_layout()}
+    if chain.folds:
+        model.metadata["folds"] = chain.folds
     if out_path is not None:
         save_model(out_path, model)
     return model

@@ -1,0 +1,224 @@
+"""Folding an elementwise affine map into the conv or linear layer next to it, as the imports
+do for input normalisation ((x - mean) / std, Keras's x * (1 / std)), Keras's batch norm
+(Mul and Add by per-channel constants) and BatchNorm (torch, ONNX).
+
+Elementwise constants (`Elementwise`): the composed map x -> a x + c (a, c per feature) is
+kept in exact rationals (fractions.Fraction), and so are the folded parameters: on the input
+side of a layer W' = W diag(a), b' = b + W c; on its output side W' = diag(a) W, b' = a b + c.
+`store` keeps them where the model's precision, or else float64, holds every value exactly:
+the folded model then computes exactly the function the file describes. Where neither does,
+the fold rounds: each value is the exact one correctly rounded to float64 (within half an
+ulp), the fold is recorded as rounded, and sound mode refuses the model (`rounded_folds`).
+
+BatchNorm in evaluation mode, gamma (z - mean) / sqrt(var + eps) + beta (`fold_batchnorm`):
+the square root has no exact floating-point value in general, so no exact fold exists. It is
+folded in float64, W' = W s, b' = (b - mean) s + beta with s = gamma / sqrt(var + eps), and the
+model certified (in both modes) is that folded float64 model; each folded value is within a
+stated bound of the exact fold (gamma_4 relative on weights, gamma_5 (|b - mean| |s| + |beta|)
+on biases, plus the smallest subnormal; the bounds are recorded with the fold).
+"""
+import math
+import warnings
+from fractions import Fraction
+
+from .backend import host
+
+U64 = 2.0 ** -53  # float64's unit roundoff
+ETA64 = 2.0 ** -1074  # float64's smallest subnormal
+
+
+class FoldWarning(UserWarning):
+    """A fold an import made that the user should know of (the CLI prints it as one line)."""
+
+
+def gamma(k):
+    """Higham's gamma_k = k u / (1 - k u) for float64: the bound on k roundings' relative error."""
+    return k * U64 / (1 - k * U64)
+
+
+# ---------------------------------------------------------------- exact rationals
+
+def rationals(a):
+    """An object array of Fractions holding exactly the values of float host array `a`."""
+    values = host.asarray(a, dtype=host.float64)  # float16/32 widen exactly
+    out = host.empty(values.shape, dtype=object)
+    out.ravel()[:] = [Fraction(v) for v in values.ravel().tolist()]
+    return out
+
+
+def _rounded(values):
+    """Float64 array of the Fractions in `values`, each correctly rounded (Python's int division
+    is); None where one is beyond float64's range."""
+    try:
+        return host.asarray([float(v) for v in values.ravel().tolist()], dtype=host.float64).reshape(values.shape)
+    except OverflowError:
+        return None
+
+
+def store(values, precision):
+    """(host array, exact) for an object array of Fractions: in `precision` ("float32" or
+    "float64") where it holds every value exactly, else in float64 where that does (exact True),
+    else correctly rounded to float64 (exact False). None where a value exceeds float64."""
+    wide = _rounded(values)
+    if wide is None or not host.all(host.isfinite(wide)):
+        return None
+    flat, exact_flat = values.ravel().tolist(), wide.ravel().tolist()
+    exact = all(Fraction(x) == v for x, v in zip(exact_flat, flat))  # stops at the first inexact value
+    if exact and precision == "float32":
+        with host.errstate(over="ignore"):
+            narrow = wide.astype(host.float32)
+        if bool(host.all(narrow == wide)):
+            return narrow, True
+    return wide, exact
+
+
+class Elementwise:
+    """x -> scale * x + shift on features of `shape`, in exact rationals (object arrays), built
+    from the file's constants one op at a time (`apply`); `ops` names them in order."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+        self.scale = host.full(self.shape, Fraction(1), dtype=object)
+        self.shift = host.full(self.shape, Fraction(0), dtype=object)
+        self.ops = []
+
+    def apply(self, op, constant, data_first=True):
+        """Compose with `op` ("Add", "Sub", "Mul", "Div") of a constant broadcast to the features
+        (data_first False: the constant is the op's first operand, as in c - x). Returns None, or
+        the reason the op is not affine in x (c / x, a division by zero)."""
+        c = rationals(host.broadcast_to(constant, (1, *self.shape))[0])
+        if op == "Div" and (not data_first or any(v == 0 for v in c.ravel())):
+            return "c / x is not affine in x" if not data_first else "a division by zero"
+        if op == "Add":
+            self.shift = self.shift + c
+        elif op == "Sub" and data_first:
+            self.shift = self.shift - c
+        elif op == "Sub":
+            self.scale, self.shift = -self.scale, c - self.shift
+        elif op == "Mul":
+            self.scale, self.shift = self.scale * c, self.shift * c
+        else:
+            self.scale, self.shift = self.scale / c, self.shift / c
+        self.ops.append(op)
+        return None
+
+    @property
+    def shifts(self):
+        return any(v != 0 for v in self.shift.ravel())
+
+    def per_channel(self):
+        """(scale, shift) of shape (C,) where features (C, H, W) share them over each image,
+        else None."""
+        if len(self.shape) != 3:
+            return None
+        first = (self.scale[:, :1, :1], self.shift[:, :1, :1])
+        if not (host.all(self.scale == first[0]) and host.all(self.shift == first[1])):
+            return None
+        return first[0].reshape(-1), first[1].reshape(-1)
+
+    def per_channel_on(self, shape):
+        """The same per-channel map on features (C, H', W') (after a pooling)."""
+        scale, shift = self.per_channel()
+        out = Elementwise(shape)
+        out.scale = host.broadcast_to(scale.reshape(-1, 1, 1), shape).copy()
+        out.shift = host.broadcast_to(shift.reshape(-1, 1, 1), shape).copy()
+        out.ops = list(self.ops)
+        return out
+
+    def transposed(self, perm):
+        """The same map on features transposed by `perm` (axes of the features, no batch)."""
+        out = Elementwise(tuple(self.shape[p] for p in perm))
+        out.scale, out.shift, out.ops = self.scale.transpose(perm), self.shift.transpose(perm), list(self.ops)
+        return out
+
+    def flattened(self):
+        out = Elementwise((math.prod(self.shape),))
+        out.scale, out.shift, out.ops = self.scale.reshape(-1), self.shift.reshape(-1), list(self.ops)
+        return out
+
+
+def _ones(a):
+    return all(v == 1 for v in a.ravel())
+
+
+def fold_output(weight, bias, affine):
+    """Exact (weight', bias') of a layer (out, ...) followed by `affine` on its outputs, whose
+    scale and shift are one per output (shape (out,)): diag(a) W, a b + c (object arrays;
+    weight' None where a is all ones: the weight is unchanged)."""
+    a, c = affine
+    w = None if _ones(a) else rationals(weight) * a.reshape((-1,) + (1,) * (weight.ndim - 1))
+    return w, rationals(bias) * a + c
+
+
+def fold_input(weight, bias, affine):
+    """Exact (weight', bias') of a layer whose inputs first go through `affine`: W diag(a),
+    b + W c. For a Linear (out, in) a and c are per input; for a Conv2d (O, C, k, k) per channel
+    (the caller checks that a shift meets no padding: padded zeros are not shifted). weight' is
+    None where a is all ones (unchanged)."""
+    a, c = affine
+    shifts = any(v != 0 for v in c.ravel())
+    w = rationals(weight) if shifts or not _ones(a) else None
+    b = rationals(bias)
+    if shifts:
+        b = b + (w.sum(axis=(2, 3)) if weight.ndim == 4 else w).dot(c)
+    if _ones(a):
+        return None, b
+    return w * (a.reshape(1, -1, 1, 1) if weight.ndim == 4 else a.reshape(1, -1)), b
+
+
+# ---------------------------------------------------------------- BatchNorm
+
+def fold_batchnorm(weight, bias, gamma_, beta, mean, var, eps):
+    """(weight', bias', bounds) of a conv or linear layer (weight (out, ...), bias (out,))
+    followed by BatchNorm in evaluation mode, folded in float64 (module docstring). bounds:
+    {"max_weight_error", "max_bias_error"}, the largest bound on |folded - exact| (absolute).
+    The caller checks that var + eps > 0."""
+    w, b = (host.asarray(v, dtype=host.float64) for v in (weight, bias))
+    g, be, m, v = (host.asarray(x, dtype=host.float64) for x in (gamma_, beta, mean, var))
+    s = g / host.sqrt(v + float(eps))  # three roundings: gamma_3 relative
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    folded_w = w * s.reshape(shape)  # a fourth
+    centred = b - m
+    folded_b = centred * s + be  # the bias: five, on |b - mean| |s| + |beta|
+    slack = 1 + 8 * U64  # the bounds' own roundings
+    w_bound = (gamma(4) / (1 - gamma(4)) * host.abs(folded_w) + ETA64) * slack
+    b_bound = (gamma(5) * (host.abs(centred) * host.abs(s) * (1 + gamma(4)) + host.abs(be)) + 2 * ETA64) * slack
+    bounds = {"max_weight_error": float(host.max(w_bound)), "max_bias_error": float(host.max(b_bound))}
+    return folded_w, folded_b, bounds
+
+
+def batchnorm_problem(mean, var, eps, channels):
+    """None, or why BatchNorm statistics cannot be folded: shapes other than (channels,), NaN or
+    inf, var + eps <= 0."""
+    for name, a in (("running mean", mean), ("running variance", var)):
+        if a is None:
+            return f"no {name} (track_running_stats=False normalises with each batch's statistics)"
+        if tuple(a.shape) != (channels,):
+            return f"{name} of shape {tuple(a.shape)} for {channels} channels"
+        if not host.all(host.isfinite(a)):
+            return f"{name} has NaN or inf"
+    if not math.isfinite(float(eps)) or not host.all(host.asarray(var, dtype=host.float64) + float(eps) > 0):
+        return f"var + eps is not positive (eps {float(eps):g})"
+    return None
+
+
+# ---------------------------------------------------------------- records
+
+def record(kind, where, into, exact, precision, **extra):
+    """The metadata entry of one fold (model.metadata["folds"]), said on stderr where it rounds."""
+    entry = {"kind": kind, "from": where, "into_layer": into, "exact": bool(exact), "precision": precision, **extra}
+    if kind == "batchnorm":
+        warnings.warn(f"{where} folded into layer {into} in float64: the model certified is the folded one (each "
+                      f"folded value within {entry['max_weight_error']:.2g} of the exact fold on weights, "
+                      f"{entry['max_bias_error']:.2g} on biases)", FoldWarning, stacklevel=3)
+    elif not exact:
+        warnings.warn(f"{where} folds into layer {into} only with rounding (correctly rounded to float64): the "
+                      "model is the rounded fold, which fast mode certifies and sound mode refuses", FoldWarning,
+                      stacklevel=3)
+    return entry
+
+
+def rounded_folds(metadata):
+    """The elementwise folds in a model's metadata that rounded (sound mode refuses those)."""
+    folds = metadata.get("folds", []) if isinstance(metadata, dict) else []
+    return [f for f in folds if isinstance(f, dict) and f.get("kind") == "elementwise" and not f.get("exact", True)]
