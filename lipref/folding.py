@@ -39,7 +39,10 @@ def gamma(k):
 # ---------------------------------------------------------------- exact rationals
 
 def rationals(a):
-    """An object array of Fractions holding exactly the values of float host array `a`."""
+    """An object array of Fractions holding exactly the values of float host array `a` (an
+    object array, already rationals, as it is)."""
+    if a.dtype == object:
+        return a
     values = host.asarray(a, dtype=host.float64)  # float16/32 widen exactly
     out = host.empty(values.shape, dtype=object)
     out.ravel()[:] = [Fraction(v) for v in values.ravel().tolist()]
@@ -211,14 +214,18 @@ def record(kind, where, into, exact, precision, **extra):
         warnings.warn(f"{where} folded into layer {into} in float64: the model certified is the folded one (each "
                       f"folded value within {entry['max_weight_error']:.2g} of the exact fold on weights, "
                       f"{entry['max_bias_error']:.2g} on biases)", FoldWarning, stacklevel=3)
-    elif not exact:
+    elif not exact and entry.get("input_normalisation"):
         warnings.warn(f"{where} folds into layer {into} only with rounding (correctly rounded to float64): the "
                       "model is the rounded fold, which fast mode certifies and sound mode refuses", FoldWarning,
                       stacklevel=3)
+    elif not exact:
+        warnings.warn(f"{where} folded into layer {into} with rounding: the model certified is the folded one, each "
+                      "value the exact fold correctly rounded to float64", FoldWarning, stacklevel=3)
     return entry
 
 
 def rounded_folds(metadata):
-    """The elementwise folds in a model's metadata that rounded (sound mode refuses those)."""
+    """The input normalisations in a model's metadata whose fold rounded: sound mode refuses those."""
     folds = metadata.get("folds", []) if isinstance(metadata, dict) else []
-    return [f for f in folds if isinstance(f, dict) and f.get("kind") == "elementwise" and not f.get("exact", True)]
+    return [f for f in folds if isinstance(f, dict) and f.get("kind") == "elementwise" and not f.get("exact", True)
+            and f.get("input_normalisation")]

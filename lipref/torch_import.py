@@ -11,6 +11,12 @@ dropped where the rest is the architecture's shape. Its clipped ReLU is max(min(
 lipref's min(max(x, 0), t): equal for t >= 0, and for t < 0 both are 0 once t is clamped to
 0 at import (`official_layout`), so the imported model computes the checkpoint's function.
 
+BatchNorm2d / BatchNorm1d (evaluation mode: running statistics) right after a conv or linear
+module is folded into it in float64 (torch_modules.fold_batchnorms; lipref.folding states the
+bound), and the modules after it are renumbered as if it were not there; a module whose
+parameters are none of these is named in a one-line error. An nn.Sequential in memory is
+imported by `from_torch_module` (torch_modules.py).
+
 `arch` is a named architecture (4c3f, 6c2f, 8c2f, 2c2f, mlp-W1-W2...), "auto" (the named
 architecture, or a dense stack, whose parameter names and shapes fit the checkpoint; the
 input shape is found the same way when not given), or a
@@ -30,6 +36,7 @@ from .precision import widen_exactly
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+TORCH_BATCHNORM_EPS = 1e-5  # nn.BatchNorm's default eps: a state dict does not hold it
 TORCH_FLOATS = ("float16", "bfloat16", "float32", "float64")  # float8 and others are refused
 
 
@@ -291,7 +298,8 @@ def _fitting_shape(arch, arrays, n_classes, activation, path):
 
 # ---------------------------------------------------------------- the import
 
-def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None):
+def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None,
+                            batchnorm_eps=TORCH_BATCHNORM_EPS):
     """A lipref model (NumPy backend) with the checkpoint's parameters, exactly: float32, or
     float64 where the checkpoint holds float64 (a mixed one widens to float64; lipref.precision).
 
@@ -301,8 +309,10 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     int, or None to read it from the last linear weight. activation: relu, clipped_relu,
     maxmin, or "auto"/None to read it from the parameter names. Missing, unexpected or
     wrong-shape parameters raise TorchImportError listing every one. out_path: when given,
-    the model is also saved there (models.save_model, atomic)."""
-    arrays = read_state_dict(path)
+    the model is also saved there (models.save_model, atomic). BatchNorm modules are folded
+    (`fold_batchnorms`, with `batchnorm_eps`, torch's default; the model is then float64)."""
+    from .torch_modules import fold_batchnorms
+    arrays, folds = fold_batchnorms(os.fspath(path), read_state_dict(path), batchnorm_eps)
     try:
         input_shape = None if input_shape is None else check_shape("input shape", tuple(input_shape))
         n_classes = check_int("the number of classes", infer_n_classes(arrays) if n_classes is None else n_classes, 1)
@@ -322,6 +332,16 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": int(n_classes), "threshold_init": 1.0,
                       "imported_from": os.path.basename(os.fspath(path))}
+    if folds:
+        model.metadata["folds"] = folds
     if out_path is not None:
         save_model(out_path, model)
     return model
+
+
+def from_torch_module(module, input_shape):
+    """A lipref model (NumPy backend) computing `module`, an nn.Sequential in memory, on inputs
+    of feature shape `input_shape`, with the module's exact parameter values (see
+    torch_modules.module_to_model for the modules read)."""
+    from .torch_modules import module_to_model
+    return module_to_model(module, input_shape)

@@ -20,6 +20,7 @@ from lipref.commands.common import (
 )
 from lipref.data.ranges import expected_range
 from lipref.errors import InputError
+from lipref.importing import import_summary
 from lipref.inputs import data_for_model, load_model_file
 from lipref.layers import ACTIVATIONS
 from lipref.outputs import json_ready
@@ -121,7 +122,7 @@ def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path)
     model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
-               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}{import_summary(model)}")
 
 
 @click.command("import-onnx")
@@ -138,7 +139,7 @@ def import_onnx(onnx_path, out_path):
     model = import_onnx_model(onnx_path, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
-               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}{import_summary(model)}")
 
 
 @click.command()

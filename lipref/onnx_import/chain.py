@@ -47,6 +47,7 @@ class Chain(FoldingOps):
         self.layers, self.nodes, self.params, self.pending_min = [], [], {}, None
         self.canonical, self.input_perm, self.folds = self.shape, None, []
         self.pending, self.side, self.pending_from, self.after_affine = None, None, [], False
+        self.at_input, self.rounded = True, {}  # rounded: {layer: exact (weight, bias)} of folds that rounded
         self.input_shape, self.shapes = self.shape, {input_name: self.shape}  # shapes: of the chain's tensors
         self.reset_order()
 

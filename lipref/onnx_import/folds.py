@@ -5,9 +5,11 @@
   Conv): right after a Conv / Gemm / MatMul, onto its outputs (a bias Add, Keras's batch norm
   as Mul + Add); elsewhere held until the next Conv / Gemm / MatMul and folded onto its inputs
   (input normalisation, (x - mean) / std or x * (1 / std) + c). The fold is exact where the
-  model's precision or float64 holds it; else correctly rounded to float64, recorded, and
-  refused by sound mode. A shift before a padded Conv is refused in any mode: the padded zeros
-  are zeros of the normalised input, which no per-channel bias reproduces;
+  model's precision or float64 holds it; else correctly rounded to float64 and recorded: an
+  input normalisation (constants before the first layer) is then refused by sound mode, a fold
+  between layers (Keras's batch norm) is certified as folded in both modes, as a BatchNorm is.
+  A shift before a padded Conv is refused in any mode: the padded zeros are zeros of the
+  normalised input, which no per-channel bias reproduces;
 - BatchNormalization (inference) right after a Conv / Gemm / MatMul, folded in float64;
 - Transpose: at the input (Keras's NHWC input and its Transpose (0, 3, 1, 2)) it fixes the
   layout the imported model reads; after a layer (Keras's flatten of NHWC features) it is
@@ -54,6 +56,7 @@ class FoldingOps:
         if self.pending is None:
             self.pending, self.side, self.pending_from = Elementwise(self.canonical), \
                 "output" if self.after_affine else "input", []
+            self.at_input = not any(layer.is_affine for layer in self.layers)  # an input normalisation
         why = self.pending.apply(node.op_type, constant, data_first=node.input[0] == self.current)
         if why is not None:
             raise self.error(node, f"{why}: lipref folds x + c, x - c, c - x, x * c and x / c into a conv or linear "
@@ -73,6 +76,11 @@ class FoldingOps:
                                    "(lipref folds one value per channel)")
         return pair
 
+    def exact_parameters(self, index):
+        """(weight, bias) of layer `index`, exact: as stored, or the rationals of an earlier fold
+        into it that rounded (so that successive folds round once)."""
+        return self.rounded.get(index, (self.params[f"{index}.weight"], self.params[f"{index}.bias"]))
+
     def _store(self, node, index, weight, bias):
         """Store the exact folded weight (None: unchanged) and bias of layer `index`, in the
         model's precision, or float64, or correctly rounded to float64 (recorded)."""
@@ -85,18 +93,20 @@ class FoldingOps:
             raise self.error(node, f"{self._described()} folded into layer {index} gives values beyond float64")
         (w, w_exact), (b, b_exact) = stored
         self.params[f"{index}.weight"], self.params[f"{index}.bias"] = w, b
-        exact = w_exact and b_exact
+        exact, already = w_exact and b_exact, index in self.rounded
+        if not exact:
+            self.rounded[index] = (self.exact_parameters(index)[0] if weight is None else weight, bias)
         scaled = weight is not None or self.side == "input"
-        if scaled or not exact:  # a plain bias Add is the layer's bias, not a fold worth recording
-            self.folds.append(record("elementwise", self._described(), index, exact,
-                                     str(host.result_type(w, b)), side=self.side))
+        if scaled or not (exact or already):  # a plain bias Add is the layer's bias: recorded where it alone rounds
+            self.folds.append(record("elementwise", self._described(), index, exact, str(host.result_type(w, b)),
+                                     side=self.side, input_normalisation=self.side == "input" and self.at_input))
         self.pending = None
 
     def flush_output(self, node):
         """Fold a pending map on the last layer's outputs into that layer."""
         index = len(self.layers) - 1
         a = self._per_channel(self.layers[index], node)
-        w, b = fold_output(self.params[f"{index}.weight"], self.params[f"{index}.bias"], a)
+        w, b = fold_output(*self.exact_parameters(index), a)
         self._store(node, index, w, b)
 
     def fold_into_inputs(self, node, index):
