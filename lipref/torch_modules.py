@@ -58,10 +58,11 @@ def unreadable_modules(path, modules):
     problems = []
     for index, params in sorted((i, p) for i, p in modules.items() if i is not None):
         names = set(params)
-        norm_like = {"weight", "bias"} <= names and params["weight"].ndim == 1 and "running_mean" not in names
+        norm_like = "weight" in names and params["weight"].ndim == 1 and "running_mean" not in names
         if norm_like or not names <= KNOWN_NAMES:  # a parameter missing or misshapen is listed later, by name
             guess = (": a normalisation without running statistics (LayerNorm, GroupNorm, or BatchNorm with "
-                     "track_running_stats=False)" if names == {"weight", "bias"} else "")
+                     "track_running_stats=False)" if names == {"weight", "bias"} else
+                     ": a per-feature weight (PReLU?)" if names == {"weight"} else "")
             problems.append(f"module at {index} ({_describe(params)}){guess}")
     if None in modules:
         names = sorted(modules[None])
