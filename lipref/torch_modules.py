@@ -1,7 +1,7 @@
 """What the modules of a torch nn.Sequential are, and what lipref makes of them: from a
 checkpoint's parameter names (`fold_batchnorms`, `unreadable_modules`, used by
 torch_import.import_torch_checkpoint) and from the modules in memory (`module_to_model`,
-which `lipref.from_torch` calls).
+which the Python API's `lipref.from_torch` calls).
 
 BatchNorm in evaluation mode right after a Conv2d or Linear is folded into it in float64
 (lipref.folding.fold_batchnorm: the model certified is the folded one, each value within the
@@ -68,7 +68,7 @@ def unreadable_modules(path, modules):
         names = sorted(modules[None])
         problems.append(f"parameters not named by an nn.Sequential's module index ({', '.join(names[:4])}"
                         f"{' ...' if len(names) > 4 else ''}; for another nn.Module, build its nn.Sequential in Python "
-                        "and call lipref.from_torch)")
+                        "and call lipref.torch_import.from_torch_module)")
     if problems:
         raise TorchImportError(f"{path}: modules lipref does not read (it reads {READ}): " + "; ".join(problems))
 
@@ -231,7 +231,8 @@ def _read(builder, index, m, nn):
     """Read module `m` (the index-th) into the builder, or raise naming it."""
     label = f"{type(m).__name__} at {index}"
     params = {name for name, _ in m.named_parameters(recurse=False)}
-    if getattr(m, "training", False) and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)):
+    random_or_batch = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    if getattr(m, "training", False) and isinstance(m, random_or_batch):
         raise builder.refuse(label, "in training mode (call module.eval() first)")
     if isinstance(m, nn.Linear):
         builder.linear(index, label, m)
@@ -267,7 +268,7 @@ def module_to_model(module, input_shape):
     torch = require_torch()
     nn = torch.nn
     if not isinstance(module, nn.Sequential):
-        raise TorchImportError(f"lipref.from_torch takes an nn.Sequential, got {type(module).__name__} (wrap the "
+        raise TorchImportError(f"from_torch takes an nn.Sequential, got {type(module).__name__} (wrap the "
                                "layers in one)")
     try:
         shape = check_shape("input shape", tuple(input_shape))

@@ -111,7 +111,8 @@ def test_a_normalisation_that_folds_exactly_keeps_float32_and_the_exact_values(t
     w, b = (numpy.asarray(model.parameters()[k].value) for k in ("0.weight", "0.bias"))
     file_w, file_b = (numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer[2:4])
     exact_w = [[Fraction(float(x)) / Fraction(s) for x, s in zip(row, std)] for row in file_w]
-    exact_b = [Fraction(float(bi)) - sum(wij * Fraction(m) for wij, m in zip(row, mean)) for bi, row in zip(file_b, exact_w)]
+    exact_b = [Fraction(float(bi)) - sum(wij * Fraction(m) for wij, m in zip(row, mean))
+               for bi, row in zip(file_b, exact_w)]
     assert [[Fraction(float(x)) for x in row] for row in w] == exact_w
     assert [Fraction(float(x)) for x in b] == exact_b
     _matches_reference(path, model, (4,), rtol=1e-6)
@@ -160,7 +161,8 @@ def test_an_nhwc_input_a_transposed_flatten_and_a_pool_carry_constants_and_colum
              _node("Conv", ["p", "w", "b"], "c", "conv"), _node("Relu", ["c"], "r", "relu"),
              _node("Transpose", ["r"], "back", "to_nhwc", perm=[0, 2, 3, 1]),
              _node("Shape", ["back"], "shape", "shape"), _node("Gather", ["shape", "zero"], "n0", "batch"),
-             _node("Unsqueeze", ["n0", "axes"], "n1", "unsq"), _node("Concat", ["n1", "minus1"], "target", "cat", axis=0),
+             _node("Unsqueeze", ["n0", "axes"], "n1", "unsq"),
+             _node("Concat", ["n1", "minus1"], "target", "cat", axis=0),
              _node("Reshape", ["back", "target"], "f", "flat"), _node("MatMul", ["f", "w2"], "m", "fc"),
              _node("Add", ["m", "b2"], "logits", "bias")]
     inits = [_init("mean", [[[[0.25, -0.5]]]]), _init("inv", [2.0, 0.5]), _init("w", RNG.normal(size=(3, 2, 2, 2))),

@@ -78,7 +78,8 @@ def test_torch_exports_import_with_the_reference_evaluators_logits(tmp_path, kin
     dense = kind == "dense"
     assert model.metadata == {"arch": "onnx", "activation": "clipped_relu" if kind == "clipped" else "relu",
                               "input_shape": [6] if dense else [3, 8, 8], "n_classes": 3 if dense else 5,
-                              "threshold_init": 1.0, "imported_from": path.name, "input_layout": "ND" if dense else "NCHW"}
+                              "threshold_init": 1.0, "imported_from": path.name,
+                              "input_layout": "ND" if dense else "NCHW"}
     act = "ClippedReLU" if kind == "clipped" else "ReLU"
     if dense:
         assert _kinds(model) == ["Linear", act, "Linear"]

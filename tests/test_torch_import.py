@@ -257,7 +257,8 @@ def test_a_dense_checkpoint_with_batchnorm_certifies_in_fast_and_sound_mode(tmp_
     (lambda nn: [nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)],
      "BatchNorm at 2: lipref folds a BatchNorm into the conv or linear module right before it, and module 1 is a "
      "module without parameters"),
-    (lambda nn: [nn.Linear(4, 8), nn.PReLU(8), nn.Linear(8, 3)], "module at 1 (weight (8,)): a per-feature weight (PReLU?)"),
+    (lambda nn: [nn.Linear(4, 8), nn.PReLU(8), nn.Linear(8, 3)],
+     "module at 1 (weight (8,)): a per-feature weight (PReLU?)"),
 ])
 def test_a_checkpoint_with_modules_lipref_does_not_read_names_them(tmp_path, modules, message):
     torch.save(torch.nn.Sequential(*modules(torch.nn)).state_dict(), tmp_path / "other.pth")
@@ -300,7 +301,7 @@ def test_from_torch_reads_an_nn_sequential_with_its_exact_values_and_folds_batch
      "Conv2d at 0: groups 2"),
     (lambda nn: nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).eval(), (4,), "Linear at 0: in_features 5"),
     (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.ReLU()).eval(), (4,), "the last module must be the nn.Linear"),
-    (lambda nn: nn.Linear(4, 3), (4,), "lipref.from_torch takes an nn.Sequential, got Linear"),
+    (lambda nn: nn.Linear(4, 3), (4,), "from_torch takes an nn.Sequential, got Linear"),
     (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval(), (4,),
      "BatchNorm1d at 2: lipref folds a BatchNorm into the Conv2d or Linear module right before it"),
 ])

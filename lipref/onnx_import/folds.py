@@ -177,8 +177,8 @@ class FoldingOps:
         """A Cast of the data to its own float type or a wider one (values kept): nothing to do."""
         to = self.attributes(node).get("to")
         if FLOAT_ORDER.get(to, -1) < FLOAT_ORDER.get(self.data_type, 99) or (to in (10, 16) and to != self.data_type):
-            raise self.error(node, f"a Cast of the data from type {self.data_type} to {to}: lipref reads casts that keep "
-                                   "the values (to the same float type or a wider one)")
+            raise self.error(node, f"a Cast of the data from type {self.data_type} to {to}: lipref reads casts that "
+                                   "keep the values (to the same float type or a wider one)")
         self.data_type = to
 
     def input_layout(self):
@@ -187,4 +187,5 @@ class FoldingOps:
             return "ND"
         if self.input_perm in (None, [0, 1, 2]):
             return "NCHW"
-        return "NHWC" if self.input_perm == [2, 0, 1] else f"axes {[0] + [p + 1 for p in self.input_perm]} of the file's"
+        axes = [0] + [p + 1 for p in self.input_perm]
+        return "NHWC" if self.input_perm == [2, 0, 1] else f"axes {axes} of the file's"
