@@ -8,12 +8,16 @@ side of a layer W' = W diag(a), b' = b + W c; on its output side W' = diag(a) W,
 `store` keeps them where the model's precision, or else float64, holds every value exactly:
 the folded model then computes exactly the function the file describes. Where neither does,
 the fold rounds: each value is the exact one correctly rounded to float64 (within half an
-ulp), the fold is recorded as rounded, and sound mode refuses the model (`rounded_folds`).
+ulp), and the fold is recorded as rounded (`record`, said on stderr). An input normalisation
+(constants before the first layer) that rounds is refused by sound mode (`rounded_folds`): it
+can be left out of the model and applied to the data. A rounded fold between layers (Keras's
+batch norm as Mul + Add, a bias Add after it) is a batch norm's fold, and is treated as one.
 
 BatchNorm in evaluation mode, gamma (z - mean) / sqrt(var + eps) + beta (`fold_batchnorm`):
 the square root has no exact floating-point value in general, so no exact fold exists. It is
 folded in float64, W' = W s, b' = (b - mean) s + beta with s = gamma / sqrt(var + eps), and the
-model certified (in both modes) is that folded float64 model; each folded value is within a
+model certified (in both modes) is that folded float64 model, as the metadata and stderr say;
+each folded value is within a
 stated bound of the exact fold (gamma_4 relative on weights, gamma_5 (|b - mean| |s| + |beta|)
 on biases, plus the smallest subnormal; the bounds are recorded with the fold).
 """
@@ -22,6 +26,7 @@ import warnings
 from fractions import Fraction
 
 from .backend import host
+from .exact import exact_row_sums, scaled, scaled_plain
 
 U64 = 2.0 ** -53  # float64's unit roundoff
 ETA64 = 2.0 ** -1074  # float64's smallest subnormal
@@ -140,33 +145,55 @@ class Elementwise:
         return out
 
 
-def _ones(a):
-    return all(v == 1 for v in a.ravel())
+def _groups(factors):
+    """{value: indices} of an object array of Fractions (1-D)."""
+    out = {}
+    for i, v in enumerate(factors.ravel().tolist()):
+        out.setdefault(v, []).append(i)
+    return out
 
 
-def fold_output(weight, bias, affine):
-    """Exact (weight', bias') of a layer (out, ...) followed by `affine` on its outputs, whose
-    scale and shift are one per output (shape (out,)): diag(a) W, a b + c (object arrays;
-    weight' None where a is all ones: the weight is unchanged)."""
-    a, c = affine
-    w = None if _ones(a) else rationals(weight) * a.reshape((-1,) + (1,) * (weight.ndim - 1))
-    return w, rationals(bias) * a + c
+def _shift_terms(weight, shift):
+    """W c exactly (Fractions, one per output) for shifts c per input column / channel."""
+    total = [Fraction(0)] * weight.shape[0]
+    for value, cols in _groups(shift).items():
+        if value != 0:
+            sums = exact_row_sums(weight[:, cols])
+            total = [t + value * s for t, s in zip(total, sums)]
+    return host.array(total, dtype=object)
 
 
-def fold_input(weight, bias, affine):
-    """Exact (weight', bias') of a layer whose inputs first go through `affine`: W diag(a),
-    b + W c. For a Linear (out, in) a and c are per input; for a Conv2d (O, C, k, k) per channel
-    (the caller checks that a shift meets no padding: padded zeros are not shifted). weight' is
-    None where a is all ones (unchanged)."""
-    a, c = affine
-    shifts = any(v != 0 for v in c.ravel())
-    w = rationals(weight) if shifts or not _ones(a) else None
-    b = rationals(bias)
-    if shifts:
-        b = b + (w.sum(axis=(2, 3)) if weight.ndim == 4 else w).dot(c)
-    if _ones(a):
-        return None, b
-    return w * (a.reshape(1, -1, 1, 1) if weight.ndim == 4 else a.reshape(1, -1)), b
+def fold_affine(weight, bias, inputs=None, outputs=None, scale=None):
+    """The fold of x -> a x + c before a layer (`inputs` (a, c): one per input of a Linear (out,
+    in), per channel of a Conv2d (O, C, k, k)) and z -> r z + s after it (`outputs` (r, s): one
+    per output): W' = diag(r) W diag(a), b' = r (b + W c) + s, exactly (module docstring).
+    Returns (weight', exact, bias'): weight' a float64 array, each value the exact one correctly
+    rounded, or None where the weight is unchanged; exact whether weight' is the exact product;
+    bias' Fractions. None where a value exceeds float64. `scale` (exact.scaled or
+    exact.scaled_plain; None: scaled, or scaled_plain with the kernels off) multiplies blocks."""
+    if scale is None:
+        from .kernels import enabled
+        scale = scaled if enabled() else scaled_plain
+    ones = host.full(weight.shape[1], Fraction(1), dtype=object)
+    a, c = inputs if inputs is not None else (ones, ones * 0)
+    r, s = outputs if outputs is not None else (host.full(weight.shape[0], Fraction(1), dtype=object),
+                                                host.full(weight.shape[0], Fraction(0), dtype=object))
+    b = rationals(bias) + _shift_terms(weight, c) if any(v != 0 for v in c.ravel()) else rationals(bias)
+    b = r * b + s
+    if all(v == 1 for v in r.ravel()) and all(v == 1 for v in a.ravel()):
+        return None, True, b
+    out, exact = host.array(weight, dtype=host.float64), True
+    for r_value, rows in _groups(r).items():
+        for a_value, cols in _groups(a).items():
+            f = r_value * a_value
+            if f == 1:
+                continue
+            index = host.ix_(rows, cols)
+            result = scale(out[index], f)
+            if result is None:
+                return None
+            out[index], exact = result[0], exact and result[1]
+    return out, exact, b
 
 
 # ---------------------------------------------------------------- BatchNorm

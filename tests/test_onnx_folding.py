@@ -240,3 +240,36 @@ def test_a_cast_to_the_same_or_a_wider_float_is_read_as_nothing(tmp_path):
     path = _save(tmp_path, nodes, [_init("w", RNG.normal(size=(3, 4)), numpy.float64)], (4,))
     model = import_onnx_model(path)
     assert [type(layer).__name__ for layer in model.layers] == ["Linear"] and "folds" not in model.metadata
+
+
+# ---------------------------------------------------------------- the vectorised exact products against Fractions
+
+finite64 = st.floats(allow_nan=False, allow_infinity=False)
+factors = st.one_of(
+    finite64.filter(lambda v: v != 0).map(Fraction),  # a float64: one IEEE product
+    st.floats(1e-3, 1e3).map(lambda v: 1 / Fraction(v)),  # 1 / std: one product and one division
+    st.floats(0.5, 1e3, width=32).map(lambda v: Fraction(float(numpy.float32(1 / 255))) * Fraction(v)),  # neither
+    st.sampled_from([Fraction(2), Fraction(1, 3), Fraction(3, 2 ** 1000), Fraction(2 ** 1000, 3), Fraction(-7, 5)]))
+
+
+@given(st.lists(finite64, min_size=1, max_size=12), factors, st.booleans())
+def test_scaled_is_scaled_plain_value_for_value(values, factor, single):
+    """exact.scaled returns what the Fraction definition returns: the same correctly rounded
+    products, the same exactness, the same refusal of an overflow."""
+    from lipref.exact import scaled, scaled_plain
+    with numpy.errstate(over="ignore"):
+        a = numpy.asarray(values, dtype=numpy.float32 if single else numpy.float64)
+    a = a[numpy.isfinite(a)]
+    fast, plain = scaled(a, factor), scaled_plain(a, factor)
+    assert (fast is None) == (plain is None)
+    if plain is not None:
+        numpy.testing.assert_array_equal(fast[0], plain[0])
+        assert fast[1] == plain[1]
+
+
+def test_exact_row_sums_are_the_exact_sums():
+    from lipref.exact import exact_row_sums
+    rows = numpy.array([[1e300, 1.0, -1e300, 2.0 ** -1074], [0.1, 0.2, 0.3, -0.6]])
+    assert exact_row_sums(rows) == [Fraction(1) + Fraction(2.0 ** -1074), sum(map(Fraction, rows[1]))]
+    single = rows[1].astype(numpy.float32)
+    assert exact_row_sums(single[None]) == [sum(Fraction(float(v)) for v in single)]

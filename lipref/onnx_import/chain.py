@@ -47,7 +47,7 @@ class Chain(FoldingOps):
         self.layers, self.nodes, self.params, self.pending_min = [], [], {}, None
         self.canonical, self.input_perm, self.folds = self.shape, None, []
         self.pending, self.side, self.pending_from, self.after_affine = None, None, [], False
-        self.at_input, self.rounded = True, {}  # rounded: {layer: exact (weight, bias)} of folds that rounded
+        self.at_input, self.origin = True, {}  # origin: {layer: the file's (weight, bias, inputs' map)} where it rounded
         self.input_shape, self.shapes = self.shape, {input_name: self.shape}  # shapes: of the chain's tensors
         self.reset_order()
 
@@ -106,8 +106,10 @@ class Chain(FoldingOps):
         carried to the next layer's inputs where `node` lets it pass."""
         if self.pending is None or node.op_type in ARITHMETIC:
             return
-        if self.side == "output":
-            self.flush_output(node)
+        if self.side == "output" and node.op_type not in ("Identity", "Dropout", "Cast", "Transpose"):
+            self.flush_output(node)  # (those four change no value: the map goes on collecting after them)
+        elif self.side == "output":
+            return
         elif node.op_type not in AFFINE_OPS and (node.op_type not in ("AveragePool", "Flatten", "Reshape", "Transpose",
                                                                       "Identity", "Dropout", "Cast")
                                                  or not self.passes_pending(node)):

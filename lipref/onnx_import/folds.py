@@ -16,9 +16,10 @@
   carried to the next Flatten and the linear layer after it, whose columns it reorders (exact).
 """
 import math
+from fractions import Fraction
 
 from ..backend import host
-from ..folding import Elementwise, batchnorm_problem, fold_batchnorm, fold_input, fold_output, record, store
+from ..folding import Elementwise, batchnorm_problem, fold_affine, fold_batchnorm, record, store
 from ..layers import Conv2d
 
 ARITHMETIC = ("Add", "Sub", "Mul", "Div")
@@ -76,49 +77,71 @@ class FoldingOps:
                                    "(lipref folds one value per channel)")
         return pair
 
-    def exact_parameters(self, index):
-        """(weight, bias) of layer `index`, exact: as stored, or the rationals of an earlier fold
-        into it that rounded (so that successive folds round once)."""
-        return self.rounded.get(index, (self.params[f"{index}.weight"], self.params[f"{index}.bias"]))
-
-    def _store(self, node, index, weight, bias):
-        """Store the exact folded weight (None: unchanged) and bias of layer `index`, in the
-        model's precision, or float64, or correctly rounded to float64 (recorded)."""
+    def _store(self, node, index, folded):
+        """Store layer `index`'s folded weight and bias (`folding.fold_affine`'s result): in the
+        model's precision, or float64, where that holds them exactly, else correctly rounded to
+        float64; record the fold. Returns whether it was exact."""
+        if folded is None:
+            raise self.error(node, f"{self._described()} folded into layer {index} gives values beyond float64")
+        weight, w_exact, bias = folded
         dtypes = [self.params[f"{index}.weight"].dtype, self.params[f"{index}.bias"].dtype]
         dtypes += [self.constants[name].dtype for _, name in self.pending_from]
         precision = "float64" if any(d == host.float64 for d in dtypes) else "float32"
-        stored = [store(v, precision) if v is not None else (self.params[f"{index}.weight"], True)
-                  for v in (weight, bias)]
-        if any(s is None for s in stored):
+        stored = store(bias, precision)
+        if stored is None:
             raise self.error(node, f"{self._described()} folded into layer {index} gives values beyond float64")
-        (w, w_exact), (b, b_exact) = stored
-        self.params[f"{index}.weight"], self.params[f"{index}.bias"] = w, b
-        exact, already = w_exact and b_exact, index in self.rounded
-        if not exact:
-            self.rounded[index] = (self.exact_parameters(index)[0] if weight is None else weight, bias)
-        scaled = weight is not None or self.side == "input"
-        if scaled or not (exact or already):  # a plain bias Add is the layer's bias: recorded where it alone rounds
+        b, b_exact = stored
+        if weight is not None:
+            narrow = weight.astype(host.float32) if precision == "float32" and w_exact else None
+            keep = narrow is not None and bool(host.all(narrow == weight))
+            self.params[f"{index}.weight"] = narrow if keep else weight
+        self.params[f"{index}.bias"] = b
+        exact = w_exact and b_exact
+        return exact
+
+    def _record(self, index, exact, scaled):
+        """Record the fold (a plain bias Add, exact, is the layer's bias: not recorded)."""
+        if scaled or not exact:
+            w, b = self.params[f"{index}.weight"], self.params[f"{index}.bias"]
             self.folds.append(record("elementwise", self._described(), index, exact, str(host.result_type(w, b)),
                                      side=self.side, input_normalisation=self.side == "input" and self.at_input))
         self.pending = None
 
     def flush_output(self, node):
-        """Fold a pending map on the last layer's outputs into that layer."""
+        """Fold a pending map on the last layer's outputs into that layer: from the layer's
+        values, or, where an earlier fold onto its inputs rounded, from the file's values with
+        both maps (`origin`), so that the layer is rounded once."""
         index = len(self.layers) - 1
-        a = self._per_channel(self.layers[index], node)
-        w, b = fold_output(*self.exact_parameters(index), a)
-        self._store(node, index, w, b)
+        scale, shift = self._per_channel(self.layers[index], node)
+        scaled = any(v != 1 for v in scale.ravel())
+        if index in self.origin:  # after an earlier output map r1 z + s1: r (r1 z + s1) + s
+            weight, bias, inputs, (r1, s1) = self.origin[index]
+            self.origin[index] = (weight, bias, inputs, (scale * r1, scale * s1 + shift))
+            exact = self._store(node, index, fold_affine(weight, bias, inputs, self.origin[index][3]))
+            if scaled:
+                self._record(index, exact, scaled)
+            self.pending = None  # a plain bias Add: the earlier fold's record says the layer rounded
+            return
+        weight, bias = self.params[f"{index}.weight"], self.params[f"{index}.bias"]
+        exact = self._store(node, index, fold_affine(weight, bias, None, (scale, shift)))
+        if not exact:
+            self.origin[index] = (weight, bias, None, (scale, shift))
+        self._record(index, exact, scaled or not exact)
 
     def fold_into_inputs(self, node, index):
         """Fold a pending map on the inputs of the layer just added (`index`) into it."""
         layer = self.layers[index]
-        a = self._per_channel(layer, node)
+        inputs = self._per_channel(layer, node)
         if isinstance(layer, Conv2d) and layer.padding and self.pending.shifts:
             raise self.error(node, f"{self._described()} shifts the inputs of a conv with padding {layer.padding}: its "
                                    "padded zeros are zeros of the shifted input, which no bias reproduces (export "
                                    "the model without the normalisation, or with an unpadded first conv)")
-        w, b = fold_input(self.params[f"{index}.weight"], self.params[f"{index}.bias"], a)
-        self._store(node, index, w, b)
+        weight, bias = self.params[f"{index}.weight"], self.params[f"{index}.bias"]
+        exact = self._store(node, index, fold_affine(weight, bias, inputs, None))
+        if not exact:
+            ones = host.full(weight.shape[0], Fraction(1), dtype=object)
+            self.origin[index] = (weight, bias, inputs, (ones, ones * 0))
+        self._record(index, exact, True)
 
     def passes_pending(self, node):
         """Whether a pending input-side map may pass `node` on its way to the next layer (an
