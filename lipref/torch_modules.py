@@ -8,9 +8,11 @@ BatchNorm in evaluation mode right after a Conv2d or Linear is folded into it in
 recorded bound of the exact fold). Everything else lipref does not read is named, with its
 module index, in a one-line TorchImportError.
 """
+import warnings
+
 from .backend import get_backend, host
 from .errors import InputError
-from .folding import batchnorm_problem, fold_batchnorm, record
+from .folding import FoldWarning, batchnorm_problem, fold_batchnorm, record
 from .layers import AvgPool2d, ClampedMaxMin, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential, check_shape
 from .models import load_parameters_into
 from .torch_import import TORCH_BATCHNORM_EPS, TorchImportError, _to_host, require_torch
@@ -92,6 +94,9 @@ def fold_batchnorms(path, arrays, eps=TORCH_BATCHNORM_EPS):
         into = k - 1 - sum(1 for j in norms if j < k - 1)
         layer["weight"], layer["bias"], entry = _fold(path, label, layer["weight"], layer.get("bias"), bn, eps, into)
         folds.append(entry)
+    if norms:
+        warnings.warn(f"{path}: BatchNorm eps {eps:g} taken (a state dict does not hold it; {eps:g} is torch's "
+                      "default unless given: import-torch --batchnorm-eps)", FoldWarning, stacklevel=2)
     renumbered = {}
     for i, params in modules.items():
         if i is not None and i not in norms:

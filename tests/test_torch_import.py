@@ -251,6 +251,31 @@ def test_a_dense_checkpoint_with_batchnorm_certifies_in_fast_and_sound_mode(tmp_
         assert "BatchNorm1d at 1 folded into layer 0 in float64" in result.stderr
 
 
+def test_a_checkpoint_batchnorm_eps_is_said_and_can_be_given(tmp_path):
+    """A state dict does not hold eps: 1e-5 is taken and said; --batchnorm-eps gives the model's."""
+    nn = torch.nn
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, eps=1e-2), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.01, 0.02)  # var near eps: the eps matters
+    torch.save(net.eval().state_dict(), tmp_path / "eps.pth")
+    for eps, same in ((None, False), (1e-2, True)):
+        args = ["import-torch", str(tmp_path / "eps.pth"), "--out", str(tmp_path / "eps.npz")]
+        result = _run(args + ([] if eps is None else ["--batchnorm-eps", str(eps)]))
+        assert result.exit_code == 0, result.output
+        assert f"BatchNorm eps {eps or 1e-5:g} taken (a state dict does not hold it" in result.stderr
+        import array_api_compat.numpy as xp
+
+        from lipref.models import load_model
+        model = load_model(tmp_path / "eps.npz", xp)
+        x = numpy.random.default_rng(0).normal(size=(5, 3))
+        with torch.no_grad():
+            expected = net.double()(torch.from_numpy(x)).numpy()
+        net.float()
+        close = numpy.allclose(numpy.asarray(model(xp.asarray(x), record=False)), expected, rtol=1e-9, atol=1e-9)
+        assert close == same
+
+
 @pytest.mark.parametrize("modules, message", [
     (lambda nn: [nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)],
      "module at 1 (bias (8,), weight (8,)): a normalisation without running statistics (LayerNorm"),

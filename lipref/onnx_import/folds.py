@@ -80,7 +80,7 @@ class FoldingOps:
     def _store(self, node, index, folded):
         """Store layer `index`'s folded weight and bias (`folding.fold_affine`'s result): in the
         model's precision, or float64, where that holds them exactly, else correctly rounded to
-        float64; record the fold. Returns whether it was exact."""
+        float64. Returns whether the stored values are the exact fold."""
         if folded is None:
             raise self.error(node, f"{self._described()} folded into layer {index} gives values beyond float64")
         weight, w_exact, bias = folded
