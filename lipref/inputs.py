@@ -8,7 +8,7 @@ from . import data as D
 from .backend import float_dtype, get_backend, host, to_host
 from .data import ranges
 from .errors import InputError
-from .importing import load_any_model, on_backend
+from .importing import check_sound, load_any_model, on_backend
 from .precision import exact_in_float32
 from .seeds import check_seed
 
@@ -79,6 +79,8 @@ def compute_dtype(mode, dtype, dataset, model=None):
     if mode == "sound":
         if dtype == "float32":
             raise InputError("sound mode computes in float64; --dtype float32 cannot be sound")
+        if model is not None:
+            check_sound(model)  # an import's fold that rounded
         return "float64"
     if dtype != "auto":
         return dtype

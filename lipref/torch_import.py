@@ -11,6 +11,12 @@ dropped where the rest is the architecture's shape. Its clipped ReLU is max(min(
 lipref's min(max(x, 0), t): equal for t >= 0, and for t < 0 both are 0 once t is clamped to
 0 at import (`official_layout`), so the imported model computes the checkpoint's function.
 
+BatchNorm2d / BatchNorm1d (evaluation mode: running statistics) right after a conv or linear
+module is folded into it in float64 (torch_modules.fold_batchnorms; lipref.folding states the
+bound), and the modules after it are renumbered as if it were not there; a module whose
+parameters are none of these is named in a one-line error. An nn.Sequential in memory is
+imported by `from_torch_module` (torch_modules.py).
+
 `arch` is a named architecture (4c3f, 6c2f, 8c2f, 2c2f, mlp-W1-W2...), "auto" (the named
 architecture, or a dense stack, whose parameter names and shapes fit the checkpoint; the
 input shape is found the same way when not given), or a
@@ -31,6 +37,7 @@ from .precision import widen_exactly
 
 TORCH_MISSING = "torch is not installed: pip install 'lipref[torch]'"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+TORCH_BATCHNORM_EPS = 1e-5  # nn.BatchNorm's default eps: a state dict does not hold it
 TORCH_FLOATS = ("float16", "bfloat16", "float32", "float64")  # float8 and others are refused
 
 
@@ -292,7 +299,8 @@ def _fitting_shape(arch, arrays, n_classes, activation, path):
 
 # ---------------------------------------------------------------- the import
 
-def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None):
+def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_path=None,
+                            batchnorm_eps=TORCH_BATCHNORM_EPS):
     """A lipref model (NumPy backend) with the checkpoint's parameters, exactly: float32, or
     float64 where the checkpoint holds float64 (a mixed one widens to float64; lipref.precision).
 
@@ -302,8 +310,10 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     int, or None to read it from the last linear weight. activation: relu, clipped_relu,
     maxmin, or "auto"/None to read it from the parameter names. Missing, unexpected or
     wrong-shape parameters raise TorchImportError listing every one. out_path: when given,
-    the model is also saved there (models.save_model, atomic)."""
-    arrays = read_state_dict(path)
+    the model is also saved there (models.save_model, atomic). BatchNorm modules are folded
+    (`fold_batchnorms`, with `batchnorm_eps`, torch's default; the model is then float64)."""
+    from .torch_modules import fold_batchnorms
+    arrays, folds = fold_batchnorms(os.fspath(path), read_state_dict(path), batchnorm_eps)
     try:
         input_shape = None if input_shape is None else check_shape("input shape", tuple(input_shape))
         n_classes = check_int("the number of classes", infer_n_classes(arrays) if n_classes is None else n_classes, 1)
@@ -323,107 +333,16 @@ def import_torch_checkpoint(path, arch, input_shape, n_classes, activation, out_
     model.metadata = {"arch": name, "activation": activation, "input_shape": list(input_shape),
                       "n_classes": int(n_classes), "threshold_init": 1.0,
                       "imported_from": os.path.basename(os.fspath(path))}
+    if folds:
+        model.metadata["folds"] = folds
     if out_path is not None:
         save_model(out_path, model)
     return model
 
 
-# ---------------------------------------------------------------- a module in memory
-
-IN_MEMORY = "the torch module"  # what errors call a module given in memory
-
-
-def _pair(module, name):
-    """A Conv2d / AvgPool2d attribute as one int: torch allows (h, w) pairs; lipref's layers are square."""
-    value = getattr(module, name)
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or pair[0] != pair[1] or not isinstance(pair[0], int):
-        raise ValueError(f"{name} {value!r}: lipref takes square kernels, strides and paddings, as integers")
-    return pair[0]
-
-
-def _conv_layer(module, shape):
-    """(lipref Conv2d, its torch parameters) of an nn.Conv2d."""
-    if module.groups != 1 or _pair(module, "dilation") != 1 or module.padding_mode != "zeros":
-        raise ValueError("groups, dilation and padding_mode must be 1, 1 and 'zeros'")
-    if len(shape) != 3 or module.in_channels != shape[0]:
-        raise ValueError(f"in_channels {module.in_channels}, but it receives shape {shape}")
-    layer = Conv2d(shape, module.out_channels, _pair(module, "kernel_size"), _pair(module, "stride"),
-                   _pair(module, "padding"))
-    return layer, {"weight": module.weight, "bias": module.bias}
-
-
-def _pool_layer(module, shape):
-    """lipref AvgPool2d of an nn.AvgPool2d that averages as lipref's does (padding counted)."""
-    if len(shape) != 3:
-        raise ValueError(f"it pools images but receives shape {shape}")
-    if module.ceil_mode or not module.count_include_pad or module.divisor_override is not None:
-        raise ValueError("ceil_mode=False, count_include_pad=True and divisor_override=None are required")
-    return AvgPool2d(shape, _pair(module, "kernel_size"), _pair(module, "stride"), _pair(module, "padding")), {}
-
-
-def _layer_of(module, shape, nn):
-    """(lipref layer, {name: torch tensor or None}) for one child of an nn.Sequential, or
-    ValueError saying why not; None: a module kind from_torch_module does not take."""
-    if isinstance(module, nn.Linear):
-        if len(shape) != 1:
-            raise ValueError(f"it reads vectors but receives shape {shape} (add nn.Flatten before it)")
-        if module.in_features != shape[0]:
-            raise ValueError(f"in_features {module.in_features}, but it receives {shape[0]} values")
-        return Linear(shape[0], module.out_features), {"weight": module.weight, "bias": module.bias}
-    if isinstance(module, nn.Conv2d):
-        return _conv_layer(module, shape)
-    if isinstance(module, nn.AvgPool2d):
-        return _pool_layer(module, shape)
-    if isinstance(module, nn.ReLU):
-        return ReLU(shape), {}
-    if isinstance(module, nn.Flatten):
-        if (module.start_dim, module.end_dim) != (1, -1):
-            raise ValueError("only nn.Flatten(start_dim=1, end_dim=-1) keeps the batch axis as lipref does")
-        return Flatten(shape), {}
-    return None
-
-
-IN_MEMORY_KINDS = "Linear, Conv2d, ReLU, Flatten, AvgPool2d"
-
-
 def from_torch_module(module, input_shape):
-    """A lipref model (NumPy backend) computing what the torch `nn.Sequential` `module`
-    computes on inputs of shape `input_shape` ((C, H, W) or (D,), without the batch axis),
-    its parameters exactly the module's (float32, or float64 for `module.double()`;
-    lipref.precision). Children taken: nn.Linear, nn.Conv2d (square, ungrouped, zero
-    padding), nn.ReLU, nn.Flatten, nn.AvgPool2d (padding counted); a child of another kind,
-    or one these cannot express, is a TorchImportError naming it and its index. A missing
-    bias is a zero bias."""
-    torch = require_torch()
-    nn = torch.nn
-    if not isinstance(module, nn.Sequential):
-        raise TorchImportError(f"from_torch takes an nn.Sequential, got {type(module).__name__}")
-    try:
-        shape = check_shape("input shape", tuple(input_shape))
-    except (InputError, TypeError) as exc:
-        raise TorchImportError(f"{IN_MEMORY}: input shape {input_shape!r}: {exc}") from None
-    layers, arrays = [], {}
-    for i, child in enumerate(module):
-        try:
-            found = _layer_of(child, shape, nn)
-        except (ValueError, InputError) as exc:
-            raise TorchImportError(f"{type(child).__name__} at {i}: {exc}") from None
-        if found is None:
-            raise TorchImportError(f"{type(child).__name__} at {i}: not a module from_torch takes "
-                                   f"({IN_MEMORY_KINDS})")
-        layer, tensors = found
-        for name, shape_of in layer.param_shapes().items():
-            tensor = tensors[name]
-            arrays[f"{i}.{name}"] = (host.zeros(shape_of, dtype=host.float32) if tensor is None
-                                     else _to_host(IN_MEMORY, f"{i}.{name}", tensor, torch))
-        layers.append(layer)
-        shape = layer.out_shape
-    try:
-        model = Sequential(layers)
-    except InputError as exc:  # a last layer that is not Linear
-        raise TorchImportError(f"{IN_MEMORY}: {exc}") from None
-    load_parameters_into(model, IN_MEMORY, arrays, get_backend("numpy"))  # the module's precision
-    model.metadata = {"arch": "torch module", "activation": "relu", "input_shape": list(model.input_shape),
-                      "n_classes": model.n_classes, "imported_from": "an nn.Sequential in memory"}
-    return model
+    """A lipref model (NumPy backend) computing `module`, an nn.Sequential in memory, on inputs
+    of feature shape `input_shape`, with the module's exact parameter values (see
+    torch_modules.module_to_model for the modules read)."""
+    from .torch_modules import module_to_model
+    return module_to_model(module, input_shape)

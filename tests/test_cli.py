@@ -265,7 +265,7 @@ OPTIONS = {
                "--step-size": None, "--restarts": 1, "--batch-size": 100, "--domain": "auto", "--dtype": "auto",
                "--threads": None, "--backend": "numpy", "--seed": None, "--json": None},
     "import-torch": {"--arch": "auto", "--input-shape": "auto", "--classes": None, "--activation": "auto",
-                     "--out": None},
+                     "--batchnorm-eps": 1e-05, "--out": None},
     "import-onnx": {"--out": None},
     "check": {"--against": "torch", "--data": "embedded:test", "--data-dir": None, "--limit": 8, "--eps": None,
               "--iters": 50, "--seed": 0, "--json": None},

@@ -63,7 +63,7 @@ def test_import_bad_keys_is_a_one_line_error(tmp_path):
     net = torch_sequential(*ARCHITECTURES["2c2f"], (1, 28, 28), 10, "relu")
     sd = net.state_dict()
     sd.pop("0.bias")
-    sd["9.weight"] = torch.zeros(3)
+    sd["9.weight"] = torch.zeros(3, 3)
     ckpt = tmp_path / "bad.pth"
     torch.save(sd, ckpt)
     result = _run(["import-torch", str(ckpt), "--arch", "2c2f", "--out", str(tmp_path / "x.npz")])

@@ -9,6 +9,7 @@ Each is imported with --arch auto and no input shape, its logits compared with t
 forward, and `lipref check` run on it. Parameters are drawn at random (thresholds around
 their init, some negative), so the test covers what training can leave behind."""
 import json
+import re
 
 import numpy
 import pytest
@@ -182,3 +183,155 @@ def test_half_precision_widens_exactly_to_float32_and_a_mixed_checkpoint_to_floa
     assert mixed.precision == "float64"
     for name, tensor in state.items():
         numpy.testing.assert_array_equal(numpy.asarray(mixed.parameters()[name].value), tensor.double().numpy())
+
+
+# ---------------------------------------------------------------- BatchNorm, and modules lipref does not read
+
+def _with_batchnorm(seed=4):
+    """2c2f's layout (conv 16 k4 s2 p1, conv 32 k4 s2 p1, fc 100) on 1x28x28 with a BatchNorm2d
+    after each conv (the first without bias) and a BatchNorm1d after the fc, statistics drawn."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(32 * 7 * 7, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 10))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.2, 3.0)
+                m.weight.normal_()
+                m.bias.normal_()
+    return net.eval()
+
+
+def _assert_same_function(model, net, shape, rtol=1e-12):
+    x = numpy.random.default_rng(0).uniform(0, 1, (4, *shape))
+    with torch.no_grad():
+        expected = net.double()(torch.from_numpy(x)).numpy()
+    net.float()
+    import array_api_compat.numpy as xp
+    got = numpy.asarray(model(xp.asarray(x), record=False))
+    numpy.testing.assert_allclose(got, expected, rtol=rtol, atol=rtol * numpy.abs(expected).max())
+
+
+def test_a_checkpoint_with_batchnorm_folds_it_into_the_layer_before_and_computes_the_same_function(tmp_path):
+    from lipref.torch_import import import_torch_checkpoint
+    net = _with_batchnorm()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "bn.pth")
+    with pytest.warns(UserWarning, match="BatchNorm2d at 1 folded into layer 0 in float64"):
+        model = import_torch_checkpoint(tmp_path / "bn.pth", "auto", None, None, "auto")
+    assert model.metadata["arch"] == "2c2f" and model.precision == "float64"
+    assert [(f["from"], f["into_layer"]) for f in model.metadata["folds"]] == \
+        [("BatchNorm2d at 1", 0), ("BatchNorm2d at 4", 2), ("BatchNorm1d at 8", 5)]
+    assert all(0 < f["max_weight_error"] < 1e-14 for f in model.metadata["folds"])
+    _assert_same_function(model, net, (1, 28, 28))  # float32 parameters, folded in float64
+
+
+def test_a_dense_checkpoint_with_batchnorm_certifies_in_fast_and_sound_mode(tmp_path):
+    nn = torch.nn
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        net[1].running_mean.normal_()
+        net[1].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    torch.save({"state_dict": net.state_dict()}, tmp_path / "mlp.pth")
+    x = numpy.random.default_rng(3).uniform(0, 1, (8, 6)).astype(numpy.float32)
+    with torch.no_grad():
+        labels = net(torch.from_numpy(x)).argmax(1).numpy()
+    numpy.savez(tmp_path / "data.npz", images=x, labels=labels)
+    for mode in ("fast", "sound"):
+        result = _run(["certify", str(tmp_path / "mlp.pth"), "--data", str(tmp_path / "data.npz"), "--eps", "0.05",
+                       "--mode", mode, "--pgd-steps", "3", "--seed", "0", "--json", "--quiet"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        assert summary["clean_accuracy"] == 1.0 and summary["soundness_violations"] == []
+        assert summary["certified_accuracy_local"] > 0
+        assert "BatchNorm1d at 1 folded into layer 0 in float64" in result.stderr
+
+
+def test_a_checkpoint_batchnorm_eps_is_said_and_can_be_given(tmp_path):
+    """A state dict does not hold eps: 1e-5 is taken and said; --batchnorm-eps gives the model's."""
+    nn = torch.nn
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, eps=1e-2), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        net[1].running_var.uniform_(0.01, 0.02)  # var near eps: the eps matters
+    torch.save(net.eval().state_dict(), tmp_path / "eps.pth")
+    for eps, same in ((None, False), (1e-2, True)):
+        args = ["import-torch", str(tmp_path / "eps.pth"), "--out", str(tmp_path / "eps.npz")]
+        result = _run(args + ([] if eps is None else ["--batchnorm-eps", str(eps)]))
+        assert result.exit_code == 0, result.output
+        assert f"BatchNorm eps {eps or 1e-5:g} taken (a state dict does not hold it" in result.stderr
+        import array_api_compat.numpy as xp
+
+        from lipref.models import load_model
+        model = load_model(tmp_path / "eps.npz", xp)
+        x = numpy.random.default_rng(0).normal(size=(5, 3))
+        with torch.no_grad():
+            expected = net.double()(torch.from_numpy(x)).numpy()
+        net.float()
+        close = numpy.allclose(numpy.asarray(model(xp.asarray(x), record=False)), expected, rtol=1e-9, atol=1e-9)
+        assert close == same
+
+
+@pytest.mark.parametrize("modules, message", [
+    (lambda nn: [nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 3)],
+     "module at 1 (bias (8,), weight (8,)): a normalisation without running statistics (LayerNorm"),
+    (lambda nn: [nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)],
+     "BatchNorm at 2: lipref folds a BatchNorm into the conv or linear module right before it, and module 1 is a "
+     "module without parameters"),
+    (lambda nn: [nn.Linear(4, 8), nn.PReLU(8), nn.Linear(8, 3)],
+     "module at 1 (weight (8,)): a per-feature weight (PReLU?)"),
+])
+def test_a_checkpoint_with_modules_lipref_does_not_read_names_them(tmp_path, modules, message):
+    torch.save(torch.nn.Sequential(*modules(torch.nn)).state_dict(), tmp_path / "other.pth")
+    result = _run(["import-torch", str(tmp_path / "other.pth"), "--out", str(tmp_path / "m.npz")])
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+
+
+# ---------------------------------------------------------------- an nn.Sequential in memory
+
+def test_from_torch_reads_an_nn_sequential_with_its_exact_values_and_folds_batchnorm():
+    from official_models import ClampGroupSort, Flatten, ReLUx
+
+    from lipref.torch_import import from_torch_module
+    nn = torch.nn
+    net = _with_batchnorm()
+    inner = nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), ReLUx(torch.Size([1, 4, 6, 6])), nn.AvgPool2d(2),
+                          Flatten(), nn.Dropout(0.5),
+                          nn.Sequential(nn.Linear(36, 8), ClampGroupSort(torch.Size([1, 4]), 0.5, -0.5)),
+                          nn.Identity(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        inner[1].threshold.uniform_(-0.2, 1.0)  # some negative: raised to 0, the same function
+    with pytest.warns(UserWarning, match="BatchNorm1d at 8 folded into layer 5"):
+        model = from_torch_module(net, (1, 28, 28))
+    assert [f["from"] for f in model.metadata["folds"]] == ["BatchNorm2d at 1", "BatchNorm2d at 4", "BatchNorm1d at 8"]
+    _assert_same_function(model, net, (1, 28, 28))
+    small = from_torch_module(inner, (2, 6, 6))
+    assert [type(layer).__name__ for layer in small.layers] == ["Conv2d", "ClippedReLU", "AvgPool2d", "Flatten",
+                                                                "Linear", "ClampedMaxMin", "Linear"]
+    assert small.precision == "float32" and "folds" not in small.metadata
+    numpy.testing.assert_array_equal(numpy.asarray(small.parameters()["0.weight"].value), inner[0].weight.detach())
+    _assert_same_function(small, inner, (2, 6, 6))
+
+
+@pytest.mark.parametrize("make, shape, message", [
+    (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 3)), (4,), "Sigmoid at 1: not a module"),
+    (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)), (4,),
+     "BatchNorm1d at 1: in training mode (call module.eval() first)"),
+    (lambda nn: nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(16, 3)).eval(), (2, 4, 4),
+     "Conv2d at 0: groups 2"),
+    (lambda nn: nn.Sequential(nn.Linear(5, 8), nn.Linear(8, 3)).eval(), (4,), "Linear at 0: in_features 5"),
+    (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.ReLU()).eval(), (4,), "the last module must be the nn.Linear"),
+    (lambda nn: nn.Linear(4, 3), (4,), "from_torch takes an nn.Sequential, got Linear"),
+    (lambda nn: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3)).eval(), (4,),
+     "BatchNorm1d at 2: lipref folds a BatchNorm into the Conv2d or Linear module right before it"),
+])
+def test_from_torch_names_what_it_does_not_read_with_its_index(make, shape, message):
+    from lipref.torch_import import TorchImportError, from_torch_module
+    with pytest.raises(TorchImportError, match=re.escape(message)) as info:
+        from_torch_module(make(torch.nn), shape)
+    assert "\n" not in str(info.value)

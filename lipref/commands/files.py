@@ -20,6 +20,7 @@ from lipref.commands.common import (
 )
 from lipref.data.ranges import expected_range
 from lipref.errors import InputError
+from lipref.importing import import_summary
 from lipref.inputs import data_for_model, load_model_file
 from lipref.layers import ACTIVATIONS
 from lipref.models import ARCHITECTURES, GENERIC_STACK
@@ -112,19 +113,22 @@ def _input_shape(text):
               help="Number of classes (default: read from the last linear layer).")
 @click.option("--activation", type=click.Choice(["auto", *ACTIVATIONS]), default="auto",
               show_default=True, help="Activation (auto: from the parameter names: threshold, max/min).")
+@click.option("--batchnorm-eps", type=float, default=1e-5, show_default=True,
+              help="The eps of the checkpoint's BatchNorm modules (folded into the layer before each; a state dict "
+                   "does not hold it: torch's default unless the model set another).")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True,
               help="The lipref model file to write.")
 @user_errors
-def import_torch(checkpoint, arch, input_shape, n_classes, activation, out_path):
+def import_torch(checkpoint, arch, input_shape, n_classes, activation, batchnorm_eps, out_path):
     """Import a PyTorch checkpoint of an nn.Sequential model (the paper's code) as a lipref model,
     its parameters exactly as the checkpoint holds them (float64 stays float64; float16 and
     bfloat16 widen exactly to float32)."""
     from lipref.torch_import import import_torch_checkpoint
     shape = _input_shape(input_shape)
-    model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path)
+    model = import_torch_checkpoint(checkpoint, arch, shape, n_classes, activation, out_path, batchnorm_eps)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{checkpoint} -> {out_path}: {model.metadata['arch']}, {model.metadata['activation']}, "
-               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}{import_summary(model)}")
 
 
 @click.command("import-onnx", help=f"""Import an ONNX model ({ONNX_OPS}; any framework's export) as a
@@ -139,7 +143,7 @@ def import_onnx(onnx_path, out_path):
     model = import_onnx_model(onnx_path, out_path)
     n_params = sum(int(v.value.size) for v in model.parameters().values())
     click.echo(f"{onnx_path} -> {out_path}: {model.metadata['activation']}, input {tuple(model.input_shape)}, "
-               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}")
+               f"{len(model.layers)} layers, {n_params} parameters in {model.precision}{import_summary(model)}")
 
 
 @click.command()

@@ -1,23 +1,26 @@
 """The chain of layers an ONNX graph computes, read node by node (`Chain.add`), with the
-parameters kept exactly as the file holds them (lipref.precision): no cast, no rounding;
-a bias folded from an Add is the exact sum, or the import is refused."""
+parameters kept exactly as the file holds them (lipref.precision): no cast, no rounding by
+lipref; what folds into a layer (a bias Add, normalisation, BatchNorm, a transpose) is in
+folds.py, with its guarantees."""
 import math
 
 from ..backend import get_backend, host
 from ..errors import InputError
 from ..layers import AvgPool2d, ClippedReLU, Conv2d, Flatten, Linear, ReLU, Sequential
 from ..models import load_parameters_into
-from ..precision import exact_sum, widen_exactly
-from .reading import OnnxImportError, attributes, tensor_array
+from ..precision import widen_exactly
+from .constants import BATCH, SHAPE_OPS, shape_op
+from .folds import ARITHMETIC, FoldingOps
+from .reading import OnnxImportError, attributes
 
-BATCH = "N"  # the batch size, a symbol in shape arithmetic
-SHAPE_OPS = ("Constant", "Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Cast", "Identity")
-COMMUTATIVE = ("Add", "Min", "Max")  # ops whose data input may be any of their inputs
+COMMUTATIVE = ("Add", "Min", "Max", "Sub", "Mul", "Div")  # ops whose data input may be any of their inputs
 ACTIVATION_OPS = ("Relu", "Clip", "Max")  # what may follow a Min(x, T)
-SUPPORTED = ("Conv, Gemm, MatMul (+ Add), AveragePool, Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, "
-             "Reshape, Identity, Dropout")
+AFFINE_OPS = ("Conv", "Gemm", "MatMul")
+SUPPORTED = ("Conv, Gemm, MatMul, AveragePool, Relu, Clip, Min + Relu/Clip/Max, Max(x, 0), Flatten, Reshape, "
+             "Transpose, Add / Sub / Mul / Div of a constant, BatchNormalization, Cast, Identity, Dropout")
 # inputs an op cannot do without (the data and the constants it reads)
-REQUIRED_INPUTS = {"Conv": 2, "Gemm": 2, "MatMul": 2, "Add": 2, "Min": 2, "Max": 2, "Reshape": 2, "Gather": 2}
+REQUIRED_INPUTS = {"Conv": 2, "Gemm": 2, "MatMul": 2, "Add": 2, "Sub": 2, "Mul": 2, "Div": 2, "Min": 2, "Max": 2,
+                   "Reshape": 2, "Gather": 2, "BatchNormalization": 5}
 
 
 def _fits(a, shape):
@@ -30,16 +33,25 @@ def _fits(a, shape):
         return False
 
 
-class Chain:
+class Chain(FoldingOps):
     """The layers read so far: the tensor that carries the data (`current`, of feature shape
-    `shape`), the constants (initializers, Constant nodes, shape arithmetic), the parameters
-    (host arrays as the file holds them) and a pending Min(x, T) that the next ReLU-like node
-    turns into a clipped ReLU. One `on_<OpType>` method per op read."""
+    `shape`; `canonical` is lipref's layout of the same features and `order` maps one to the
+    other), the constants (initializers, Constant nodes, shape arithmetic), the parameters
+    (host arrays as the file holds them, or folded: folds.py), a pending Min(x, T) that the
+    next ReLU-like node turns into a clipped ReLU, and the folds made (`folds`, for the
+    metadata). One `on_<OpType>` method per op read."""
 
-    def __init__(self, path, input_name, shape, constants, batch=None):
+    def __init__(self, path, input_name, shape, constants, batch=None, data_type=1):
         self.path, self.current, self.shape, self.constants = path, input_name, tuple(shape), dict(constants)
-        self.batch, self.label = batch, None
+        self.batch, self.label, self.data_type = batch, None, data_type
         self.layers, self.nodes, self.params, self.pending_min = [], [], {}, None
+        self.canonical, self.input_perm, self.folds = self.shape, None, []
+        self.pending, self.side, self.pending_from, self.after_affine = None, None, [], False
+        self.at_input, self.origin = True, {}  # origin: {layer: the file's (weight, bias, inputs' map)} where it rounded
+        self.input_shape, self.shapes = self.shape, {input_name: self.shape}  # shapes: of the chain's tensors
+        self.reset_order()
+
+    fits = staticmethod(_fits)
 
     def error(self, node, what):
         """An OnnxImportError naming the file, the node (its name, or its index) and its op type."""
@@ -65,9 +77,9 @@ class Chain:
             raise self.error(node, f"op of domain {node.domain} not supported (lipref reads the default domain)")
         self.check_wiring(node)
         on_constants = all(i in self.constants for i in node.input if i)
-        if (node.op_type == "Shape" and node.input[0] == self.current) or (node.op_type in SHAPE_OPS and on_constants):
+        if (node.op_type == "Shape" and node.input[0] in self.shapes) or (node.op_type in SHAPE_OPS and on_constants):
             try:
-                self.constants[node.output[0]] = self.shape_op(node)
+                self.constants[node.output[0]] = shape_op(self, node)
             except OnnxImportError:
                 raise
             except (IndexError, KeyError, TypeError, ValueError) as exc:  # NumPy's word for a malformed node
@@ -84,39 +96,25 @@ class Chain:
                                    "or an op on constants lipref does not evaluate)")
         if self.pending_min is not None and node.op_type not in ACTIVATION_OPS:
             raise self.error(node, "a Min(x, T) must be followed by Relu, Clip(min 0) or Max(., 0)")
+        self.before(node)
         handler(node)
         self.current = node.output[0]
+        self.shapes[self.current] = self.shape
 
-    def shape_op(self, node):
-        """Shape arithmetic on constants, the batch size a symbol (object arrays)."""
-        a, args = self.attributes(node), [self.constants.get(i) for i in node.input]
-        op = node.op_type
-        if op == "Constant":
-            return self.constant_value(node, a)
-        if op == "Shape":
-            full = [self.batch or BATCH, *self.shape] if node.input[0] == self.current else list(args[0].shape)
-            return host.asarray(full[a.get("start", 0):a.get("end")], dtype=object)
-        if op == "Gather":
-            return host.asarray(host.take(args[0], args[1].astype(int), axis=a.get("axis", 0)), dtype=args[0].dtype)
-        if op in ("Unsqueeze", "Squeeze"):  # axes: an attribute before opset 13, an input from 13
-            axes = a.get("axes", None if len(args) < 2 else [int(v) for v in args[1]])
-            axes = None if axes is None else tuple(axes)
-            return host.squeeze(args[0], axis=axes) if op == "Squeeze" else host.expand_dims(args[0], axes)
-        if op == "Concat":
-            return host.concatenate([host.atleast_1d(v) for v in args], axis=a.get("axis", 0))
-        if op == "Cast" and args[0].dtype != object:
-            from onnx import helper
-            return args[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))
-        return args[0]  # Identity, or a Cast of the batch symbol: the values stay what they are
-
-    def constant_value(self, node, a):
-        """The value of a Constant node (`value`, `value_float(s)` or `value_int(s)`)."""
-        if "value" in a:
-            return tensor_array(a["value"], lambda why: self.error(node, f"tensor {why}"))
-        key = next((k for k in ("value_float", "value_floats", "value_int", "value_ints") if k in a), None)
-        if key is not None:  # ONNX's float attributes are float32 numbers: exact in float32
-            return host.asarray(a[key], dtype=host.float32 if "float" in key else host.int64)
-        raise self.error(node, f"attribute {', '.join(a) or '(none)'}: lipref reads numeric constants only")
+    def before(self, node):
+        """Settle a pending elementwise map before `node`: onto the last layer's outputs, or
+        carried to the next layer's inputs where `node` lets it pass."""
+        if self.pending is None or node.op_type in ARITHMETIC:
+            return
+        if self.side == "output" and node.op_type not in ("Identity", "Dropout", "Cast", "Transpose"):
+            self.flush_output(node)  # (those four change no value: the map goes on collecting after them)
+        elif self.side == "output":
+            return
+        elif node.op_type not in AFFINE_OPS and (node.op_type not in ("AveragePool", "Flatten", "Reshape", "Transpose",
+                                                                      "Identity", "Dropout", "Cast")
+                                                 or not self.passes_pending(node)):
+            raise self.error(node, f"{self._described()} before this node: lipref folds constants added, subtracted, "
+                                   "multiplied or divided only into the conv or linear layer next to them")
 
     def param(self, node, name, what):
         """Constant input `name` of `node` with exactly the file's values (float32, or float64
@@ -140,12 +138,24 @@ class Chain:
         return self.param(node, names[0], what)
 
     def push(self, node, layer):
-        """Append a layer, remembering the node it comes from (for the error messages)."""
+        """Append a layer, remembering the node it comes from (for the error messages); the
+        current tensor is then the layer's output, in lipref's layout."""
         self.layers.append(layer)
         self.nodes.append(f"{self.label} ({node.op_type})")
+        self.canonical = self.shape = layer.out_shape
+        self.after_affine = layer.is_affine
+        self.reset_order()
+
+    def need_order(self, node):
+        """The features must be in lipref's layout here (no transpose pending)."""
+        if not self.in_order:
+            raise self.error(node, f"features transposed to {self.shape} ({self.canonical} in lipref's layout) before "
+                                   "this node: lipref reads a transpose only before the input's first layer or a "
+                                   "flatten")
 
     def affine(self, node, make_layer, weight, bias):
-        """Append the Conv2d / Linear layer `make_layer()` builds, with its weight and bias."""
+        """Append the Conv2d / Linear layer `make_layer()` builds, with its weight and bias, and
+        fold into it a map pending on its inputs."""
         try:
             layer = make_layer()
         except InputError as exc:  # a size lipref's layers refuse (zero outputs, a kernel too large)
@@ -153,7 +163,8 @@ class Chain:
         index = len(self.layers)
         self.push(node, layer)
         self.params[f"{index}.weight"], self.params[f"{index}.bias"] = weight, bias
-        self.shape = layer.out_shape
+        if self.pending is not None:
+            self.fold_into_inputs(node, index)
 
     def bias_vector(self, node, b, shape):
         """Constant b as the bias of outputs of feature shape `shape`: b must broadcast to
@@ -171,6 +182,7 @@ class Chain:
         group, dilations = a.get("group", 1), list(a.get("dilations", [1, 1]))
         if group != 1 or set(dilations) != {1}:
             raise self.error(node, f"group {group}, dilations {dilations}: lipref reads group 1, dilation 1")
+        self.need_order(node)
         weight = self.param(node, node.input[1], "weight")
         if weight.ndim != 4 or len(self.shape) != 3 or weight.shape[1] != self.shape[0]:
             raise self.error(node, f"weight {tuple(weight.shape)} does not fit its input {self.shape} "
@@ -195,6 +207,7 @@ class Chain:
         every side, padded zeros counted in the mean (count_include_pad 1, or no padding), no
         ceil_mode: the mean is then a fixed linear map, a conv with a constant kernel."""
         a = self.attributes(node)
+        self.need_order(node)
         if len(self.shape) != 3:
             raise self.error(node, f"input {self.shape}: lipref reads 2-D average pooling of (C, H, W) inputs")
         kernel, strides = list(a.get("kernel_shape", [])), list(a.get("strides", [1, 1]))
@@ -212,12 +225,18 @@ class Chain:
         except InputError as exc:
             raise self.error(node, str(exc)) from None
         self.push(node, layer)
-        self.shape = layer.out_shape
+        if self.pending is not None:  # per channel (folds.passes_pending): the same map on the pooled features
+            self.pending = self.pending.per_channel_on(layer.out_shape)
 
     def linear(self, node, weight, bias):
-        """Append a Linear layer (weight (out, in)); bias as Gemm's C (None: zeros)."""
+        """Append a Linear layer (weight (out, in)); bias as Gemm's C (None: zeros). Inputs in
+        another order than lipref's (a flatten of transposed features) reorder its columns."""
         if weight.ndim != 2 or len(self.shape) != 1 or weight.shape[1] != self.shape[0]:
             raise self.error(node, f"weight (out, in) {tuple(weight.shape)} does not fit its input {self.shape}")
+        if not self.in_order:
+            columns = host.empty_like(weight)
+            columns[:, self.order] = weight  # exact: a permutation
+            weight = columns
         out = weight.shape[0]
         bias = host.zeros(out, dtype=weight.dtype) if bias is None else self.bias_vector(node, bias, (out,))
         self.affine(node, lambda: Linear(weight.shape[1], out), host.array(weight), bias)
@@ -236,18 +255,6 @@ class Chain:
         """MatMul(x, B) = x B: a Linear with weight B^T (an Add after it gives the bias)."""
         self.linear(node, self.param(node, node.input[1], "weight").T, None)
 
-    def on_Add(self, node):
-        """Add of a constant right after a Conv / Gemm / MatMul: folded into that layer's bias,
-        exactly (`precision.exact_sum`), or refused."""
-        if not self.layers or not self.layers[-1].is_affine:
-            raise self.error(node, "lipref reads Add only as the bias of the Conv, Gemm or MatMul right before it")
-        key = f"{len(self.layers) - 1}.bias"
-        total = exact_sum(self.params[key], self.bias_vector(node, self.data_constant(node, "bias"), self.shape))
-        if total is None:
-            raise self.error(node, "the layer's bias plus this constant is not exact in float64 (or overflows): "
-                                   "lipref would certify a rounded bias")
-        self.params[key] = total
-
     def activation_layer(self, node, high):
         """Append a ReLU, or a clipped ReLU of threshold min(T, high) (T: a pending Min's
         constant; both arrays, so that neither is rounded to the other's dtype) broadcast to
@@ -255,14 +262,16 @@ class Chain:
         t, self.pending_min = self.pending_min, None
         if high is not None:
             t = high if t is None else host.minimum(t, high)
+        order = self.order
         if t is None:
-            self.push(node, ReLU(self.shape))
-            return
-        if not _fits(t, self.shape):  # the official [1, C, H, W] / [1, F] fit
-            raise self.error(node, f"threshold of shape {tuple(t.shape)} for features {self.shape}")
-        zero = host.zeros((), dtype=t.dtype)
-        self.params[f"{len(self.layers)}.threshold"] = host.maximum(host.broadcast_to(t, (1, *self.shape))[0], zero)
-        self.push(node, ClippedReLU(self.shape, 1.0))
+            self.push(node, ReLU(self.canonical))
+        else:
+            if not _fits(t, self.shape):  # the official [1, C, H, W] / [1, F] fit
+                raise self.error(node, f"threshold of shape {tuple(t.shape)} for features {self.shape}")
+            t = self.canonical_array(node, t)
+            self.params[f"{len(self.layers)}.threshold"] = host.maximum(t, host.zeros((), dtype=t.dtype))
+            self.push(node, ClippedReLU(self.canonical, 1.0))
+        self.order, self.shape = order, tuple(order.shape)  # elementwise: the layout is kept
 
     def on_Relu(self, node):
         """Relu: a ReLU, or the end of a Min(x, T) clipped ReLU."""
@@ -305,10 +314,14 @@ class Chain:
         self.pending_min = self.data_constant(node, "threshold")
 
     def flatten(self, node):
-        """Append a Flatten where the features are not already a vector (C order, as ONNX's)."""
-        if len(self.shape) > 1:
-            self.push(node, Flatten(self.shape))
-            self.shape = self.layers[-1].out_shape
+        """Append a Flatten where the features are not already a vector (C order, as ONNX's), in
+        lipref's layout; a transposed tensor's order goes on to the next linear layer."""
+        if len(self.canonical) > 1:
+            order = self.order.ravel()
+            self.push(node, Flatten(self.canonical))
+            self.order = order
+            if self.pending is not None:
+                self.pending = self.pending.flattened()
 
     def on_Flatten(self, node):
         """Flatten(axis 1): (N, ...) to (N, features)."""
@@ -340,7 +353,9 @@ class Chain:
         """The Sequential (NumPy backend) with the file's parameters in their precision (float32,
         or float64 where any is: lipref.precision), once the chain ends in a linear layer whose
         output is the graph's one output."""
-        if len(outputs) != 1 or outputs[0] != self.current or self.pending_min is not None:
+        if self.pending is not None and self.side == "output":
+            self.flush_output(self.pending_from[-1][0])
+        if len(outputs) != 1 or outputs[0] != self.current or self.pending_min is not None or self.pending is not None:
             raise OnnxImportError(f"{self.path}: the graph's one output must be the logits of its last layer "
                                   f"(outputs {outputs}; the chain of layers ends at {self.current})")
         if not self.layers or not isinstance(self.layers[-1], Linear):

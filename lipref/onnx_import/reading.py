@@ -18,9 +18,11 @@ FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 NUMBER_TYPES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 16)
 # the attributes lipref reads, by the Python type onnx.helper gives them (others are not read)
 ATTRIBUTE_KINDS = {
-    **dict.fromkeys(("group", "axis", "transA", "transB", "allowzero", "start", "end", "to"), "an integer"),
-    **dict.fromkeys(("alpha", "beta", "min", "max"), "a number"),
-    **dict.fromkeys(("kernel_shape", "strides", "pads", "dilations", "axes"), "a list of integers"),
+    **dict.fromkeys(("group", "axis", "transA", "transB", "allowzero", "start", "end", "to", "training_mode",
+                     "spatial"), "an integer"),
+    **dict.fromkeys(("alpha", "beta", "min", "max", "epsilon"), "a number"),
+    **dict.fromkeys(("kernel_shape", "strides", "pads", "dilations", "axes", "perm", "starts", "ends"),
+                    "a list of integers"),
     "auto_pad": "a string",
 }
 
@@ -98,8 +100,9 @@ def graph_constants(path, graph):
 
 
 def graph_input(path, graph, constants):
-    """(name, feature shape, fixed batch size or None) of the graph's one data input, which must
-    be a float tensor (N, C, H, W) or (N, D) with known feature sizes."""
+    """(name, feature shape, fixed batch size or None, element type) of the graph's one data
+    input, which must be a float tensor (N, C, H, W), (N, H, W, C) (transposed to the first, the
+    chain finds) or (N, D) with known feature sizes."""
     inputs = [i for i in graph.input if i.name not in constants]  # old exporters list initializers too
     if len(inputs) != 1:
         raise OnnxImportError(f"{path}: the graph must have one input, found {len(inputs)} "
@@ -111,9 +114,10 @@ def graph_input(path, graph, constants):
         raise OnnxImportError(f"{path}: input {value.name} has element type {tensor.elem_type}; lipref reads "
                               "floating-point inputs")
     if len(dims) not in (2, 4) or any(s <= 0 for s in shape):
-        raise OnnxImportError(f"{path}: input {value.name} must be (N, C, H, W) or (N, D) with known feature "
+        raise OnnxImportError(f"{path}: input {value.name} must be (N, C, H, W), (N, H, W, C) or (N, D) with known "
+                              "feature "
                               f"sizes, got {[d.dim_value or d.dim_param or '?' for d in dims]}")
-    return value.name, shape, dims[0].dim_value or None
+    return value.name, shape, dims[0].dim_value or None, tensor.elem_type
 
 
 def _of_kind(value, kind):
