@@ -201,9 +201,10 @@ def test_from_torch_names_what_it_cannot_take():
     torch = pytest.importorskip("torch")
     nn = torch.nn
     cases = [(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 2)),
-              "BatchNorm2d at 1: not a module from_torch takes"),
-             (nn.Sequential(nn.Conv2d(1, 2, (3, 5)), nn.Flatten(), nn.Linear(40, 2)), "Conv2d at 0: kernel_size (3, 5)"),
-             (nn.Sequential(nn.Linear(64, 2)), "Linear at 0: it reads vectors but receives shape (1, 8, 8)"),
+              "BatchNorm2d at 1: in training mode (call module.eval() first)"),
+             (nn.Sequential(nn.Flatten(), nn.LayerNorm(64), nn.Linear(64, 2)), "LayerNorm at 1: not a module lipref reads"),
+             (nn.Sequential(nn.Conv2d(1, 2, (3, 5)), nn.Flatten(), nn.Linear(40, 2)), "Conv2d at 0: kernel (3, 5)"),
+             (nn.Sequential(nn.Linear(64, 2)), "Linear at 0: in_features 64 for inputs (1, 8, 8)"),
              (nn.Sequential(nn.Flatten(), nn.Linear(64, 2), nn.ReLU()), "the last layer of a classifier must be Linear"),
              (nn.Linear(64, 2), "from_torch takes an nn.Sequential, got Linear")]
     for module, message in cases:
