@@ -20,6 +20,7 @@ from them by bench/study_report.py.
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,10 +36,10 @@ from bench.study_layers import EpochProbe, layer_statistics  # noqa: E402
 from bench.study_report import machine_line, write_report  # noqa: E402
 from bench.study_settings import (  # noqa: E402
                                   PROBE,
-                                  SEEDS,
                                   SELECTION,
                                   STUDIES,
                                   bounds_of,
+                                  seeds_of,
                                   settings_of,
                                   training_options,
 )
@@ -81,7 +82,7 @@ def run_one(runs, name, setting, bound, seed, data, args):
     resume = (folder / "checkpoint.npz").exists()
     if resume:
         probe.measure_checkpoint()  # the epoch an interrupted run stopped after, if not measured yet
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     history = train(config, _subset(train_set, setting["train_limit"]), select_set, folder, resume=resume,
                     progress=probe)
     seconds = time.perf_counter() - start
@@ -96,7 +97,9 @@ def run_one(runs, name, setting, bound, seed, data, args):
               "train_limit": setting["train_limit"], "train_seconds": seconds,
               "certify_seconds": summary["seconds"], "history": history,
               "best_epoch": model.metadata["best"]["epoch"], "certify": {k: summary[k] for k in CERTIFY_KEYS},
-              "layers_end": end, "layers_per_epoch": probe.records}
+              "layers_end": end, "layers_per_epoch": probe.records, "machine": machine_line(),
+              "load_average": [load_before, os.getloadavg()[0]],  # the 1-minute load when training began and ended
+              "certify_options": {"iters": args.iters, "pgd_steps": args.pgd_steps}}
     atomic_write_bytes(result_file, json.dumps(result, indent=1).encode("utf-8"))
     return result
 
@@ -126,7 +129,7 @@ def main():
     data = load_data(args.quick)
     runs, results, began = Path(args.runs), [], time.perf_counter()
     for name, setting in settings.items():
-        for seed in SEEDS:
+        for seed in seeds_of(setting):
             for bound in bounds_of(setting):
                 r = run_one(runs, name, setting, bound, seed, data, args)
                 results.append(r)

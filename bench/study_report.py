@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.study_settings import SEEDS, STUDIES, bounds_of, settings_of  # noqa: E402
+from bench.study_settings import STUDIES, bounds_of, seeds_of, settings_of  # noqa: E402
 from lipref.models import atomic_write_bytes, build_architecture  # noqa: E402
 from lipref.plots import pyplot  # noqa: E402
 
@@ -71,19 +71,20 @@ def summarise(results, settings):
     return out
 
 
-def _cell(values):
-    return f"{statistics.mean(values):.3f} ± {_spread(values):.3f}"
+def _cell(values, sign=""):
+    """mean ± sd over the seeds; the value alone for one seed."""
+    spread = f" ± {_spread(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):{sign}.3f}{spread}"
 
 
 def _main_table(summary, metrics):
     head = " | ".join(label for _, label in metrics)
-    lines = [f"| setting | trained with | {head} | median local/global | constant (per layer) | train s |",
-             "|---|---|" + "---|" * (len(metrics) + 3)]
+    lines = [f"| setting | trained with | seeds | {head} | median local/global | constant (per layer) | train s |",
+             "|---|---|---|" + "---|" * (len(metrics) + 3)]
     for name, s in summary.items():
         for bound, p in s["per_bound"].items():
             constant = _mean_lists(p["constant"])
-            seeds = "" if len(p["seeds"]) == len(SEEDS) else f" ({len(p['seeds'])} seeds)"
-            lines.append(f"| {name} | {bound}{seeds} | " + " | ".join(_cell(p[m]) for m, _ in metrics) +
+            lines.append(f"| {name} | {bound} | {len(p['seeds'])} | " + " | ".join(_cell(p[m]) for m, _ in metrics) +
                          f" | {statistics.mean(p['median_local_over_global']):.3f} | " +
                          ", ".join(f"{c:.3f}" for c in constant) + f" | {statistics.mean(p['seconds']):.0f} |")
     return lines
@@ -99,7 +100,7 @@ def _gain_table(summary, metrics):
             continue
         sep = " / ".join("yes" if s["local_above_every_global_seed"][m] else "no" for m, _ in metrics)
         lines.append(f"| {name} | " + " | ".join(
-            f"{statistics.mean(s['gain'][m]):+.3f} ± {_spread(s['gain'][m]):.3f}" for m, _ in metrics) + f" | {sep} |")
+            _cell(s["gain"][m], "+") for m, _ in metrics) + f" | {sep} |")
     return lines
 
 
@@ -193,7 +194,7 @@ def plot_layers(results, name, names, path):
     fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols, 4.8), dpi=110, squeeze=False)
     for r in (r for r in results if r["setting"] == name):
         style = dict(color=_colour(r["bound"]), marker=".", linewidth=1,
-                     label=f"{r['bound']}-trained" if r["seed"] == min(SEEDS) else None)
+                     label=f"{r['bound']}-trained" if r["seed"] == 0 else None)
         probe = r["layers_per_epoch"]
         epochs = [p["epoch"] for p in probe]
         for i in range(len(names)):
@@ -273,7 +274,7 @@ def collect(study, runs, quick=False, only=None):
     settings = settings_of(study, quick, only)
     results, missing = [], []
     for name, setting in settings.items():
-        for seed in SEEDS:
+        for seed in seeds_of(setting):
             for bound in bounds_of(setting):
                 path = Path(runs) / name / f"{bound}-s{seed}" / "result.json"
                 if path.exists():

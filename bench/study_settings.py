@@ -1,8 +1,9 @@
 """The settings of the studies of docs/results.md (bench/study.py trains them, bench/study_report.py
 reports them). A setting is TrainConfig's options plus train_limit (the first that many training
 images; None: all), n_certify (test images certified, from image 1000 on), and optionally
-bounds (the bounds it is trained with; both unless said) and probe (the selection images the
-per-layer statistics are measured on after every epoch; PROBE unless said)."""
+bounds and seeds (those it is trained with; BOUNDS and SEEDS unless said) and probe (the
+selection images the per-layer statistics are measured on after every epoch; PROBE unless
+said)."""
 
 SEEDS = (0, 1, 2)
 BOUNDS = ("global", "local")
@@ -48,7 +49,7 @@ CONV_QUICK = {"conv-quick": dict(CONV_BASE, arch="2c2f", epochs=2, ramp=1.0, bat
 
 STUDIES = {"mlp": MLP, "conv": CONV}
 QUICK = {"mlp": MLP_QUICK, "conv": CONV_QUICK}
-NOT_TRAINING_OPTIONS = ("train_limit", "n_certify", "bounds", "probe")
+NOT_TRAINING_OPTIONS = ("train_limit", "n_certify", "bounds", "seeds", "probe")
 
 
 def settings_of(study, quick=False, only=None):
@@ -64,6 +65,10 @@ def settings_of(study, quick=False, only=None):
 
 def bounds_of(setting):
     return tuple(setting.get("bounds", BOUNDS))
+
+
+def seeds_of(setting):
+    return tuple(setting.get("seeds", SEEDS))
 
 
 def training_options(setting):
