@@ -77,7 +77,8 @@ def run_one(runs, name, setting, bound, seed, data, args):
         return json.loads(result_file.read_text())
     train_set, select_set, certify_set = data
     config = TrainConfig(**{"eval_limit": SELECTION, **training_options(setting), "bound": bound, "seed": seed})
-    probe = EpochProbe(folder, select_set.images[:setting.get("probe", PROBE)], config.eval_eps, config.eval_iters, seed,
+    probe_images = select_set.images[:setting.get("probe", PROBE)]
+    probe = EpochProbe(folder, probe_images, config.eval_eps, config.eval_iters, seed,
                        then=_epoch_line(name, bound, seed))
     resume = (folder / "checkpoint.npz").exists()
     if resume:
@@ -109,8 +110,9 @@ def load_data(quick):
     spec = "embedded" if quick else "fashion-mnist"
     test = load_dataset(f"{spec}:test")
     half = min(SELECTION, test.labels.shape[0] // 2)
-    return (load_dataset(f"{spec}:train"), dataclasses.replace(test, images=test.images[:half], labels=test.labels[:half]),
-            dataclasses.replace(test, images=test.images[half:], labels=test.labels[half:]))
+    select = dataclasses.replace(test, images=test.images[:half], labels=test.labels[:half])
+    return load_dataset(f"{spec}:train"), select, dataclasses.replace(test, images=test.images[half:],
+                                                                      labels=test.labels[half:])
 
 
 def main():
@@ -119,6 +121,7 @@ def main():
     parser.add_argument("--runs", default=str(ROOT / "runs" / "study"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--only", default=None, help="comma-separated setting names (default: all)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: each setting's)")
     parser.add_argument("--iters", type=int, default=100, help="power-iteration steps when certifying")
     parser.add_argument("--pgd-steps", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="tiny data, one setting: checks the pipeline")
@@ -130,13 +133,15 @@ def main():
     runs, results, began = Path(args.runs), [], time.perf_counter()
     for name, setting in settings.items():
         for seed in seeds_of(setting):
+            if args.seeds and str(seed) not in args.seeds.split(","):
+                continue
             for bound in bounds_of(setting):
                 r = run_one(runs, name, setting, bound, seed, data, args)
                 results.append(r)
                 c = r["certify"]
                 print(f"[{time.perf_counter() - began:6.0f} s] {name} {bound} seed {seed}: clean "
-                      f"{c['clean_accuracy']:.3f} PGD {c['pgd_accuracy']:.3f} certified {c['certified_accuracy_local']:.3f}"
-                      f" (trained in {r['train_seconds']:.0f} s)", flush=True)
+                      f"{c['clean_accuracy']:.3f} PGD {c['pgd_accuracy']:.3f} certified "
+                      f"{c['certified_accuracy_local']:.3f} (trained in {r['train_seconds']:.0f} s)", flush=True)
     if not args.no_report:
         write_report(args.study, results, settings, Path(args.docs), machine_line(),
                      {"iters": args.iters, "pgd_steps": args.pgd_steps}, quick=args.quick)

@@ -55,7 +55,8 @@ def summarise(results, settings):
             mine = sorted((r for r in runs if r["bound"] == bound), key=lambda r: r["seed"])
             if not mine:
                 continue
-            per[bound] = {m: [r["certify"][m] for r in mine] for m, _ in CONV_METRICS + (("median_local_over_global", ""),)}
+            per[bound] = {m: [r["certify"][m] for r in mine]
+                          for m, _ in CONV_METRICS + (("median_local_over_global", ""),)}
             per[bound]["constant"] = [r["certify"]["mean_constant_fraction"] for r in mine]
             per[bound]["seconds"] = [r["train_seconds"] for r in mine]
             per[bound]["seeds"] = [r["seed"] for r in mine]
@@ -65,7 +66,8 @@ def summarise(results, settings):
         if "global" in per and "local" in per:
             seeds = sorted(set(per["global"]["seeds"]) & set(per["local"]["seeds"]))
             pick = {b: {m: dict(zip(per[b]["seeds"], per[b][m])) for m, _ in CONV_METRICS} for b in per}
-            out[name]["gain"] = {m: [pick["local"][m][s] - pick["global"][m][s] for s in seeds] for m, _ in CONV_METRICS}
+            out[name]["gain"] = {m: [pick["local"][m][s] - pick["global"][m][s] for s in seeds]
+                                 for m, _ in CONV_METRICS}
             out[name]["local_above_every_global_seed"] = {m: min(per["local"][m]) > max(per["global"][m])
                                                           for m, _ in CONV_METRICS}
     return out

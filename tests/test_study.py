@@ -60,7 +60,7 @@ def test_the_study_pipeline_records_every_seed_and_keeps_the_hand_written_text(t
     assert again.returncode == 0 and "epoch" not in again.stdout.replace("(trained in", "")
 
 
-def test_the_conv_study_records_layers_per_epoch_resumes_and_keeps_the_mlp_part(tmp_path):
+def test_the_conv_study_records_layers_per_epoch_resumes_and_keeps_mlp(tmp_path):
     docs, runs = tmp_path / "docs", tmp_path / "runs"
     docs.mkdir()
     (docs / "quick-results.md").write_text(HAND_WRITTEN)
