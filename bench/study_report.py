@@ -187,10 +187,10 @@ def plot_setting(results, name, path):
 
 
 def plot_layers(results, name, names, path):
-    """The conv study's plot, per epoch: each layer's constant fraction (top row) and median
-    local/global norm (bottom row) on the probe images (test 0-199), and the network's median
-    local/global bound and certified accuracy on the selection images (last column);
-    global-trained in blue, local-trained in orange, one line per seed."""
+    """The conv study's plot, per epoch, all on one scale [0, 1]: each layer's constant fraction
+    (top row) and median local/global norm (bottom row) on the probe images (test 0-199), and
+    the network's median local/global bound there and the certified accuracy on the selection
+    images (last column); global-trained in blue, local-trained in orange, one line per seed."""
     plt = pyplot()
     cols = len(names) + 1
     fig, axes = plt.subplots(2, cols, figsize=(2.3 * cols, 4.8), dpi=110, squeeze=False)
@@ -209,12 +209,15 @@ def plot_layers(results, name, names, path):
         axes[0][i].set_title(f"{layer}: constant", fontsize=8)
         axes[1][i].set_title(f"{layer}: local/global norm", fontsize=8)
     axes[0][-1].set_title("network: local/global bound", fontsize=8)
-    axes[1][-1].set_title("certified accuracy (test 0-999)", fontsize=8)
+    axes[1][-1].set_title("certified accuracy (selection images)", fontsize=8)
     for ax in (a for row in axes for a in row):
         ax.set_xlabel("epoch", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.set_ylim(-0.02, 1.02)  # one scale for every layer and setting: fractions and ratios in [0, 1]
     axes[0][-1].legend(fontsize=6)
-    fig.suptitle(f"{name}: per epoch, medians and fractions on test images 0-199 at the evaluation eps", fontsize=9)
+    probe = next(r["layers_per_epoch"][0]["n"] for r in results if r["setting"] == name)
+    fig.suptitle(f"{name}: per epoch, medians and fractions on test images 0-{probe - 1} at the evaluation eps",
+                 fontsize=9)
     fig.tight_layout()
     _save(fig, plt, path)
 
