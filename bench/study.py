@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import array_api_compat.numpy as xp  # noqa: E402
 
 from bench.study_layers import EpochProbe, layer_statistics  # noqa: E402
-from bench.study_report import machine_line, write_report  # noqa: E402
+from bench.study_report import machine_line, report_from_runs  # noqa: E402
 from bench.study_settings import (  # noqa: E402
                                   PROBE,
                                   SELECTION,
@@ -130,21 +130,19 @@ def main():
     keep_freed_memory()
     settings = settings_of(args.study, args.quick, args.only)
     data = load_data(args.quick)
-    runs, results, began = Path(args.runs), [], time.perf_counter()
+    runs, began = Path(args.runs), time.perf_counter()
     for name, setting in settings.items():
         for seed in seeds_of(setting):
             if args.seeds and str(seed) not in args.seeds.split(","):
                 continue
             for bound in bounds_of(setting):
                 r = run_one(runs, name, setting, bound, seed, data, args)
-                results.append(r)
                 c = r["certify"]
                 print(f"[{time.perf_counter() - began:6.0f} s] {name} {bound} seed {seed}: clean "
                       f"{c['clean_accuracy']:.3f} PGD {c['pgd_accuracy']:.3f} certified "
                       f"{c['certified_accuracy_local']:.3f} (trained in {r['train_seconds']:.0f} s)", flush=True)
-    if not args.no_report:
-        write_report(args.study, results, settings, Path(args.docs), machine_line(),
-                     {"iters": args.iters, "pgd_steps": args.pgd_steps}, quick=args.quick)
+    if not args.no_report:  # every finished run of the study, not only those of --only / --seeds
+        report_from_runs(args.study, runs, Path(args.docs), args.quick)
 
 
 if __name__ == "__main__":

@@ -293,9 +293,13 @@ def report_from_runs(study, runs, docs, quick=False, only=None):
     results, settings, missing = collect(study, runs, quick, only)
     if not results:
         raise SystemExit(f"no finished runs of study {study} under {runs}")
-    options = results[0].get("certify_options", {"iters": 100, "pgd_steps": 100})
+    # runs written before runs recorded them: the MLP study's, with bench/study.py's defaults
+    options = [r.get("certify_options", {"iters": 100, "pgd_steps": 100}) for r in results]
+    if any(o != options[0] for o in options):
+        raise SystemExit(f"the runs under {runs} were certified with different options "
+                         f"({sorted({json.dumps(o, sort_keys=True) for o in options})}); rerun them alike")
     machines = sorted({r.get("machine", machine_line()) for r in results})
-    write_report(study, results, settings, docs, "; ".join(machines), options, quick, missing)
+    write_report(study, results, settings, docs, "; ".join(machines), options[0], quick, missing)
 
 
 def main():
