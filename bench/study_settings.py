@@ -31,9 +31,10 @@ MLP_QUICK = {"quick": dict(BASE, epochs=2, ramp=1.0, train_limit=300, n_certify=
 
 # The conv study: the same recipe on the paper's 4C3F with every width halved (4c3f-half:
 # conv 16, 16, 32, 32 channels, fc 256, 256), what 2 cores allow. conv-main: the full
-# training set for 1 epoch, eps ramped over its first half, both bounds, 3 seeds (the
-# exploration: global-bound training certifies nothing until about 50 steps after the ramp
-# ends, local-bound training earlier). The sweeps change one thing each against
+# training set for 1 epoch (235 steps), eps ramped over its first half, both bounds, 3
+# seeds (in the exploration, global-bound training certified nothing in its first 130-150
+# steps with any ramp, local-bound training about 20% after 96). The sweeps change one thing
+# each against
 # conv-subset (the first 8,000 training images, 4 epochs, ramp 2, 500 certified images,
 # seed 0): the sparsity loss (TinyImageNet's weight 0.01 with c = 0.1, and 0.1; with weight
 # 1 the exploration's network became constant on every ball, clean accuracy 0.10), plain
