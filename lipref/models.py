@@ -34,6 +34,8 @@ FORMAT = "lipref-model/1"
 # (out_channels, kernel, stride, padding) per conv layer, then hidden fc widths
 ARCHITECTURES = {
     "4c3f": ([(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512, 512]),
+    # 4c3f with every width halved: the conv study's network on 2 CPU cores (docs/results.md)
+    "4c3f-half": ([(16, 3, 1, 1), (16, 4, 2, 1), (32, 3, 1, 1), (32, 4, 2, 1)], [256, 256]),
     "6c2f": ([(32, 3, 1, 1), (32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 1)], [512]),
     # the paper's TinyImageNet model: its strided layers have no padding (64 -> 31 -> 14 -> 6)
     "8c2f": ([(64, 3, 1, 1), (64, 3, 1, 1), (64, 4, 2, 0), (128, 3, 1, 1), (128, 3, 1, 1), (128, 4, 2, 0),
@@ -77,7 +79,8 @@ def parse_generic(text):
 def build_architecture(arch, input_shape, n_classes, activation="relu", threshold_init=1.0):
     """A Sequential (parameters not yet initialised) for a named architecture.
 
-    Names: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W1-W2-... (dense, for tests),
+    Names: 4c3f, 6c2f, 8c2f (the paper's), 4c3f-half (4c3f with every width halved), 2c2f
+    (small), mlp-W1-W2-... (dense, for tests),
     linear (one linear layer: a dense stack without hidden layers)."""
     input_shape = check_shape("input shape", tuple(input_shape))
     check_int("n_classes", n_classes, 1)

@@ -41,9 +41,9 @@ MAX_CLASSES = 100_000  # a label of 10^9 in a file would otherwise ask for a 10^
 class TrainConfig:
     """Everything that defines a run (stored in its checkpoint; --resume reuses it). Each field
     carries its command-line help, choices and range (`lipref train` reads them)."""
-    arch: str = setting("2c2f", "Architecture: 4c3f, 6c2f, 8c2f (the paper's), 2c2f (small), mlp-W[-W...] (dense), "
-                                "linear, or a stack of conv:OUT:K:STRIDE:PAD and avgpool:K:STRIDE:PAD, then "
-                                "fc:WIDTH, comma separated.")
+    arch: str = setting("2c2f", "Architecture: 4c3f, 6c2f, 8c2f (the paper's), 4c3f-half (4c3f with every width "
+                                "halved), 2c2f (small), mlp-W[-W...] (dense), linear, or a stack of "
+                                "conv:OUT:K:STRIDE:PAD and avgpool:K:STRIDE:PAD, then fc:WIDTH, comma separated.")
     activation: str = setting("relu", "Activation after every hidden layer.", choices=ACTIVATIONS)
     threshold_init: float = setting(1.0, "Initial threshold of clipped ReLU / clamp of MaxMin.")
     epochs: int = setting(10, "Training epochs (with --resume, more than the run's extends it).", minimum=1)

@@ -5,8 +5,8 @@ bench/suite.py runs for lipref and for torch, and where both sides compute the s
 a new one without a smoke run here fails `test_every_bench_script_has_a_smoke_test`.
 
 The runs start together on first use, a few at a time (`smoke_runs`), so the file takes
-about as long as its slowest run. bench/study.py's smoke run is tests/test_study.py (its
---quick mode).
+about as long as its slowest run. bench/study.py's and bench/study_report.py's smoke runs are
+in tests/test_study.py (their --quick mode).
 """
 import json
 import math
@@ -36,11 +36,11 @@ SMOKE_TESTS = {
     "gpu.py": "test_gpu_script_runs_its_steps_on_the_cpu",
     "bench_ball_box.py": "test_bench_ball_box_times_both_multipliers",
     "study.py": "tests/test_study.py::test_the_study_pipeline_records_every_seed_and_keeps_the_hand_written_text",
+    "study_report.py": "tests/test_study.py::test_the_conv_study_records_layers_per_epoch_resumes_and_keeps_mlp",
 }
 # modules without a command of their own -> the script whose smoke run imports them
 LIBRARIES = {"__init__.py": None, "common.py": "run_all.py", "cases.py": "suite.py", "bound_cases.py": "suite.py",
-             "official_step.py": "suite.py",
-             "study_report.py": "study.py"}
+             "official_step.py": "suite.py", "study_settings.py": "study.py", "study_layers.py": "study.py"}
 # what each suite case's result holds beyond "seconds"
 CASE_KEYS = {"matmul": {"n", "gflops"}, "conv_4c3f_mnist": {"batch", "gflops", "layers"},
              "conv_4c3f_cifar": {"batch", "gflops", "layers"}, "conv_6c2f_cifar": {"batch", "gflops", "layers"},
