@@ -1,5 +1,5 @@
 """The ball-and-box kernel's speed-up where it runs: a real certification and a gloro-bcp
-training step, each timed with the kernel (kernels/ball_box.py: sorted breakpoints) and
+training step (and, for scale, a GloRo step, which has no ball-and-box), each timed with the kernel (kernels/ball_box.py: sorted breakpoints) and
 without it (`kernels.without`: the plain bisection of bounds/certificate.py), alternating,
 medians of --repeats, in one process. The numbers of both are the same to rounding (the
 certificates exactly: the certificate's bound holds for any multiplier).
@@ -57,8 +57,8 @@ def certify_run(model, images, labels):
     return run
 
 
-def train_step(model, images, labels, xp):
-    """One gloro-bcp step's bounds, loss and gradients (as `lipref train` computes them, in one block)."""
+def train_step(model, images, labels, xp, loss=losses.gloro_bcp_loss):
+    """One training step's bounds, loss and gradients (as `lipref train` computes them, in one block)."""
     x = xp.asarray(images, dtype=xp.float32)
     onehot = one_hot(xp.asarray(labels), model.n_classes, xp.float32)
     glob, local = start_vectors(model, x.shape[0], "local", numpy.random.default_rng(0))
@@ -68,7 +68,7 @@ def train_step(model, images, labels, xp):
     def run():
         norms = global_norms(model, "fast", 5, None, glob)
         b = network_bounds(model, x, 1.75, BoundOptions("local", "fast", 5, record=True), norms, local_vectors=local)
-        return grad(losses.gloro_bcp_loss(b, last, onehot), params)
+        return grad(loss(b, last, onehot), params)
     return run
 
 
@@ -114,6 +114,18 @@ def main():
         on, off = paired(run, args.repeats)
         results[name] = {"seconds_kernel": on, "seconds_plain": off, "speedup": off / on}
         print(f"{name}: {on:.3f} s with the kernel, {off:.3f} s without ({off / on:.2f}x)", flush=True)
+    gloro = train_step(model, train_set.images[:args.batch], train_set.labels[:args.batch], xp, losses.gloro_loss)
+    gloro()
+    times = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        gloro()
+        times.append(time.perf_counter() - t)
+    results["gloro_step_seconds"] = statistics.median(times)  # no ball-and-box: the kernel plays no part
+    results["gloro_bcp_over_gloro"] = results["gloro_bcp_step"]["seconds_kernel"] / results["gloro_step_seconds"]
+    print(f"gloro step: {results['gloro_step_seconds']:.3f} s; gloro-bcp / gloro: "
+          f"{results['gloro_bcp_over_gloro']:.2f} with the kernel, "
+          f"{results['gloro_bcp_step']['seconds_plain'] / results['gloro_step_seconds']:.2f} without", flush=True)
     results.update({"n": args.n, "batch": args.batch, "repeats": args.repeats})
     if args.json:
         write_json(args.json, results)
