@@ -84,6 +84,8 @@ def runs(f):
         (("train",), ["train", "--out", str(f / "run"), "--arch", "mlp-8", "--epochs", "1", "--limit", "32",
                       "--eval-limit", "8", "--batch-size", "16", "--iters", "1", "--eval-iters", "1", "--warmup", "0",
                       "--ramp", "1", "--quiet"]),
+        (("demo",), ["demo", "--out", str(f / "demo"), "--epochs", "1", "--limit", "32", "--test-limit", "8",
+                     "--quiet", "--plot", str(f / "demo.png")]),
     ]
 
 
