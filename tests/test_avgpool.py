@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from networks import materialise
 from test_certificate_grid import ULP, counterexamples, float64_twin
 
+from support import examples
+
 from lipref.backend import to_host
 from lipref.bounds import global_norms
 from lipref.certification import CertifyConfig, certify
@@ -93,28 +95,31 @@ def _pixel_pair_model(xp, seed, dtype):
     return model, rng
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2 ** 32 - 1), mode=st.sampled_from(["fast", "sound"]),
-       eps=st.sampled_from([0.01, 0.05, 0.2, 1.0]))
-def test_certificates_hold_on_a_dense_grid_of_the_ball(xp, seed, mode, eps):
+@pytest.mark.property  # its @given is built per backend (fewer draws off NumPy), out of conftest's sight
+def test_certificates_hold_on_a_dense_grid_of_the_ball(xp):
     """Every certificate and certified radius of a net with a padded average pool holds on a
     dense grid of its ball (the grid of tests/test_certificate_grid.py: a necessary check)."""
-    model, rng = _pixel_pair_model(xp, seed, xp.float64)
-    points = rng.uniform(-1, 1, (6, 2))
-    res = certify(model, points.reshape(6, 1, 1, 2), numpy.zeros(6, dtype=numpy.int64), eps,
-                  CertifyConfig(mode=mode, n_iters=150, pgd_steps=0), seed=seed % 1000)
-    twin = float64_twin(model, xp)
-    centres, radii, expected = [], [], []
-    for i in range(6):
-        pred = int(res.predictions[i])
-        balls = [eps] if (res.certified_local[i] or res.certified_global[i]) else []
-        balls += [r for r in (float(res.radius_local[i]), min(float(res.radius_global[i]), 4 * eps)) if r > 0]
-        for r in balls:
-            centres.append(points[i])
-            radii.append(r)
-            expected.append(pred)
-    bad = counterexamples(twin, xp, centres, radii, expected, ULP["float64"])
-    assert not bad, f"{mode} eps={eps}: the prediction changes inside a certified ball: {bad[:2]}"
+    @settings(max_examples=examples(xp, 25, 6), deadline=None)
+    @given(seed=st.integers(0, 2 ** 32 - 1), mode=st.sampled_from(["fast", "sound"]),
+           eps=st.sampled_from([0.01, 0.05, 0.2, 1.0]))
+    def run(seed, mode, eps):
+        model, rng = _pixel_pair_model(xp, seed, xp.float64)
+        points = rng.uniform(-1, 1, (6, 2))
+        res = certify(model, points.reshape(6, 1, 1, 2), numpy.zeros(6, dtype=numpy.int64), eps,
+                      CertifyConfig(mode=mode, n_iters=150, pgd_steps=0), seed=seed % 1000)
+        twin = float64_twin(model, xp)
+        centres, radii, expected = [], [], []
+        for i in range(6):
+            pred = int(res.predictions[i])
+            balls = [eps] if (res.certified_local[i] or res.certified_global[i]) else []
+            balls += [r for r in (float(res.radius_local[i]), min(float(res.radius_global[i]), 4 * eps)) if r > 0]
+            for r in balls:
+                centres.append(points[i])
+                radii.append(r)
+                expected.append(pred)
+        bad = counterexamples(twin, xp, centres, radii, expected, ULP["float64"])
+        assert not bad, f"{mode} eps={eps}: the prediction changes inside a certified ball: {bad[:2]}"
+    run()
 
 
 def test_bounds_and_loss_gradients_agree_with_the_torch_reference():
