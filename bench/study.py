@@ -1,7 +1,7 @@
 """The local-against-global training studies of docs/results.md, on 2 CPU cores.
 
     python bench/study.py                 # the MLP study: about an hour on 2 cores
-    python bench/study.py --study conv    # the conv study (4c3f-half): 50-100 minutes on 2 cores
+    python bench/study.py --study conv    # the conv study (4c3f-half): about 80 minutes on 2 cores
     python bench/study.py --quick         # the same pipeline on tiny data (a smoke test, seconds)
     python bench/study_report.py --study conv   # only the report, from the runs there are
 
