@@ -9,7 +9,9 @@ certified sample broken by PGD) prints a loud error and exits with code 3.
 import click
 
 from lipref.backend import keep_freed_memory
-from lipref.commands.certify import attack, bound, certify
+from lipref.commands.attack import attack
+from lipref.commands.bound import bound
+from lipref.commands.certify import certify
 from lipref.commands.common import user_errors  # noqa: F401 (every command's error handler, for scripts)
 from lipref.commands.demo import demo
 from lipref.commands.files import check, data, import_onnx, import_torch, info

@@ -1,7 +1,8 @@
-"""`lipref certify`, `lipref bound` and `lipref attack`, in one process or sharded over a Dask
-cluster (lipref.distributed). Each reads its model file and data, then runs lipref.api's
-functions (`prepare`, then `certify_prepared`, `bounds_prepared` or `attack_prepared`): the
-Python API and the commands compute the same numbers by the same code."""
+"""`lipref certify`, in one process or sharded over a Dask cluster (lipref.distributed), and
+what `lipref bound` (commands/bound.py) and `lipref attack` (commands/attack.py) share
+with it. Each reads its model file and data, then runs lipref.api's functions (`prepare`,
+then `certify_prepared`, `bounds_prepared` or `attack_prepared`): the Python API and the
+commands compute the same numbers by the same code."""
 import contextlib
 import sys
 import time
@@ -10,8 +11,6 @@ from dataclasses import dataclass
 import click
 
 from lipref import api, outputs
-from lipref.pgd import AttackConfig
-from lipref.backend import host
 from lipref.certification import CertifyConfig
 from lipref.commands.common import (
     EXIT_UNSOUND,
@@ -30,7 +29,6 @@ from lipref.commands.common import (
     progress_bar,
     reference_option,
     seed_option,
-    setting_option,
     settings_options,
     take,
     threads_option,
@@ -68,14 +66,6 @@ distributed_options = [
 CERTIFY_SEED = ("Seed of every random draw: power-iteration (fast) or Lanczos (sound) starts, PGD starts. Default: "
                 "0 in fast mode; in sound mode fresh OS entropy (so that a model cannot have been fitted to a "
                 "public seed), or with --resume the shard folder's. The seed used is in the JSON output.")
-BOUND_SEED = ("Seed of the power-iteration (fast) or Lanczos (sound) starts. Default: 0 in fast mode; in sound mode "
-              "fresh OS entropy, or with --resume the shard folder's. The seed used is in the JSON output.")
-ATTACK_SEED = "Seed of PGD's random starts (one generator, drawn batch by batch). Default: 0; in the JSON output."
-ATTACK_DTYPE = ("Floating-point type of the attack. auto: float32 unless the data or the model's parameters hold "
-                "values float32 cannot (then float64). float32 with a float64 model attacks the model rounded to "
-                "float32 (said on stderr; model_rounded in the JSON).")
-
-
 def _given_seed(seed, sharding):
     """--seed, or the seed a resumed shard folder recorded (None: api.prepare chooses)."""
     from lipref.distributed import resumed_seed
@@ -359,108 +349,3 @@ def _count(k):
 
 def _fraction(k, n):
     return None if k is None or not n else k / n
-
-
-# ------------------------------------------------------------------------------------- bound
-
-@click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@apply_options(data_options)
-@click.option("--eps", type=float, required=True, callback=positive_eps, help="Radius of the l2 ball.")
-@apply_options(settings_options(
-    CertifyConfig, "n_iters", "mode", "batch_size",
-    n_iters={"flag": "--iters", "help": "Power-iteration (fast) or Lanczos (sound) steps per layer."},
-    mode={"help": "fast: power-iteration estimates; sound: upper bounds (float64)."}))
-@dtype_option
-@setting_option(CertifyConfig, "domain", help="The data's domain, checked against the model's input range as for "
-                "certify (auto: refuse data outside the range the model records; LO,HI or none: use them as they "
-                "are). No attack runs here.")
-@gram_limit_option
-@threads_option
-@backend_option
-@seed_option(BOUND_SEED)
-@reference_option
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {model, data, eps, mode, iters, seed, dtype, model_rounded, reference, samples: [{index, "
-                   "label, prediction, global, local, constant_fraction}]} (sharded: also workers, shards, "
-                   "shards_computed).")
-@apply_options(distributed_options)
-@user_errors
-def bound(model_path, eps, as_json, **options):
-    """Global and local Lipschitz bounds of MODEL per sample, and the fraction of constant neurons.
-    MODEL: a lipref .npz, a torch .pth / .pt checkpoint or an .onnx model (imported in memory).
-
-    With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
-    Dask cluster; the bounds equal a single-process run's bit for bit."""
-    from lipref.certification import local_over_global
-    config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
-    sharding = take(options, Sharding, folder="shards_dir")
-    run = _prepared(model_path, eps, "bound", config, data, engine, sharding, pgd=False)
-    given, extra = run.given, {}
-    with reference_only_if(engine.reference):
-        norms = _global_norms(given.model, config, given.seed, True)
-        if sharding.requested:
-            rows, extra = _run_sharded(model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
-                                       engine.threads, "bounding", False)
-            result = api.bounds_of(given, eps, config, engine.reference, rows)
-        else:
-            with progress_bar(run.n, "bounding", True) as bar:
-                result = api.bounds_prepared(given, eps, config, norms=norms, progress=bar.update,
-                                             threads=engine.threads, reference=engine.reference)
-    samples = result.samples()
-    if as_json:
-        summary = result.summary()
-        del summary["samples"]  # last, after the sharding keys
-        emit_json({"model": model_path, "data": data.spec, **summary, **extra, "samples": samples})
-        return
-    ratios = local_over_global(*(host.asarray([r[k] for r in samples]) for k in ("local", "global")))
-    rows = [dict(r, ratio=float(q), const=" ".join(f"{c:.2f}" for c in r["constant_fraction"]))
-            for r, q in zip(samples, ratios)]
-    columns = [
-        ("index", "index", "{}"),
-        ("label", "label", "{}"),
-        ("prediction", "pred", "{}"),
-        ("global", "global", "{:.4g}"),
-        ("local", "local", "{:.4g}"),
-        ("ratio", "local/global", "{:.3f}"),
-        ("const", "constant fraction per layer", "{}"),
-    ]
-    click.echo(format_table(rows, columns))
-
-
-# ------------------------------------------------------------------------------------ attack
-
-@click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@apply_options(data_options)
-@click.option("--eps", type=float, required=True, callback=positive_eps, help="Radius of the l2 ball.")
-@apply_options(settings_options(AttackConfig, "steps", "step_size", "restarts"))
-@setting_option(CertifyConfig, "batch_size")
-@domain_option
-@setting_option(CertifyConfig, "dtype", help=ATTACK_DTYPE)
-@threads_option
-@backend_option
-@seed_option(ATTACK_SEED)
-@click.option("--json", "as_json", is_flag=True,
-              help="Print {clean_accuracy, pgd_accuracy, n, seed, dtype, domain, ...} as JSON "
-                   "(lipref.attack(...).summary() with model, data, provenance).")
-@user_errors
-def attack(model_path, eps, as_json, **options):
-    """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
-    pgd, config = take(options, AttackConfig), take(options, CertifyConfig)  # certify's batch size, domain, dtype
-    data, engine = _data(options), take(options, Engine)
-    if pgd.step_size is not None and not 0 < pgd.step_size < float("inf"):
-        raise InputError(f"--step-size must be finite and > 0, got {pgd.step_size}")
-    given = _loaded(model_path, data, "fast", config.dtype, engine, engine.seed, config.domain)
-    result = api.attack_prepared(given, eps, pgd, config.batch_size, engine.threads)
-    out = {"model": model_path, "data": data.spec, **result.summary()}
-    if as_json:
-        emit_json(out)
-    else:
-        columns = [
-            ("n", "n", "{}"),
-            ("eps", "eps", "{:g}"),
-            ("clean_accuracy", "clean", "{:.4f}"),
-            ("pgd_accuracy", "PGD", "{:.4f}"),
-        ]
-        click.echo(format_table([out], columns))
