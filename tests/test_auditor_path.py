@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # measured at the restructuring (issue 27): 752 code lines, 1,070 lines in all, 18 files; the
 # issue's goal was about 700 lines in about 10 files (the closing note says what is left)
@@ -14,20 +16,20 @@ AUDIT_CODE_LINES = 780
 AUDIT_FILES = 18
 
 
-def _path():
+@pytest.fixture(scope="module")
+def path():
+    """The traced path, once for both tests (a fresh process: imports are not the path)."""
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "auditor_path.py"), "--json"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)
 
 
-def test_the_auditors_path_does_not_grow():
-    path = _path()
+def test_the_auditors_path_does_not_grow(path):
     assert path["n_files"] <= AUDIT_FILES, sorted(path["files"])
     assert path["total"]["code_lines"] <= AUDIT_CODE_LINES, path["total"]
 
 
-def test_the_documented_reading_order_is_what_runs():
-    path = _path()
+def test_the_documented_reading_order_is_what_runs(path):
     method = (ROOT / "docs" / "method.md").read_text()
     order = method.split("An auditor reads one sample's certificate in that order:")[1].split("\n## ")[0]
     named = set(re.findall(r"`((?:\w+/)?\w+\.py)`", order)) - {"auditor_path.py", "test_auditor_path.py"}
