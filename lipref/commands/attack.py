@@ -4,11 +4,12 @@ import click
 
 from lipref import api
 from lipref.certification import CertifyConfig
-from lipref.commands.certify import _data, _loaded
+from lipref.commands.certify import load_given
 from lipref.commands.common import (
     Engine,
     apply_options,
     backend_option,
+    data_choice,
     data_options,
     domain_option,
     emit_json,
@@ -48,10 +49,10 @@ ATTACK_DTYPE = ("Floating-point type of the attack. auto: float32 unless the dat
 def attack(model_path, eps, as_json, **options):
     """Empirical robust accuracy of MODEL under an l2 PGD attack (an upper bound on certified accuracy)."""
     pgd, config = take(options, AttackConfig), take(options, CertifyConfig)  # certify's batch size, domain, dtype
-    data, engine = _data(options), take(options, Engine)
+    data, engine = data_choice(options), take(options, Engine)
     if pgd.step_size is not None and not 0 < pgd.step_size < float("inf"):
         raise InputError(f"--step-size must be finite and > 0, got {pgd.step_size}")
-    given = _loaded(model_path, data, "fast", config.dtype, engine, engine.seed, config.domain)
+    given = load_given(model_path, data, "fast", config.dtype, engine, engine.seed, config.domain)
     result = api.attack_prepared(given, eps, pgd, config.batch_size, engine.threads)
     out = {"model": model_path, "data": data.spec, **result.summary()}
     if as_json:

@@ -7,16 +7,16 @@ from lipref import api
 from lipref.backend import host
 from lipref.certification import CertifyConfig, local_over_global
 from lipref.commands.certify import (
-    _data,
-    _global_norms,
-    _prepared,
-    _run_sharded,
     distributed_options,
+    prepare_run,
+    run_global_norms,
+    run_sharded,
 )
 from lipref.commands.common import (
     Engine,
     apply_options,
     backend_option,
+    data_choice,
     data_options,
     dtype_option,
     emit_json,
@@ -68,14 +68,14 @@ def bound(model_path, eps, as_json, **options):
 
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the bounds equal a single-process run's bit for bit."""
-    config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
+    config, data, engine = take(options, CertifyConfig), data_choice(options), take(options, Engine)
     sharding = take(options, Sharding, folder="shards_dir")
-    run = _prepared(model_path, eps, "bound", config, data, engine, sharding, pgd=False)
+    run = prepare_run(model_path, eps, "bound", config, data, engine, sharding, pgd=False)
     given, extra = run.given, {}
     with reference_only_if(engine.reference):
-        norms = _global_norms(given.model, config, given.seed, True)
+        norms = run_global_norms(given.model, config, given.seed, True)
         if sharding.requested:
-            rows, extra = _run_sharded(model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
+            rows, extra = run_sharded(model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
                                        engine.threads, "bounding", False)
             result = api.bounds_of(given, eps, config, engine.reference, rows)
         else:

@@ -14,11 +14,11 @@ from lipref import api, outputs
 from lipref.certification import CertifyConfig
 from lipref.commands.common import (
     EXIT_UNSOUND,
-    DataChoice,
     Engine,
     NullBar,
     apply_options,
     backend_option,
+    data_choice,
     data_options,
     domain_option,
     dtype_option,
@@ -103,7 +103,7 @@ def _run_options(data_spec, limit, gram_limit):
     return {"data_spec": data_spec, "limit": limit, "gram_limit": gram_limit}
 
 
-def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, label, quiet):
+def run_sharded(model_path, dataset, options, norms, sharding, plan, threads, label, quiet):
     """(the joined result, the JSON's "workers", "shards" and "shards_computed"): the run cut
     into shards (lipref.distributed, `plan` from plan_shards), computed where `sharding` says."""
     from lipref import distributed
@@ -113,7 +113,7 @@ def _run_sharded(model_path, dataset, options, norms, sharding, plan, threads, l
     return distributed.joined_shards(run, options), distributed.summary(run)
 
 
-def _loaded(model_path, data, mode, dtype, engine, seed, domain="auto"):
+def load_given(model_path, data, mode, dtype, engine, seed, domain="auto"):
     """api.prepare on the model file at its precision and the data as given (float64 where
     the run computes in float64); a line on stderr when --dtype rounds the model."""
     native = load_model_file(model_path, "numpy")
@@ -127,7 +127,7 @@ def _loaded(model_path, data, mode, dtype, engine, seed, domain="auto"):
 
 # ----------------------------------------------------------------------------------- certify
 
-def _global_norms(model, config, seed, verbose):
+def run_global_norms(model, config, seed, verbose):
     """The run's global norms (CertifyConfig.global_norms), computed once before any batch or
     shard; in sound mode with a line on stderr (its slowest step; see BENCHMARKS.md)."""
     sound = verbose and config.mode == "sound"
@@ -179,14 +179,14 @@ def certify(model_path, eps, **options):
     With --workers N or --scheduler ADDRESS the samples are cut into shards computed on a
     Dask cluster; the results equal a single-process run's bit for bit (every random draw
     comes from the seed and the sample's index), and the JSON adds workers and shards."""
-    config, data, engine = take(options, CertifyConfig), _data(options), take(options, Engine)
+    config, data, engine = take(options, CertifyConfig), data_choice(options), take(options, Engine)
     sharding = take(options, Sharding, folder="shards_dir")
     out = take(options, CertifyOutputs)
     if out.audit and config.mode != "fast":
         raise InputError("--audit compares power-iteration estimates with sound bounds: use it with --mode fast")
     if out.audit and sharding.requested:
         raise InputError("--audit runs in one process: drop --workers, --scheduler and --shards-dir")
-    run = _prepared(model_path, eps, "certify", config, data, engine, sharding, pgd=True)
+    run = prepare_run(model_path, eps, "certify", config, data, engine, sharding, pgd=True)
     result, extra = _certified(run, config, engine, sharding, out.quiet)
     summary = {"model": model_path, "data": data.spec, **result.summary(), **extra}
     sound = None
@@ -229,18 +229,14 @@ class _Run:
         return int(self.given.dataset.labels.shape[0])
 
 
-def _data(options):
-    return take(options, DataChoice, spec="data_spec", folder="data_dir")
-
-
-def _prepared(model_path, eps, command, config, data, engine, sharding, pgd):
-    """The run's `_Run`: model and data read and checked (`_loaded`), the seed chosen (a
+def prepare_run(model_path, eps, command, config, data, engine, sharding, pgd):
+    """The run's `_Run`: model and data read and checked (`load_given`), the seed chosen (a
     resumed folder's), the data's fit to the model's input range checked (PGD's domain when
     `pgd`, else none), a shard folder that does not fit refused now."""
     from dataclasses import replace
 
     from lipref.distributed import ShardOptions
-    given = _loaded(model_path, data, config.mode, config.dtype, engine, _given_seed(engine.seed, sharding),
+    given = load_given(model_path, data, config.mode, config.dtype, engine, _given_seed(engine.seed, sharding),
                     config.domain)
     given = given if pgd else replace(given, domain=None)
     pgd_steps, pgd_restarts = (config.pgd_steps, config.pgd_restarts) if pgd else (0, 1)
@@ -255,9 +251,9 @@ def _certified(run, config, engine, sharding, quiet):
     """(the Certification, the JSON's sharding keys): one process (api.certify_prepared) or shards."""
     given = run.given
     with reference_only_if(engine.reference):
-        norms = _global_norms(given.model, config, given.seed, not quiet)
+        norms = run_global_norms(given.model, config, given.seed, not quiet)
         if sharding.requested:
-            result, extra = _run_sharded(run.model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
+            result, extra = run_sharded(run.model_path, given.dataset, run.shard_options, norms, sharding, run.plan,
                                          engine.threads, "certifying", quiet)
             result.context = api.certify_context(given, engine.reference)
             return result, extra
@@ -321,8 +317,8 @@ def _audit(estimate, model_path, data, eps, config, pgd_domain, engine, quiet):
 
     from lipref.audit import audit_summary
     sound_config = replace(config, mode="sound", dtype="auto")
-    given = _loaded(model_path, data, "sound", "auto", engine, None, pgd_domain)  # seed from OS entropy
-    norms = _global_norms(given.model, sound_config, given.seed, not quiet)
+    given = load_given(model_path, data, "sound", "auto", engine, None, pgd_domain)  # seed from OS entropy
+    norms = run_global_norms(given.model, sound_config, given.seed, not quiet)
     with progress_bar(int(given.dataset.labels.shape[0]), "auditing (sound mode)", not quiet) as bar:
         sound = api.certify_prepared(given, eps, sound_config, norms=norms, progress=bar.update,
                                      threads=engine.threads, reference=engine.reference)

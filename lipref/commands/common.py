@@ -182,6 +182,11 @@ class DataChoice:
     limit: int = None
 
 
+def data_choice(options):
+    """The DataChoice of a command's --data, --data-dir and --limit (`data_options`)."""
+    return take(options, DataChoice, spec="data_spec", folder="data_dir")
+
+
 @dataclass(frozen=True)
 class Engine:
     """--backend, --threads, --seed and --reference: where and how a command computes (no number

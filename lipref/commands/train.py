@@ -12,9 +12,9 @@ import click
 
 from lipref import data as D
 from lipref.commands.common import (
-    DataChoice,
     Engine,
     apply_options,
+    data_choice,
     emit_json,
     engine_options,
     format_table,
@@ -131,7 +131,7 @@ def train(**options):
     with _sigint_presses(stop):
         try:
             options = _resolved(run, options, given)
-            data, engine = _data(options), take(options, Engine)
+            data, engine = data_choice(options), take(options, Engine)
             evaluation = take(options, EvalChoice, spec="eval_data")
             config = TrainConfig(**options, seed=run_seed("fast", engine.seed), backend=engine.backend)
             train_set, eval_set = _datasets(data, evaluation, config)
@@ -180,10 +180,6 @@ def _warn_unfinished_ramp(options):
         click.secho(f"warning: the ramp ends at epoch {warmup + ramp:g} (--warmup {warmup:g} --ramp {ramp:g}), "
                     f"after the last epoch {epochs}: the training eps reaches {reached:.4g} of --eps "
                     f"{options['eps_train']:g}", err=True, fg="yellow")
-
-
-def _data(options):
-    return take(options, DataChoice, spec="data_spec", folder="data_dir")
 
 
 def _datasets(data, evaluation, config):
