@@ -33,11 +33,10 @@ sys.path.insert(0, str(ROOT))
 import array_api_compat.numpy as xp  # noqa: E402
 
 from bench.study_layers import EpochProbe, layer_statistics  # noqa: E402
-from bench.study_report import machine_line, report_from_runs  # noqa: E402
+from bench.study_report import machine_line, report_from_runs, study_arguments  # noqa: E402
 from bench.study_settings import (  # noqa: E402
                                   PROBE,
                                   SELECTION,
-                                  STUDIES,
                                   bounds_of,
                                   seeds_of,
                                   settings_of,
@@ -118,10 +117,7 @@ def load_data(quick):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", choices=sorted(STUDIES), default="mlp")
-    parser.add_argument("--runs", default=str(ROOT / "runs" / "study"))
-    parser.add_argument("--docs", default=str(ROOT / "docs"))
-    parser.add_argument("--only", default=None, help="comma-separated setting names (default: all)")
+    study_arguments(parser)
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: each setting's)")
     parser.add_argument("--iters", type=int, default=100, help="power-iteration steps when certifying")
     parser.add_argument("--pgd-steps", type=int, default=100)

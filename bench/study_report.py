@@ -302,12 +302,18 @@ def report_from_runs(study, runs, docs, quick=False, only=None):
     write_report(study, results, settings, docs, "; ".join(machines), options[0], quick, missing)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def study_arguments(parser):
+    """The options bench/study.py and this report share: which study, where its runs and docs are."""
     parser.add_argument("--study", choices=sorted(STUDIES), default="mlp")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "study"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--only", default=None, help="comma-separated setting names (default: all)")
+    return parser
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    study_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="the quick study's runs")
     args = parser.parse_args()
     report_from_runs(args.study, args.runs, args.docs, args.quick, args.only)
