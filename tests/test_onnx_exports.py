@@ -17,6 +17,7 @@ onnx = pytest.importorskip("onnx", reason="onnx is not installed (pip install 'l
 import array_api_compat.numpy as xp  # noqa: E402
 
 from cli import main  # noqa: E402
+from support import randomise_batchnorm  # noqa: E402
 from lipref.folding import FoldWarning, rounded_folds  # noqa: E402
 from lipref.onnx_import import import_onnx_model  # noqa: E402
 
@@ -105,13 +106,7 @@ def _torch_batchnorm_net():
     net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
                         nn.Conv2d(4, 6, 4, 2, 1), nn.BatchNorm2d(6), nn.ReLU(), nn.Flatten(), nn.Linear(96, 12),
                         nn.BatchNorm1d(12), nn.ReLU(), nn.Dropout(0.3), nn.Linear(12, 5))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_()
-                m.bias.normal_()
+    randomise_batchnorm(net, 0.5, 2.0)
     return net.eval(), torch
 
 

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 from official_models import MNIST_4C3F, OFFICIAL, official_model, randomised  # noqa: E402
 
 from cli import main  # noqa: E402
+from support import randomise_batchnorm  # noqa: E402
 
 
 def _run(args):
@@ -195,13 +196,7 @@ def _with_batchnorm(seed=4):
     net = nn.Sequential(nn.Conv2d(1, 16, 4, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
                         nn.Conv2d(16, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
                         nn.Linear(32 * 7 * 7, 100), nn.BatchNorm1d(100), nn.ReLU(), nn.Linear(100, 10))
-    with torch.no_grad():
-        for m in net:
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.running_mean.normal_()
-                m.running_var.uniform_(0.2, 3.0)
-                m.weight.normal_()
-                m.bias.normal_()
+    randomise_batchnorm(net, 0.2, 3.0)
     return net.eval()
 
 
