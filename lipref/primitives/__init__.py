@@ -1,20 +1,21 @@
 """Primitives: the plain definitions. Each is a forward function on arrays and, right beside
-it, the vector-Jacobian product (backward) for every differentiable argument (see core.py
-for `primitive`, which lifts them onto the tape, and PRIMITIVES, where each is listed).
+it, the vector-Jacobian product (backward) for every differentiable argument (see
+lipref/tape.py for `primitive`, which lifts them onto the tape, and PRIMITIVES, where each is
+listed).
 
 - elementwise.py: arithmetic with broadcasting and the activations (kinks as written policy);
-- arrays.py: slices, concat, broadcast_to, reshape, and the reductions;
-- linear.py: matmul, linear, conv2d and conv2d_transpose.
+- linear.py: matmul, linear, conv2d and conv2d_transpose, and the shape maps (slices, concat,
+  broadcast_to, reshape, sum): every primitive linear in its array, its backward the adjoint;
+- reductions.py: the nonlinear reductions (l2_norm, max, logsumexp, softmax_cross_entropy).
 
-A primitive with a faster form asks the kernel dispatcher (lipref/kernels/) at its top and
-runs the kernel it returns; inside `lipref.kernels.reference_only()` (or with
-LIPREF_REFERENCE=1) it runs the code written here. A user adding a primitive checks it with
-lipref.testing.check_grads, the way tests/test_primitives.py checks these.
+A primitive with a faster form is marked `@replaceable` (lipref/kernels/registry.py): a
+registered kernel with its signature may run in its place; inside
+`lipref.kernels.reference_only()` (or with LIPREF_REFERENCE=1) only the code
+written here runs. A user adding a primitive checks it with lipref.testing.check_grads, the
+way tests/test_primitives.py checks these.
 """
 from ..shapes import conv_output_hw  # noqa: F401 (layers and bounds use P.conv_output_hw)
-from ..tape import Var
-from .arrays import broadcast_to, channel_slice, concat, l2_norm, logsumexp, max, reshape, softmax_cross_entropy, sum  # noqa: F401
-from .core import PRIMITIVES, primitive, unbroadcast  # noqa: F401
+from ..tape import PRIMITIVES, Var, primitive, unbroadcast  # noqa: F401
 from .elementwise import (  # noqa: F401
                      abs,
                      add,
@@ -33,7 +34,8 @@ from .elementwise import (  # noqa: F401
                      subtract,
                      where,
 )
-from .linear import conv2d, conv2d_transpose, linear, matmul  # noqa: F401
+from .linear import broadcast_to, channel_slice, concat, conv2d, conv2d_transpose, linear, matmul, reshape, sum  # noqa: F401
+from .reductions import l2_norm, logsumexp, max, softmax_cross_entropy  # noqa: F401
 
 # Var's operators, installed once the primitives exist, so that `a * b + c` on Vars records
 # on the tape and lipref.tape imports nothing from the primitives.

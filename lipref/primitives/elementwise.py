@@ -4,7 +4,7 @@ Kinks are written policy, stated in each docstring: at a tie or a boundary the g
 goes to exactly one side, never split and never NaN.
 """
 from ..backend import namespace
-from .core import cast_like, primitive, shape_of, unbroadcast
+from ..tape import cast_like, primitive, shape_of, unbroadcast
 
 # ---------------------------------------------------------------- elementwise arithmetic
 

@@ -1,4 +1,6 @@
-"""Linear maps: matmul, linear, conv2d and its adjoint conv2d_transpose.
+"""Linear maps: matmul, linear, conv2d and its adjoint conv2d_transpose, and the shape maps
+(slices, concatenation, broadcasting, reshapes, sums), linear too: every backward here is the
+adjoint of its forward.
 
 Each is written here as its plain definition. Those marked `@replaceable` may be replaced by
 a registered kernel (lipref/kernels/) that computes the same function faster, with the same
@@ -7,7 +9,7 @@ arguments and result; inside kernels.reference_only() only the code written here
 from ..backend import namespace
 from ..kernels.registry import replaceable
 from ..shapes import conv_output_hw
-from .core import primitive, shape_of
+from ..tape import expand_back, primitive, shape_of, unbroadcast
 
 
 @replaceable("matmul")
@@ -116,3 +118,63 @@ conv2d_transpose = primitive(_conv2d_transpose,
                              lambda g, ans, y, w, s, p, in_hw: _conv2d(g, w, None, s, p),
                              lambda g, ans, y, w, s, p, in_hw: _conv2d_weight_grad(y, g, shape_of(w), s, p))
 
+
+# ---------------------------------------------------------------- shape maps
+
+def _channel_slice(x, start, stop):
+    """x[:, start:stop, ...] (a block of channels or features along axis 1)."""
+    return x[:, start:stop, ...]
+
+
+def _channel_slice_vjp(g, ans, x, start, stop):
+    # the slice's adjoint: g placed back at its channels, zeros elsewhere
+    xp = namespace(g)
+    before = xp.zeros((g.shape[0], start) + tuple(g.shape[2:]), dtype=g.dtype)
+    after = xp.zeros((g.shape[0], x.shape[1] - stop) + tuple(g.shape[2:]), dtype=g.dtype)
+    return xp.concat([before, g, after], axis=1)
+
+
+channel_slice = primitive(_channel_slice, _channel_slice_vjp)
+
+
+def _concat(arrays, axis):
+    """The arrays (a list or tuple) joined along `axis`; differentiated in each of them."""
+    return namespace(*arrays).concat(list(arrays), axis=axis)
+
+
+def _concat_vjp(g, ans, arrays, axis):
+    # one slice of g per array, at that array's place along the axis
+    axis = axis % g.ndim
+    pieces, start = [], 0
+    for a in arrays:
+        stop = start + a.shape[axis]
+        pieces.append(g[(slice(None),) * axis + (slice(start, stop), Ellipsis)])
+        start = stop
+    return pieces
+
+
+concat = primitive(_concat, _concat_vjp)
+
+
+def _broadcast_to(x, shape):
+    """x broadcast to `shape` (NumPy's rules: leading axes added, sides of 1 stretched)."""
+    return namespace(x).broadcast_to(x, tuple(shape))
+
+
+broadcast_to = primitive(_broadcast_to, lambda g, ans, x, shape: unbroadcast(g, shape_of(x)))
+
+
+def _reshape(x, shape):
+    """x with a new shape (same elements, C order)."""
+    return namespace(x).reshape(x, shape)
+
+
+reshape = primitive(_reshape, lambda g, ans, x, shape: namespace(g).reshape(g, shape_of(x)))
+
+
+def _sum(x, axis, keepdims):
+    """Sum over `axis` (None, int or tuple)."""
+    return namespace(x).sum(x, axis=axis, keepdims=keepdims)
+
+
+sum = primitive(_sum, lambda g, ans, x, axis, keepdims: expand_back(g, x, axis, keepdims))
