@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 from .pgd import pgd_l2
-from .backend import host, to_host
+from .backend import (STREAM_BOUNDS, STREAM_PGD, check_seed, global_rng, host, sample_streams, seed_from,
+                      to_host)
 from .bounds import MODES, BoundOptions, global_norms, network_bounds
 from .bounds.certificate import certify_bounds, one_hot, predictions
 from .bounds.certificates import GRAM_LIMIT
@@ -24,7 +25,6 @@ from .bounds.layer_norms import model_dtype
 from .config import FLOAT_DTYPES, setting
 from .data.batches import batches
 from .errors import InputError
-from .seeds import BOUNDS, PGD, check_seed, global_rng, sample_streams, seed_from
 from .tape import value_of
 
 DTYPES = ("auto",) + FLOAT_DTYPES  # auto: float64 where the data, model or mode need it (inputs.compute_dtype)
@@ -62,7 +62,7 @@ class CertifyConfig:
     def global_norms(self, model, seed):
         """The run's GlobalNorms, computed once before any batch (never warm-started from batch
         to batch, so no batch depends on another): fast mode, n_iters power-iteration steps
-        from starts drawn from [seed, GLOBAL]; sound mode, the certified norms (their rng
+        from starts drawn from [seed, STREAM_GLOBAL]; sound mode, the certified norms (their rng
         from the same stream)."""
         return global_norms(model, self.mode, self.n_iters, global_rng(seed), gram_limit=self.gram_limit)
 
@@ -150,7 +150,7 @@ def certify(model, images, labels, eps, config=CertifyConfig(pgd_steps=0), *, se
 
     config: a CertifyConfig (mode: "fast", power iteration from random starts, or "sound",
     upper bounds, for a float64 model; n_iters, batch_size, pgd_steps, pgd_restarts,
-    gram_limit). Every random draw comes from (seed, sample index) (lipref.seeds; seed drawn
+    gram_limit). Every random draw comes from (seed, sample index) (backend.sample_streams; seed drawn
     from rng when not given), the global norms from `norms` (the run's GlobalNorms,
     `config.global_norms` when None), so no sample's draws depend on its batch: shards of
     whole batches give the same numbers bit for bit (first_index: the index in the whole
@@ -172,9 +172,10 @@ def certify(model, images, labels, eps, config=CertifyConfig(pgd_steps=0), *, se
     parts = []
     for s, e, x, y in batches(images, labels, batch_size=config.batch_size, xp=xp, dtype=dtype):
         first, last = first_index + s, first_index + e
-        part = _certify_batch(model, x, y, eps, config, sample_streams(seed, first, last, BOUNDS), norms, threads)
+        streams = sample_streams(seed, first, last, STREAM_BOUNDS)
+        part = _certify_batch(model, x, y, eps, config, streams, norms, threads)
         if config.pgd_steps > 0:
-            attack = pgd_l2(model, x, y, eps, sample_streams(seed, first, last, PGD), config.pgd_steps, None,
+            attack = pgd_l2(model, x, y, eps, sample_streams(seed, first, last, STREAM_PGD), config.pgd_steps, None,
                             config.pgd_restarts, domain, threads)
             broken = to_host(attack.success) & _within(to_host(attack.adversarial), images[s:e], eps)
             part["pgd_broken"] = broken & part["correct"]
@@ -214,7 +215,7 @@ def bounds_per_sample(model, images, labels, eps, config=CertifyConfig(), *, see
     norms = config.global_norms(model, seed) if norms is None else norms
     samples = []
     for s, e, x, _ in batches(images, labels, batch_size=config.batch_size, xp=xp, dtype=dtype):
-        streams = sample_streams(seed, first_index + s, first_index + e, BOUNDS)
+        streams = sample_streams(seed, first_index + s, first_index + e, STREAM_BOUNDS)
         b = network_bounds(model, x, eps, config.bound_options("local", threads), norms, streams)
         preds, local = to_host(predictions(b.logits)), to_host(b.lipschitz)
         glob = float(to_host(b.global_lipschitz))

@@ -5,12 +5,11 @@ import secrets
 import warnings
 
 from . import data as D
-from .backend import float_dtype, get_backend, host, to_host
+from .backend import check_seed, float_dtype, get_backend, host, to_host
 from .data import ranges
 from .errors import InputError
 from .importing import check_sound, load_any_model, on_backend
 from .precision import exact_in_float32
-from .seeds import check_seed
 
 
 def run_seed(mode, seed):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from . import losses
-from .backend import host, to_backend, to_host
+from .backend import check_seed, host, to_backend, to_host
 from .bounds import BOUNDS
 from .config import FLOAT_DTYPES, setting
 from .data.record import check_same_data
@@ -30,7 +30,6 @@ from .models import (
 )
 from .optim import Adam
 from .schedules import Schedule, describe_extension, extended
-from .seeds import check_seed
 
 CHECKPOINT = "checkpoint.npz"
 RESUMABLE = ("epochs", "extensions")  # what a resume may change: more epochs extend the run

@@ -1,5 +1,6 @@
-"""Blocks of samples and threads (bounds/blocks.py): the bounds do not depend on how the
-batch is cut or threaded, and the start vectors are the draws one pass makes."""
+"""Blocks of samples and threads (bounds/walk.py: bound_in_blocks, merge_blocks): the bounds do
+not depend on how the batch is cut or threaded, and the start vectors are the draws one pass
+makes."""
 import numpy
 import pytest
 from networks import drawn_inputs, small_model

@@ -1,4 +1,4 @@
-"""Interval and ball bounds of an affine layer (bounds/interval.py)."""
+"""Interval and ball bounds of an affine layer (bounds/rules.py)."""
 import numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st

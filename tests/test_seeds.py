@@ -1,4 +1,4 @@
-"""Random draws per sample (lipref.seeds): a sample's draws, and so its bounds and
+"""Random draws per sample (lipref.backend's random streams): a sample's draws, and so its bounds and
 certificates, do not depend on the batch it is computed in."""
 import array_api_compat.numpy as xp
 import numpy
@@ -8,7 +8,7 @@ from lipref import data as D
 from lipref.certification import CertifyConfig, bounds_per_sample, certification_arrays, certify
 from lipref.errors import InputError
 from lipref.models import build_model
-from lipref.seeds import BOUNDS, PGD, SampleStreams, sample_streams
+from lipref.backend import STREAM_BOUNDS as BOUNDS, STREAM_PGD as PGD, SampleStreams, sample_streams
 
 DISCRETE = ("labels", "predictions", "correct", "certified_global", "certified_local", "constant_fraction",
             "pgd_broken")

@@ -1,8 +1,7 @@
 """Lipschitz bounds of a network over an l2 ball, global and local (the paper's walk).
 
 The public entry points; walk.py has the algorithm, docs/soundness.md what "sound" promises."""
-from .certificates import sound_global_norms  # noqa: F401
-from .layer_norms import GlobalNorms, global_norms, start_vectors  # noqa: F401
+from .layer_norms import GlobalNorms, global_norms, sound_global_norms, start_vectors  # noqa: F401
 from .walk import (  # noqa: F401
                    BOUNDS,
                    MODES,

@@ -1,68 +1,22 @@
-"""Sound upper bounds on spectral norms, and the global norms of sound mode.
+"""Sound upper bounds on the spectral norms of conv layers (dense matrices: spectral.py's
+`dense_spectral_norm_upper`; the global norms of sound mode: layer_norms.sound_global_norms).
 
 What each function guarantees (the arguments are in docs/soundness.md, "Spectral norms"):
 
-- `dense_spectral_norm_upper`, `conv_spectral_norm_upper` (the polyphase circulant bound),
-  `gram_cholesky_upper`, `conv_spectral_norm_certified`: DETERMINISTIC upper bounds, with
-  rounding margins from rounding.py (the standard model of IEEE arithmetic: no overflow,
-  no reduced-precision matmul modes).
+- `conv_spectral_norm_upper` (the polyphase circulant bound), `gram_cholesky_upper`,
+  `conv_spectral_norm_certified`: DETERMINISTIC upper bounds, with rounding margins from
+  rounding.py (the standard model of IEEE arithmetic: no overflow, no reduced-precision
+  matmul modes).
 - The PROBABILISTIC Lanczos bound of the masked conv norms is in lanczos.py.
 """
 import math
 
 from .. import primitives as P
 from ..backend import cholesky_or_none, namespace
-from ..layers import Linear
-from ..tape import value_of
 from ..shapes import conv_output_hw
 from .lanczos import lanczos_upper_bound
-from .rounding import cholesky_norm_upper, dft_norm_upper, gram_norm_upper
-from .spectral import _eigh, _safe, _transpose, norms
-
-# ---------------------------------------------------------------- dense matrices
-
-def dense_spectral_norm_upper(matrices):
-    """Deterministic upper bound on ||M_b||_2 for a batch of dense matrices (B, m, n).
-
-    Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
-    accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
-    smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
-    q = max(m, n)) by xp.linalg.eigvalsh, and
-        ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
-    F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
-    Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
-    the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
-    ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
-    rounding of M / s (with underflow too: F' >= 1), the last product rounded up
-    (`rounding.product_upper`). Returns (B,), 0 for zero matrices. See docs/soundness.md.
-    """
-    xp = namespace(matrices)
-    if matrices.ndim != 3:
-        raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
-    _, m, n = matrices.shape
-    scale = xp.max(xp.abs(matrices), axis=(1, 2))
-    scaled = matrices / _safe(scale)[:, None, None]
-    if m <= n:
-        gram = xp.matmul(scaled, _transpose(scaled))
-    else:
-        gram = xp.matmul(_transpose(scaled), scaled)
-    lam = _eigh(gram, values_only=True)[:, -1]
-    return gram_norm_upper(scale, lam, xp.sum(scaled * scaled, axis=(1, 2)), m, n, xp)
-
-
-def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
-    """`dense_spectral_norm_upper` of rows(row_mask) * W * cols(col_mask) per sample (N,),
-    materialised `chunk` samples at a time."""
-    xp = namespace(weight)
-    parts = []
-    n = row_mask.shape[0]
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
-        rows = weight[None, :, :] * row_mask[s:e, ...][:, :, None]
-        masked = rows if col_mask is None else rows * col_mask[s:e, ...][:, None, :]
-        parts.append(dense_spectral_norm_upper(masked))
-    return xp.concat(parts, axis=0)
-
+from .rounding import cholesky_norm_upper, dft_norm_upper
+from .spectral import dense_spectral_norm_upper, norms
 
 # ---------------------------------------------------------------- convolutions
 
@@ -329,25 +283,3 @@ def conv_spectral_norm_certified(weight, in_hw, stride, padding, rng, max_dim=GR
     abs_upper = conv_spectral_norm_upper(xp.abs(weight), in_hw, stride, padding)
     upper, _ = gram_cholesky_upper(apply, apply_adjoint, in_shape, out_shape, depth, abs_upper, rng, n_steps)
     return xp.minimum(upper, circulant)
-
-
-def sound_global_norms(model, rng, max_dense=GRAM_LIMIT):
-    """Per affine layer except the last, a deterministic upper bound on its spectral norm
-    (0-d arrays; float64 models): dense layers by exact SVD with a rounding margin; conv
-    layers by the dense-Gram Cholesky certificate where the layer's smaller side has at
-    most max_dense entries (nearly exact), else by the polyphase circulant bound
-    (docs/soundness.md). Computing them is the slow part of a sound run's set-up (see
-    BENCHMARKS.md), so a run computes them once (layer_norms.global_norms: its GlobalNorms)
-    and every batch and shard uses them. rng only steers how tight the certificate is (its
-    Lanczos estimate), never whether it holds."""
-    found = []
-    for layer in model.layers[:-1]:
-        if not layer.is_affine:
-            continue
-        wv = value_of(layer.linear_part(layer.params)[0])
-        if isinstance(layer, Linear):
-            found.append(dense_spectral_norm_upper(wv[None, :, :])[0])
-        else:
-            found.append(conv_spectral_norm_certified(wv, layer.in_shape[1:], layer.stride, layer.padding,
-                                                      rng, max_dense))
-    return found

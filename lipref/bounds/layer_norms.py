@@ -5,9 +5,9 @@ The operator of a layer on one sample is A = rows(row_mask) * W * cols(col_mask)
 from the activation rules, rules.py; None: every row or column), applied with the layer's
 own map and adjoint (`layer.affine`, `layer.affine_adjoint`) between the masks. Fast mode
 estimates norms by power iteration (spectral.py; from below); sound mode bounds them above:
-dense layers by SVD with a rounding margin, conv layers by Lanczos with the
-Kuczynski-Wozniakowski bound (lanczos.py), both capped by the certified global norm
-(certificates.py).
+dense layers by SVD with a rounding margin (spectral.dense_spectral_norm_upper), conv layers
+by Lanczos with the Kuczynski-Wozniakowski bound (lanczos.py), both capped by the certified
+global norm (`sound_global_norms`; conv layers' certificates in certificates.py).
 """
 from dataclasses import dataclass, field
 
@@ -17,8 +17,9 @@ from ..kernels.registry import replaceable
 from ..layers import Linear
 from ..tape import value_of
 from . import spectral
-from .certificates import GRAM_LIMIT, masked_dense_norms_upper, sound_global_norms
+from .certificates import GRAM_LIMIT, conv_spectral_norm_certified
 from .lanczos import lanczos_upper_bound
+from .spectral import dense_spectral_norm_upper, masked_dense_norms_upper
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,28 @@ def _weight(layer, record):
     """The affine layer's weight: a tape Var when recording (trainable layers), else its value."""
     weight, _ = layer.linear_part(layer.params)
     return weight if record else value_of(weight)
+
+
+def sound_global_norms(model, rng, max_dense=GRAM_LIMIT):
+    """Per affine layer except the last, a deterministic upper bound on its spectral norm
+    (0-d arrays; float64 models): dense layers by exact SVD with a rounding margin; conv
+    layers by the dense-Gram Cholesky certificate where the layer's smaller side has at
+    most max_dense entries (nearly exact), else by the polyphase circulant bound
+    (docs/soundness.md). Computing them is the slow part of a sound run's set-up (see
+    BENCHMARKS.md), so a run computes them once (`global_norms`: its GlobalNorms)
+    and every batch and shard uses them. rng only steers how tight the certificate is (its
+    Lanczos estimate), never whether it holds."""
+    found = []
+    for layer in model.layers[:-1]:
+        if not layer.is_affine:
+            continue
+        wv = value_of(layer.linear_part(layer.params)[0])
+        if isinstance(layer, Linear):
+            found.append(dense_spectral_norm_upper(wv[None, :, :])[0])
+        else:
+            found.append(conv_spectral_norm_certified(wv, layer.in_shape[1:], layer.stride, layer.padding,
+                                                      rng, max_dense))
+    return found
 
 
 # ---------------------------------------------------------------- start vectors

@@ -102,7 +102,7 @@ def norm_upper(x, axis=-1, entry_roundings=0):
 
 
 def row_norms_upper(layer, forms, input_mask):
-    """Sound mode's `interval.row_norms`: an upper bound on each output's weight norm over
+    """Sound mode's `rules.row_norms`: an upper bound on each output's weight norm over
     the inputs that can move, from the same scaled sums of squares (`scaled_norm_upper`)."""
     sums = row_square_sums(layer, forms, input_mask)
     return scaled_norm_upper(forms["row_scale"], sums, _fan_in(value_of(forms["square"])))
@@ -173,7 +173,7 @@ def affine_forward_error(layer, weight, error_in, slack):
     return 2 * propagated + slack + underflow_allowance(_nonzero_per_output(layer, wv), xp, wv.dtype)
 
 
-# ---------------------------------------------------------------- the last layer (certify.py)
+# ---------------------------------------------------------------- the last layer (certificate.py)
 
 def last_layer_gamma(fan_in):
     """gamma_(D+10) at float64's unit roundoff (sound mode is float64): the relative error
@@ -225,7 +225,7 @@ def radius_below(ratio):
     return below(ratio * (1 - 2.0 ** -48))
 
 
-# ---------------------------------------------------------------- spectral norms (certificates.py, lanczos.py)
+# ---------------------------------------------------------------- spectral norms (spectral.py, certificates.py, lanczos.py)
 
 def gram_norm_upper(scale, lam, frob_sq, m, n, xp):
     """`dense_spectral_norm_upper`'s bound for a matrix M (m x n) scaled by s = max |M_ij|,

@@ -1,5 +1,6 @@
-"""Spectral norms of linear operators: estimates (power iteration) and the small helpers
-the bounds share. Sound upper bounds are in certificates.py.
+"""Spectral norms of linear operators: estimates (power iteration), the deterministic upper
+bound of a dense matrix, and the small helpers the bounds share. The conv layers' sound upper
+bounds are in certificates.py and lanczos.py.
 
 An operator A is given by two functions acting on batches, `apply(v)` and
 `apply_adjoint(u)`: the leading axis indexes samples and every sample has its own
@@ -8,7 +9,10 @@ from its inputs, so it runs on NumPy, CuPy and array-api-strict.
 
 `power_iteration`: sigma = ||A v|| for a unit v, a LOWER estimate of ||A||_2. Fast, no
 guarantee of being close; the returned v warm-starts the next call (docs/soundness.md,
-"Spectral norms").
+"Spectral norms"). `dense_spectral_norm_upper`: a DETERMINISTIC upper bound on ||M||_2 of a
+batch of dense matrices (exact eigenvalues of the Gram matrix with a rounding margin from
+rounding.py; the standard model of IEEE arithmetic: no overflow, no reduced-precision
+matmul modes), what sound mode takes for Linear layers.
 """
 import math
 
@@ -16,6 +20,7 @@ from .. import primitives as P
 from ..backend import namespace
 from ..kernels.registry import replaceable
 from ..tape import value_of
+from .rounding import gram_norm_upper
 
 # ---------------------------------------------------------------- per-sample norms
 
@@ -97,6 +102,51 @@ def _eigh(a, values_only):
         return xp.asarray(host.linalg.eigvalsh(a_host))
     w, v = host.linalg.eigh(a_host)
     return xp.asarray(w), xp.asarray(v)
+
+
+# ---------------------------------------------------------------- dense matrices
+
+def dense_spectral_norm_upper(matrices):
+    """Deterministic upper bound on ||M_b||_2 for a batch of dense matrices (B, m, n).
+
+    Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
+    accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
+    smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
+    q = max(m, n)) by xp.linalg.eigvalsh, and
+        ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
+    F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
+    Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
+    the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
+    ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
+    rounding of M / s (with underflow too: F' >= 1), the last product rounded up
+    (`rounding.product_upper`). Returns (B,), 0 for zero matrices. See docs/soundness.md.
+    """
+    xp = namespace(matrices)
+    if matrices.ndim != 3:
+        raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
+    _, m, n = matrices.shape
+    scale = xp.max(xp.abs(matrices), axis=(1, 2))
+    scaled = matrices / _safe(scale)[:, None, None]
+    if m <= n:
+        gram = xp.matmul(scaled, _transpose(scaled))
+    else:
+        gram = xp.matmul(_transpose(scaled), scaled)
+    lam = _eigh(gram, values_only=True)[:, -1]
+    return gram_norm_upper(scale, lam, xp.sum(scaled * scaled, axis=(1, 2)), m, n, xp)
+
+
+def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
+    """`dense_spectral_norm_upper` of rows(row_mask) * W * cols(col_mask) per sample (N,),
+    materialised `chunk` samples at a time."""
+    xp = namespace(weight)
+    parts = []
+    n = row_mask.shape[0]
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
+        rows = weight[None, :, :] * row_mask[s:e, ...][:, :, None]
+        masked = rows if col_mask is None else rows * col_mask[s:e, ...][:, None, :]
+        parts.append(dense_spectral_norm_upper(masked))
+    return xp.concat(parts, axis=0)
 
 
 # ---------------------------------------------------------------- power iteration

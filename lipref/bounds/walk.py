@@ -7,7 +7,7 @@ Local (Huang et al. 2021): walk the network once per batch, keeping for every sa
 box [lower, upper] of the current activations over the eps-ball and a radius r with
 ||h(x') - h(x)|| <= r for every x' in the ball. Each affine layer is taken together with
 the activation right after it: the pre-activation bounds are the interval bounds
-intersected with the ball bounds (interval.py); the activation's rule (rules.py) says which
+intersected with the ball bounds (rules.py); the activation's rule (rules.py) says which
 neurons are constant on the ball and maps the box through; the layer's local norm is the
 spectral norm of W with constant rows (outputs) and constant columns (inputs) removed
 (layer_norms.py); r grows by that norm. The product of the local norms is the local
@@ -18,21 +18,29 @@ Modes (see docs/soundness.md): "fast" estimates norms by power iteration (under-
 what the paper's code does); "sound" uses upper bounds everywhere a certificate depends
 on them, including the radii that decide the masks, and needs float64; every rounding
 allowance is in rounding.py.
+
+Blocks of samples and threads: every sample's bounds depend on that sample alone. Without a
+tape, `network_bounds` bounds the batch in blocks of samples (backend.sample_blocks), run in
+threads (backend.map_in_threads), and merges the blocks' results (`merge_blocks`). Every
+random start vector is drawn first, in the calling thread, in the order a single pass over
+the whole batch draws them (layer_norms.py), so the result does not depend on the threads at
+all, nor on the blocks beyond rounding.
 """
+import dataclasses
 from dataclasses import dataclass, field
 
 from .. import primitives as P
-from ..backend import namespace
+from ..backend import map_in_threads, namespace, sample_blocks
 from ..errors import BoundsOverflowError, InputError
 from ..tape import Var, value_of
-from .blocks import PER_SAMPLE, bound_in_blocks
-from .rules import affine_interval, ball_interval, intersect, row_norms, uniform_box_interval, weight_forms
 from .layer_norms import global_norms, local_norm, local_starts
 from .rounding import affine_forward_error, affine_rounding_slack, product_upper, row_norms_upper
-from .rules import check_model, constant_fraction, rule_of  # noqa: E402 (one module: affine bounds and activation rules)
+from .rules import (affine_interval, ball_interval, check_model, constant_fraction, intersect, row_norms, rule_of,
+                    uniform_box_interval, weight_forms)
 
 MODES = ("fast", "sound")
 BOUNDS = ("global", "local")
+PER_SAMPLE = {"per_sample": True}  # field metadata: merged across blocks along the sample axis
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,9 @@ class BoundOptions:
     shapes fit) or Lanczos steps (sound, conv layers). failure_prob: sound mode's probability
     that one masked conv norm bound fails. record: build the tape, so that every output is
     differentiable in the parameters. threads, sample_block: without `record` the batch is
-    bounded in blocks of at most `sample_block` samples, run in `threads` threads (blocks.py;
-    None: the backend's defaults, which on a GPU keep the batch whole); the result does not
-    depend on `threads` at all, nor on `sample_block` beyond rounding."""
+    bounded in blocks of at most `sample_block` samples, run in `threads` threads
+    (`bound_in_blocks`; None: the backend's defaults, which on a GPU keep the batch whole); the
+    result does not depend on `threads` at all, nor on `sample_block` beyond rounding."""
     bound: str = "local"
     mode: str = "fast"
     n_iters: int = 5
@@ -304,3 +312,53 @@ def _through_reshape(ball, layer):
         ball.in_mask = namespace(ball.in_mask).reshape(ball.in_mask, shape)
     if ball.forward_error is not None:
         ball.forward_error = namespace(ball.forward_error).reshape(ball.forward_error, shape)
+
+
+# ---------------------------------------------------------------- blocks of samples
+
+
+def bound_in_blocks(xp, bound_block, n, sample_block, threads):
+    """bound_block(slice) over the blocks of n samples, in threads, merged into one result."""
+    parts = map_in_threads(xp, bound_block, sample_blocks(xp, n, sample_block), threads)
+    return parts[0] if len(parts) == 1 else merge_blocks(parts, xp, threads)
+
+
+def merge_blocks(parts, xp, threads):
+    """One result from those of consecutive blocks: every field marked PER_SAMPLE (of the
+    result's dataclass, and of the dataclasses, lists and dicts inside it) is concatenated
+    along the sample axis; the others are the first block's. The concatenations run in
+    `threads` threads, and an array that several fields share in every block (a ReLU's
+    row and output mask) is concatenated once and stays shared."""
+    jobs, job_of = [], {}
+
+    def register(arrays):
+        key = tuple(id(a) for a in arrays)
+        if key not in job_of:
+            job_of[key] = len(jobs)
+            jobs.append(arrays)
+
+    _merge(parts, register)
+    merged = map_in_threads(xp, _stack_blocks, jobs, threads)
+    return _merge(parts, lambda arrays: merged[job_of[tuple(id(a) for a in arrays)]])
+
+
+def _merge(values, leaf):
+    """The blocks' values merged (see merge_blocks), leaf(arrays) giving each array's."""
+    first = values[0]
+    if first is None:
+        return None
+    if dataclasses.is_dataclass(first):
+        return dataclasses.replace(first, **{f.name: _merge([getattr(v, f.name) for v in values], leaf)
+                                             for f in dataclasses.fields(first) if f.metadata.get("per_sample")})
+    if isinstance(first, list):
+        return [_merge([v[j] for v in values], leaf) for j in range(len(first))]
+    if isinstance(first, dict):
+        return {k: _merge([v[k] for v in values], leaf) for k in first}
+    return leaf(values)
+
+
+def _stack_blocks(arrays):
+    """The blocks' arrays one after another along the sample axis. (NumPy's concatenate
+    keeps the parts' memory order -- channels-last behind the NCHW views -- and runs without
+    the interpreter lock; see BENCHMARKS.md.)"""
+    return namespace(arrays[0]).concat(arrays, axis=0)

@@ -1,10 +1,10 @@
 """`lipref certify` and `lipref bound` cut into shards of samples, run on a Dask cluster.
 
 Why the sharded result equals a single-process run bit for bit: every random draw comes
-from (seed, sample index) (lipref.seeds), the global norms are computed once, up front, in
-the calling process and handed to every shard, and each shard is a whole number of batches
-(folder.shard_ranges), so every batch a shard computes is the very batch the single
-process computes, with the same code (worker.compute_shard calls `certify.certify` or
+from (seed, sample index) (backend.sample_streams), the global norms are computed once, up
+front, in the calling process and handed to every shard, and each shard is a whole number
+of batches (folder.shard_ranges), so every batch a shard computes is the very batch the
+single process computes, with the same code (worker.compute_shard calls `certify.certify` or
 `certify.bounds_per_sample`). Results come back in any order and are joined in sample order.
 
 Training stays single-process: a training step needs every sample's gradient before the
