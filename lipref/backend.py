@@ -130,6 +130,25 @@ def cholesky_or_none(xp, a):
     return factor
 
 
+def eigh(a, values_only):
+    """Eigen-decomposition of a batch of small symmetric matrices (..., k, k), ascending.
+
+    Uses the backend's linalg extension. A namespace without one falls back to host
+    LAPACK: these matrices are small (Lanczos tridiagonals, Gram matrices), so the copy
+    costs little, and there is no array-API way to diagonalise without linalg."""
+    xp = namespace(a)
+    if hasattr(xp, "linalg"):
+        if values_only:
+            return xp.linalg.eigvalsh(a)
+        res = xp.linalg.eigh(a)
+        return res.eigenvalues, res.eigenvectors
+    a_host = to_host(a)
+    if values_only:
+        return xp.asarray(host.linalg.eigvalsh(a_host))
+    w, v = host.linalg.eigh(a_host)
+    return xp.asarray(w), xp.asarray(v)
+
+
 def is_host_numpy(xp):
     """True when `xp` is (a wrapper of) NumPy, the backend whose arrays live on the host."""
     return "numpy" in xp.__name__ and "strict" not in xp.__name__

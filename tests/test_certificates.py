@@ -12,7 +12,7 @@ from support import assert_backend_close, to_numpy
 
 from lipref.backend import to_host
 from lipref.bounds import certificates as C
-from lipref.bounds import spectral as S
+from lipref.bounds import rounding as R
 from lipref.bounds import BoundOptions, GlobalNorms, network_bounds
 from lipref.layers import Conv2d
 from lipref.primitives import conv2d, conv2d_transpose
@@ -26,7 +26,7 @@ def test_dense_spectral_norm_upper(xp, seed, m, n, batch, rank, scale):
     r = min(rank, m, n)
     mats = scale * rng.standard_normal((batch, m, r)) @ rng.standard_normal((batch, r, n))  # rank <= r
     exact = numpy.array([scipy.linalg.svdvals(a)[0] if r else 0.0 for a in mats])
-    upper = S.dense_spectral_norm_upper(xp.asarray(mats))
+    upper = R.dense_spectral_norm_upper(xp.asarray(mats))
     up = to_numpy(upper)
     assert numpy.all(up >= exact), f"{up} below {exact}"
     assert_backend_close(upper, exact, xp, rtol=1e-10, atol=0, what="dense bound tight")
@@ -158,7 +158,7 @@ def test_gram_cholesky_upper_dense(xp, seed, m, n, rank, log_scale):
 
     def apply_adjoint(u):
         return xp.matmul(u, w)
-    abs_upper = S.dense_spectral_norm_upper(xp.abs(w)[None, ...])[0]
+    abs_upper = R.dense_spectral_norm_upper(xp.abs(w)[None, ...])[0]
     upper, estimate = C.gram_cholesky_upper(apply, apply_adjoint, (n,), (m,), max(m, n), abs_upper, rng)
     exact = scipy.linalg.svdvals(matrix)[0] if rank else 0.0
     b = float(to_numpy(upper))

@@ -13,7 +13,7 @@ from operators_support import SETTINGS, conv_matrix, conv_operator, masked_norms
 from lipref.backend import to_backend, to_host
 from lipref.bounds import rounding as R
 from lipref.bounds.certificates import conv_spectral_norm_certified, conv_spectral_norm_upper
-from lipref.bounds.spectral import dense_spectral_norm_upper
+from lipref.bounds.rounding import dense_spectral_norm_upper
 from lipref.bounds.rules import affine_interval, row_norms, uniform_box_interval, weight_forms
 from lipref.bounds.lanczos import lanczos_upper_bound
 from lipref.bounds.certificate import gloro_radius

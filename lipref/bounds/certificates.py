@@ -1,5 +1,6 @@
-"""Sound upper bounds on the spectral norms of conv layers (dense matrices: spectral.py's
-`dense_spectral_norm_upper`; the global norms of sound mode: layer_norms.sound_global_norms).
+"""Sound upper bounds on the spectral norms of conv layers (dense matrices:
+rounding.dense_spectral_norm_upper; the global norms of sound mode:
+layer_norms.sound_global_norms).
 
 What each function guarantees (the arguments are in docs/soundness.md, "Spectral norms"):
 
@@ -15,8 +16,8 @@ from .. import primitives as P
 from ..backend import cholesky_or_none, namespace
 from ..shapes import conv_output_hw
 from .lanczos import lanczos_upper_bound
-from .rounding import cholesky_norm_upper, dft_norm_upper
-from .spectral import dense_spectral_norm_upper, norms
+from .rounding import cholesky_norm_upper, dense_spectral_norm_upper, dft_norm_upper
+from .spectral import norms
 
 # ---------------------------------------------------------------- convolutions
 

@@ -7,9 +7,9 @@ docs/soundness.md ("Spectral norms").
 """
 import math
 
-from ..backend import namespace
+from ..backend import eigh, namespace
 from .rounding import lanczos_rho, lanczos_upper
-from .spectral import _eigh, _flat, _normalise, _sample_dim, _transpose, norms
+from .spectral import _flat, _normalise, _sample_dim, norms
 
 # Kuczynski & Wozniakowski (1992), Lanczos with a random start on an n x n symmetric
 # positive (semi)definite matrix, k steps: P[(lambda_1 - theta_k) / lambda_1 >= eps]
@@ -49,7 +49,7 @@ def _orthonormalise(w, basis):
     for _ in range(2):
         before = norms(w)
         coeffs = xp.matmul(basis, w[:, :, None])  # (B, j, 1)
-        w = w - xp.matmul(_transpose(basis), coeffs)[:, :, 0]
+        w = w - xp.matmul(xp.matrix_transpose(basis), coeffs)[:, :, 0]
     unit, norm = _normalise(w)
     ok = (norm > 0) & (norm * math.sqrt(2) >= before)
     return unit, norm, ok
@@ -92,7 +92,7 @@ def lanczos_upper_bound(apply, apply_adjoint, v0, n_iters, failure_prob, stop_ab
     alphas, betas, basis, beaten = _lanczos_steps(apply, apply_adjoint, start, q, shape, k, stop)
 
     steps = len(alphas)  # k, or fewer after an early stop
-    ritz_values, ritz_vectors = _eigh(_tridiagonal(alphas, betas, xp), values_only=False)
+    ritz_values, ritz_vectors = eigh(_tridiagonal(alphas, betas, xp), values_only=False)
     theta = ritz_values[:, -1]
     y = ritz_vectors[:, :, -1]  # (B, steps)
     x = xp.matmul(y[:, None, :], basis[:, :steps, :])[:, 0, :]
@@ -145,7 +145,7 @@ def _cannot_beat(alphas, betas, stop_above, factor, xp):
     """theta after k steps >= theta now (the Krylov space only grows), so the bound from
     today's Ritz value is a lower bound on the one the full run would return."""
     b = alphas[0].shape[0]
-    theta_now = _eigh(_tridiagonal(alphas, betas + [xp.zeros((b,), dtype=alphas[0].dtype)], xp), True)[:, -1]
+    theta_now = eigh(_tridiagonal(alphas, betas + [xp.zeros((b,), dtype=alphas[0].dtype)], xp), True)[:, -1]
     return xp.sqrt(xp.maximum(theta_now, xp.zeros_like(theta_now)) * factor) >= stop_above
 
 
@@ -173,4 +173,4 @@ def _tridiagonal(alphas, betas, xp):
     alpha = xp.stack(alphas, axis=1)
     off = xp.stack(betas[:j], axis=1)
     upper_diag = off[:, :, None] * xp.eye(j, k=1, dtype=alpha.dtype)  # (i, i + 1) = beta_i
-    return alpha[:, :, None] * xp.eye(j, dtype=alpha.dtype) + upper_diag + _transpose(upper_diag)
+    return alpha[:, :, None] * xp.eye(j, dtype=alpha.dtype) + upper_diag + xp.matrix_transpose(upper_diag)

@@ -5,7 +5,7 @@ The operator of a layer on one sample is A = rows(row_mask) * W * cols(col_mask)
 from the activation rules, rules.py; None: every row or column), applied with the layer's
 own map and adjoint (`layer.affine`, `layer.affine_adjoint`) between the masks. Fast mode
 estimates norms by power iteration (spectral.py; from below); sound mode bounds them above:
-dense layers by SVD with a rounding margin (spectral.dense_spectral_norm_upper), conv layers
+dense layers by SVD with a rounding margin (rounding.dense_spectral_norm_upper), conv layers
 by Lanczos with the Kuczynski-Wozniakowski bound (lanczos.py), both capped by the certified
 global norm (`sound_global_norms`; conv layers' certificates in certificates.py).
 """
@@ -19,7 +19,7 @@ from ..tape import value_of
 from . import spectral
 from .certificates import GRAM_LIMIT, conv_spectral_norm_certified
 from .lanczos import lanczos_upper_bound
-from .spectral import dense_spectral_norm_upper, masked_dense_norms_upper
+from .rounding import dense_spectral_norm_upper
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,20 @@ def masked_operator(layer, weight, row_mask, col_mask):
         out = value_of(layer.affine_adjoint(out if row_mask is None else out * row_mask, weight))
         return out if col_mask is None else out * col_mask
     return apply, apply_adjoint, gram
+
+
+def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
+    """`dense_spectral_norm_upper` of rows(row_mask) * W * cols(col_mask) per sample (N,),
+    materialised `chunk` samples at a time."""
+    xp = namespace(weight)
+    parts = []
+    n = row_mask.shape[0]
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
+        rows = weight[None, :, :] * row_mask[s:e, ...][:, :, None]
+        masked = rows if col_mask is None else rows * col_mask[s:e, ...][:, None, :]
+        parts.append(dense_spectral_norm_upper(masked))
+    return xp.concat(parts, axis=0)
 
 
 @replaceable("masked_power_iteration")

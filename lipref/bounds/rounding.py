@@ -1,4 +1,7 @@
-"""Every rounding allowance of the sound bounds, in one place (docs/soundness.md cites these).
+"""Every rounding allowance of the sound bounds, in one place (docs/soundness.md cites these),
+and the sound norms made of nothing else: of vectors (`norm_upper`) and of dense matrices
+(`dense_spectral_norm_upper`: the exact eigenvalue problem of the Gram matrix, then its
+allowance).
 
 The standard model of IEEE arithmetic in round-to-nearest with gradual underflow (Higham,
 Accuracy and Stability, 2nd ed., Sections 2.1-2.2): fl(x op y) = (x op y)(1 + d) + e with
@@ -13,7 +16,7 @@ None assumes more than that model (no overflow, no reduced-precision products).
 """
 import math
 
-from ..backend import namespace
+from ..backend import eigh, namespace
 from ..tape import value_of
 from .rules import row_square_sums
 
@@ -225,7 +228,36 @@ def radius_below(ratio):
     return below(ratio * (1 - 2.0 ** -48))
 
 
-# ---------------------------------------------------------------- spectral norms (spectral.py, certificates.py, lanczos.py)
+# ---------------------------------------------------------------- spectral norms (here, certificates.py, lanczos.py)
+
+def dense_spectral_norm_upper(matrices):
+    """Deterministic upper bound on ||M_b||_2 for a batch of dense matrices (B, m, n).
+
+    Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
+    accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
+    smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
+    q = max(m, n)) by xp.linalg.eigvalsh, and
+        ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
+    F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
+    Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
+    the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
+    ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
+    rounding of M / s (with underflow too: F' >= 1), the last product rounded up
+    (`product_upper`). Returns (B,), 0 for zero matrices. See docs/soundness.md.
+    """
+    xp = namespace(matrices)
+    if matrices.ndim != 3:
+        raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
+    _, m, n = matrices.shape
+    scale = xp.max(xp.abs(matrices), axis=(1, 2))
+    scaled = matrices / xp.where(scale > 0, scale, xp.ones_like(scale))[:, None, None]  # a zero matrix stays zero
+    if m <= n:
+        gram = xp.matmul(scaled, xp.matrix_transpose(scaled))
+    else:
+        gram = xp.matmul(xp.matrix_transpose(scaled), scaled)
+    lam = eigh(gram, values_only=True)[:, -1]
+    return gram_norm_upper(scale, lam, xp.sum(scaled * scaled, axis=(1, 2)), m, n, xp)
+
 
 def gram_norm_upper(scale, lam, frob_sq, m, n, xp):
     """`dense_spectral_norm_upper`'s bound for a matrix M (m x n) scaled by s = max |M_ij|,

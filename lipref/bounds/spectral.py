@@ -1,6 +1,6 @@
-"""Spectral norms of linear operators: estimates (power iteration), the deterministic upper
-bound of a dense matrix, and the small helpers the bounds share. The conv layers' sound upper
-bounds are in certificates.py and lanczos.py.
+"""Spectral norms of linear operators: estimates (power iteration) and the small helpers the
+bounds share. Sound upper bounds: of a dense matrix, rounding.dense_spectral_norm_upper; of
+conv layers, certificates.py and lanczos.py.
 
 An operator A is given by two functions acting on batches, `apply(v)` and
 `apply_adjoint(u)`: the leading axis indexes samples and every sample has its own
@@ -9,10 +9,7 @@ from its inputs, so it runs on NumPy, CuPy and array-api-strict.
 
 `power_iteration`: sigma = ||A v|| for a unit v, a LOWER estimate of ||A||_2. Fast, no
 guarantee of being close; the returned v warm-starts the next call (docs/soundness.md,
-"Spectral norms"). `dense_spectral_norm_upper`: a DETERMINISTIC upper bound on ||M||_2 of a
-batch of dense matrices (exact eigenvalues of the Gram matrix with a rounding margin from
-rounding.py; the standard model of IEEE arithmetic: no overflow, no reduced-precision
-matmul modes), what sound mode takes for Linear layers.
+"Spectral norms").
 """
 import math
 
@@ -20,7 +17,6 @@ from .. import primitives as P
 from ..backend import namespace
 from ..kernels.registry import replaceable
 from ..tape import value_of
-from .rounding import gram_norm_upper
 
 # ---------------------------------------------------------------- per-sample norms
 
@@ -75,78 +71,6 @@ def _normalise(x):
     """x / ||x|| per sample and the norms; samples with ||x|| == 0 stay zero (no NaN)."""
     found = norms(x)
     return x / _per_sample(_safe(found), x), found
-
-
-def _transpose(a):
-    """Swap the last two axes."""
-    xp = namespace(a)
-    axes = tuple(range(a.ndim - 2)) + (a.ndim - 1, a.ndim - 2)
-    return xp.permute_dims(a, axes)
-
-
-def _eigh(a, values_only):
-    """Eigen-decomposition of a batch of small symmetric matrices (..., k, k), ascending.
-
-    Uses the backend's linalg extension. A namespace without one falls back to host
-    LAPACK: these matrices are small (Lanczos tridiagonals, Gram matrices), so the copy
-    costs little, and there is no array-API way to diagonalise without linalg."""
-    xp = namespace(a)
-    if hasattr(xp, "linalg"):
-        if values_only:
-            return xp.linalg.eigvalsh(a)
-        res = xp.linalg.eigh(a)
-        return res.eigenvalues, res.eigenvectors
-    from ..backend import host, to_host  # host fallback, see docstring
-    a_host = to_host(a)
-    if values_only:
-        return xp.asarray(host.linalg.eigvalsh(a_host))
-    w, v = host.linalg.eigh(a_host)
-    return xp.asarray(w), xp.asarray(v)
-
-
-# ---------------------------------------------------------------- dense matrices
-
-def dense_spectral_norm_upper(matrices):
-    """Deterministic upper bound on ||M_b||_2 for a batch of dense matrices (B, m, n).
-
-    Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
-    accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
-    smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
-    q = max(m, n)) by xp.linalg.eigvalsh, and
-        ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
-    F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
-    Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),
-    the eigensolver's backward error is taken as gamma_{8 p^2} ||fl(G')||_F. Finally
-    ||M||_2 <= s (sqrt(that) (1 + 8u) + 2u sqrt(F')) (1 + 2u), the 2u sqrt(F') covering the
-    rounding of M / s (with underflow too: F' >= 1), the last product rounded up
-    (`rounding.product_upper`). Returns (B,), 0 for zero matrices. See docs/soundness.md.
-    """
-    xp = namespace(matrices)
-    if matrices.ndim != 3:
-        raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
-    _, m, n = matrices.shape
-    scale = xp.max(xp.abs(matrices), axis=(1, 2))
-    scaled = matrices / _safe(scale)[:, None, None]
-    if m <= n:
-        gram = xp.matmul(scaled, _transpose(scaled))
-    else:
-        gram = xp.matmul(_transpose(scaled), scaled)
-    lam = _eigh(gram, values_only=True)[:, -1]
-    return gram_norm_upper(scale, lam, xp.sum(scaled * scaled, axis=(1, 2)), m, n, xp)
-
-
-def masked_dense_norms_upper(weight, row_mask, col_mask, chunk=32):
-    """`dense_spectral_norm_upper` of rows(row_mask) * W * cols(col_mask) per sample (N,),
-    materialised `chunk` samples at a time."""
-    xp = namespace(weight)
-    parts = []
-    n = row_mask.shape[0]
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)  # the array API leaves out-of-range slice stops unspecified
-        rows = weight[None, :, :] * row_mask[s:e, ...][:, :, None]
-        masked = rows if col_mask is None else rows * col_mask[s:e, ...][:, None, :]
-        parts.append(dense_spectral_norm_upper(masked))
-    return xp.concat(parts, axis=0)
 
 
 # ---------------------------------------------------------------- power iteration
