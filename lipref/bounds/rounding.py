@@ -236,7 +236,7 @@ def dense_spectral_norm_upper(matrices):
     Each M is first scaled by s = max |M_ij| (so no Gram entry can overflow or lose
     accuracy to underflow), M' = fl(M / s). Then lambda = the largest eigenvalue of the
     smaller Gram matrix G' of M' (M' M'^T or M'^T M', p = min(m, n), inner dimension
-    q = max(m, n)) by xp.linalg.eigvalsh, and
+    q = max(m, n)) by eigvalsh (backend.eigh), and
         ||M'||_2^2 <= lambda + (2 gamma_q + gamma_{8 p^2} (1 + gamma_q)) F',
     F' = ||M'||_F^2 (1 + gamma_{mn+1}) an upper bound on the Frobenius norm squared: the
     Gram product's rounding is at most gamma_q F' in 2-norm (doubled to cover underflow),

@@ -316,7 +316,6 @@ def _through_reshape(ball, layer):
 
 # ---------------------------------------------------------------- blocks of samples
 
-
 def bound_in_blocks(xp, bound_block, n, sample_block, threads):
     """bound_block(slice) over the blocks of n samples, in threads, merged into one result."""
     parts = map_in_threads(xp, bound_block, sample_blocks(xp, n, sample_block), threads)
