@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# measured (issue 27, second round): 736 code lines, 1,049 lines in all, 12 files (752 in 18
+# measured (issue 27, second round): 739 code lines, 1,054 lines in all, 12 files (752 in 18
 # before: the tape took `primitive`, the walk its blocks, backend the random streams and
 # `eigh`, rounding.py the dense sound bound); the issue asked for about 700 in about 10 files
 AUDIT_CODE_LINES = 750

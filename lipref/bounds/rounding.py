@@ -99,9 +99,16 @@ def norm_upper(x, axis=-1, entry_roundings=0):
     underflow: the largest |entry| scaled out first, then `scaled_norm_upper`."""
     xp = namespace(x)
     scale = xp.max(xp.abs(x), axis=axis, keepdims=True)
-    scaled = x / xp.where(scale > 0, scale, xp.ones_like(scale))
+    scaled = x / _nonzero_or_one(scale)
     sums = xp.sum(scaled * scaled, axis=axis)
     return scaled_norm_upper(xp.squeeze(scale, axis=axis), sums, x.shape[axis], entry_roundings)
+
+
+def _nonzero_or_one(scale):
+    """The scale where it is > 0, else 1: the divisor of a scaling, under which a zero row or
+    matrix stays zero (never 0 / 0)."""
+    xp = namespace(scale)
+    return xp.where(scale > 0, scale, xp.ones_like(scale))
 
 
 def row_norms_upper(layer, forms, input_mask):
@@ -250,7 +257,7 @@ def dense_spectral_norm_upper(matrices):
         raise ValueError(f"expected a batch of matrices (B, m, n), got shape {tuple(matrices.shape)}")
     _, m, n = matrices.shape
     scale = xp.max(xp.abs(matrices), axis=(1, 2))
-    scaled = matrices / xp.where(scale > 0, scale, xp.ones_like(scale))[:, None, None]  # a zero matrix stays zero
+    scaled = matrices / _nonzero_or_one(scale)[:, None, None]
     if m <= n:
         gram = xp.matmul(scaled, xp.matrix_transpose(scaled))
     else:

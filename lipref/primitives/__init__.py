@@ -34,7 +34,17 @@ from .elementwise import (  # noqa: F401
                      subtract,
                      where,
 )
-from .linear import broadcast_to, channel_slice, concat, conv2d, conv2d_transpose, linear, matmul, reshape, sum  # noqa: F401
+from .linear import (  # noqa: F401
+                     broadcast_to,
+                     channel_slice,
+                     concat,
+                     conv2d,
+                     conv2d_transpose,
+                     linear,
+                     matmul,
+                     reshape,
+                     sum,
+)
 from .reductions import l2_norm, logsumexp, max, softmax_cross_entropy  # noqa: F401
 
 # Var's operators, installed once the primitives exist, so that `a * b + c` on Vars records
